@@ -1,0 +1,213 @@
+//! The data types of the public API. The control interface carries every one of them as JSON,
+//! so they all derive `Serialize`/`Deserialize` (snake_case field names).
+
+use serde::{Deserialize, Serialize};
+
+/// Which attribute map a metadata attribute lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `instance.attributes`
+    Instance,
+    /// `project.attributes`
+    Project,
+}
+
+impl Scope {
+    /// The top-level key of the tree this scope lives under.
+    pub fn tree_key(self) -> &'static str {
+        match self {
+            Scope::Instance => "instance",
+            Scope::Project => "project",
+        }
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "instance" => Ok(Scope::Instance),
+            "project" => Ok(Scope::Project),
+            other => Err(format!(
+                "unknown scope {other:?} (expected instance or project)"
+            )),
+        }
+    }
+}
+
+/// A fault injected into the metadata listener.
+///
+/// Applies to requests whose path starts with `path_prefix` (an empty prefix matches all).
+/// JSON: `{"path_prefix":"/computeMetadata/v1/","kind":{"kind":"status","code":500},"count":2}`;
+/// the flattened form `{"path_prefix":"/","kind":"status","code":500}` is accepted too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Fault {
+    /// Request paths (without query) starting with this are affected.
+    pub path_prefix: String,
+    /// What happens to them.
+    pub kind: FaultKind,
+    /// Applies to this many requests, then removes itself; `None` = until cleared.
+    pub count: Option<u32>,
+}
+
+/// What a [`Fault`] does to a matching request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FaultKind {
+    /// Answer this status with an HTML body, flavor header echoed.
+    Status { code: u16 },
+    /// Wait this long, then answer normally.
+    Delay { ms: u64 },
+    /// Never answer until faults are cleared (or the client leaves, or one hour passes).
+    Hang,
+    /// Close the connection without any response.
+    Drop,
+    /// Send the headers with the full Content-Length, half of the body, then close.
+    Truncate,
+    /// A 200 with a valid JSON body of exactly this many bytes.
+    Oversize { bytes: usize },
+    /// A 200 with an HTML body (flavor echoed).
+    NonJson,
+    /// The normal answer without the `Metadata-Flavor` header.
+    NoFlavor,
+    /// A 200 with flavor and JSON of the wrong shape (`["not","a","tree"]`).
+    WrongShape,
+    /// The normal answer, its body dribbled at this rate.
+    SlowBody { bytes_per_sec: u64 },
+    /// The normal answer with a fresh random ETag; `wait_for_change` answers at once.
+    EtagChurn,
+}
+
+/// One request seen by the metadata listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub method: String,
+    /// Path without the query, percent-decoded.
+    pub path: String,
+    /// Raw query string (without `?`), empty if none.
+    pub query: String,
+    /// Milliseconds since the emulator started, when the request arrived.
+    pub at_ms: u64,
+    /// Whether `Metadata-Flavor: Google` was sent.
+    pub flavor_header: bool,
+    /// Status answered; 0 if no response was sent (hang, drop, client gone).
+    pub status: u16,
+}
+
+/// An SSH public key registered to an OS Login user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySpec {
+    /// `ssh-ed25519 AAAA... comment`
+    pub key: String,
+    /// Expiry in microseconds since the epoch; served as `expirationTimeUsec`.
+    #[serde(default)]
+    pub expiration_usec: Option<i64>,
+}
+
+/// An OS Login user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSpec {
+    pub email: String,
+    pub username: String,
+    pub uid: u32,
+    /// Defaults to the uid.
+    #[serde(default)]
+    pub gid: Option<u32>,
+    /// Defaults to `/home/<username>`.
+    #[serde(default)]
+    pub home: Option<String>,
+    /// Defaults to `/bin/bash`.
+    #[serde(default)]
+    pub shell: Option<String>,
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// The login role (`policy=login`). Defaults to true in JSON.
+    #[serde(default = "default_true")]
+    pub login: bool,
+    /// The administrator role (`policy=adminLogin`). Defaults to false.
+    #[serde(default)]
+    pub admin: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// An OS Login POSIX group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSpec {
+    pub name: String,
+    pub gid: u32,
+    /// Usernames.
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// A request to sign an OpenSSH user certificate with the emulator's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertRequest {
+    /// Must be a known OS Login user: principal = username, key id = email.
+    pub username: String,
+    /// `ssh-ed25519 AAAA...` line.
+    pub public_key: String,
+    /// Default 3600.
+    #[serde(default = "default_validity")]
+    pub validity_secs: u64,
+    /// Certificate is valid from now + this (negative for already-expired certificates).
+    #[serde(default)]
+    pub valid_after_offset_secs: i64,
+}
+
+fn default_validity() -> u64 {
+    3600
+}
+
+impl CertRequest {
+    /// A one-hour certificate valid from now.
+    pub fn new(username: impl Into<String>, public_key: impl Into<String>) -> Self {
+        CertRequest {
+            username: username.into(),
+            public_key: public_key.into(),
+            validity_secs: default_validity(),
+            valid_after_offset_secs: 0,
+        }
+    }
+}
+
+/// EC2-flavour settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ec2Settings {
+    /// When false, everything under `/latest/` answers 400.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// When true, GETs without a session token answer 401 (IMDSv2 only).
+    #[serde(default)]
+    pub require_v2: bool,
+}
+
+impl Default for Ec2Settings {
+    fn default() -> Self {
+        Ec2Settings {
+            enabled: true,
+            require_v2: false,
+        }
+    }
+}
+
+/// The state the emulator starts with (the `--state` file). Every part is optional.
+///
+/// `tree` is merged deeply onto the default tree (objects merge key by key, anything else
+/// replaces), so a state file may give just `{"tree":{"instance":{"attributes":{...}}}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitialState {
+    #[serde(default)]
+    pub tree: Option<serde_json::Value>,
+    #[serde(default)]
+    pub users: Vec<UserSpec>,
+    #[serde(default)]
+    pub groups: Vec<GroupSpec>,
+    #[serde(default)]
+    pub ec2: Option<Ec2Settings>,
+}
