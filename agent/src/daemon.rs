@@ -1,0 +1,127 @@
+//! `guest-agent run`: the daemon's lifecycle.
+//!
+//! Start: read the configuration (refuse a bad one), start the watcher and the reconcilers,
+//! tell systemd READY=1 after the first successful reconcile, or after
+//! `daemon.startup_deadline_secs` when the metadata service does not answer, so sshd (ordered
+//! after us) never waits long. Run: SIGHUP reloads the configuration (a bad one is logged and
+//! the old one kept), the watchdog is fed when systemd asks for it. Stop: SIGTERM or SIGINT
+//! stops at once (nothing the daemon writes is ever half-written, so there is nothing to finish).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::Config;
+use crate::mds::watcher;
+use crate::{notify, reconcile};
+
+/// Where the configuration comes from, for reloads.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    pub path: PathBuf,
+    /// Given with `--config`: then it must exist.
+    pub explicit: bool,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, crate::config::ConfigError> {
+        Config::load(&self.path, self.explicit)
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT. `config` was loaded (and validated) by the caller.
+pub fn run(source: ConfigSource, config: Config) -> anyhow::Result<()> {
+    // One thread is plenty for a process that mostly waits, and keeps the footprint small.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = runtime.block_on(run_async(source, config));
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
+    let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let startup_deadline = Duration::from_secs(config.daemon.startup_deadline_secs);
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %source.path.display(),
+        metadata = %config.metadata.base_url,
+        "guest-agent starting"
+    );
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let (first_pass_tx, mut first_pass_rx) = oneshot::channel();
+
+    let watcher = AbortOnDrop(tokio::spawn(watcher::run(config_rx, snapshot_tx)));
+    let reconcilers: Vec<Box<dyn reconcile::Reconciler>> =
+        vec![Box::new(reconcile::ChangeLog::default())];
+    let reconciler = AbortOnDrop(tokio::spawn(reconcile::run(
+        snapshot_rx,
+        reconcilers,
+        first_pass_tx,
+    )));
+    let _watchdog = notify::watchdog_interval().map(|every| {
+        AbortOnDrop(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notify::watchdog();
+            }
+        }))
+    });
+    notify::status("waiting for the metadata service");
+
+    let deadline = tokio::time::sleep(startup_deadline);
+    tokio::pin!(deadline);
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            first = &mut first_pass_rx, if !ready => {
+                ready = true;
+                if first.is_ok() {
+                    tracing::info!("first reconcile done; ready");
+                    notify::ready("running: metadata received and applied");
+                }
+            }
+            () = &mut deadline, if !ready => {
+                ready = true;
+                tracing::warn!(
+                    after_secs = startup_deadline.as_secs(),
+                    "metadata not received within the startup deadline; telling systemd we are \
+                     ready anyway and carrying on in the background"
+                );
+                notify::ready("running: metadata service not answering yet, retrying");
+            }
+            _ = sighup.recv() => match source.load() {
+                Ok(new) => {
+                    tracing::info!(config = %source.path.display(), "configuration reloaded");
+                    config_tx.send_replace(Arc::new(new));
+                }
+                Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration"),
+            },
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+    }
+    tracing::info!("stopping");
+    notify::stopping();
+    drop((watcher, reconciler));
+    Ok(())
+}
+
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,68 @@
+//! The `guest-agent` command: the daemon (`run`) and its helpers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use guest_agent::config;
+use guest_agent::daemon::{self, ConfigSource};
+
+/// sysexits' EX_CONFIG: the unit file does not restart the daemon on it (a restart cannot fix
+/// a broken configuration file).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "guest-agent",
+    version,
+    about = "Guest agent for Linux VMs: OS Login, metadata SSH keys and service-account tokens"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (what the systemd unit starts).
+    Run,
+    /// Check the configuration file and print the effective configuration.
+    CheckConfig,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let source = ConfigSource {
+        path: cli
+            .config
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_PATH.into()),
+        explicit: cli.config.is_some(),
+    };
+    let config = match source.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("guest-agent: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    match cli.command {
+        Command::CheckConfig => {
+            println!("{config:#?}");
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            guest_agent::logging::init(&config.daemon.log_level);
+            match daemon::run(source, config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "guest-agent failed");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
