@@ -10,3 +10,4 @@
 )]
 
 pub mod names;
+pub mod proto;

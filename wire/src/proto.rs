@@ -1,0 +1,287 @@
+//! The local socket protocol between the daemon and its clients (the NSS module, the helpers
+//! sshd runs, `guest-agent token`).
+//!
+//! Line based and bounded, so the NSS module can speak it with no parser beyond splitting:
+//!
+//! ```text
+//! request:  VERB ARG...\n                      (one line, at most MAX_REQUEST bytes)
+//! answer:   OK COUNT\n LINE\n ... (COUNT lines)  the result; COUNT <= MAX_ANSWER_LINES
+//!           NOTFOUND\n                          no such user/group/key (a definite answer)
+//!           UNAVAIL REASON\n                    the daemon cannot tell now (metadata service down)
+//!           DENIED REASON\n                     the asker may not ask this (peer credentials)
+//!           ERR REASON\n                        malformed request
+//! ```
+//! Arguments never contain blanks or control characters (names, numbers, fingerprints and
+//! base64 are checked by [`Request::parse`]). Answer lines carry passwd(5)/group(5)-style
+//! records for lookups and authorized_keys lines for the key helpers.
+
+/// Default path of the daemon's socket.
+pub const SOCKET_PATH: &str = "/run/guest-agent/agent.sock";
+/// Longest request line, newline included (a certificate in base64 fits).
+pub const MAX_REQUEST: usize = 16 * 1024;
+/// Longest answer line, newline included.
+pub const MAX_LINE: usize = 16 * 1024;
+/// Most lines in one OK answer.
+pub const MAX_ANSWER_LINES: usize = 4096;
+
+/// What a client asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// passwd entry by name / uid.
+    UserByName(String),
+    UserByUid(u32),
+    /// group entry by name / gid.
+    GroupByName(String),
+    GroupByGid(u32),
+    /// Supplementary gids of a user (initgroups).
+    GroupsOfUser(String),
+    /// sshd's AuthorizedKeysCommand: keys of `user`, after a live login authorization.
+    /// `fingerprint` is sshd's `%f` when known.
+    AuthorizedKeys {
+        user: String,
+        fingerprint: Option<String>,
+    },
+    /// sshd's AuthorizedPrincipalsCommand: `cert` is the base64 certificate (`%k`).
+    AuthorizedPrincipals {
+        user: String,
+        cert: String,
+    },
+    /// A service-account token: `account` and output format.
+    Token {
+        account: String,
+        format: String,
+    },
+}
+
+/// Why a request line was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError(pub &'static str);
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+fn is_arg(s: &str) -> bool {
+    !s.is_empty() && s.len() < MAX_REQUEST && s.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn name(s: &str) -> Result<String, ProtoError> {
+    if crate::names::is_valid_name(s) {
+        Ok(s.to_owned())
+    } else {
+        Err(ProtoError("invalid name"))
+    }
+}
+
+fn id(s: &str) -> Result<u32, ProtoError> {
+    if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProtoError("invalid id"));
+    }
+    s.parse().map_err(|_| ProtoError("invalid id"))
+}
+
+impl Request {
+    /// The request line, without the newline.
+    pub fn encode(&self) -> String {
+        match self {
+            Request::UserByName(n) => format!("getpwnam {n}"),
+            Request::UserByUid(u) => format!("getpwuid {u}"),
+            Request::GroupByName(n) => format!("getgrnam {n}"),
+            Request::GroupByGid(g) => format!("getgrgid {g}"),
+            Request::GroupsOfUser(n) => format!("initgroups {n}"),
+            Request::AuthorizedKeys { user, fingerprint } => {
+                format!(
+                    "authorized-keys {user} {}",
+                    fingerprint.as_deref().unwrap_or("-")
+                )
+            }
+            Request::AuthorizedPrincipals { user, cert } => {
+                format!("authorized-principals {user} {cert}")
+            }
+            Request::Token { account, format } => format!("token {account} {format}"),
+        }
+    }
+
+    /// Parses a request line (the newline already removed).
+    pub fn parse(line: &str) -> Result<Request, ProtoError> {
+        if line.len() >= MAX_REQUEST {
+            return Err(ProtoError("request too long"));
+        }
+        let mut parts = line.split(' ');
+        let verb = parts.next().unwrap_or("");
+        let args: Vec<&str> = parts.collect();
+        if !args.iter().all(|a| is_arg(a)) {
+            return Err(ProtoError("bad argument"));
+        }
+        let request = match (verb, args.as_slice()) {
+            ("getpwnam", [n]) => Request::UserByName(name(n)?),
+            ("getpwuid", [u]) => Request::UserByUid(id(u)?),
+            ("getgrnam", [n]) => Request::GroupByName(name(n)?),
+            ("getgrgid", [g]) => Request::GroupByGid(id(g)?),
+            ("initgroups", [n]) => Request::GroupsOfUser(name(n)?),
+            ("authorized-keys", [u, f]) => Request::AuthorizedKeys {
+                user: name(u)?,
+                fingerprint: (*f != "-").then(|| f.to_string()),
+            },
+            ("authorized-principals", [u, c]) => Request::AuthorizedPrincipals {
+                user: name(u)?,
+                cert: c.to_string(),
+            },
+            ("token", [a, f]) => Request::Token {
+                account: a.to_string(),
+                format: f.to_string(),
+            },
+            _ => return Err(ProtoError("unknown request")),
+        };
+        Ok(request)
+    }
+}
+
+/// The daemon's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    Ok(Vec<String>),
+    NotFound,
+    Unavailable(String),
+    Denied(String),
+    Error(String),
+}
+
+/// Replaces anything that would break the framing of a reason.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+impl Answer {
+    /// The whole answer, newlines included. Lines that would break the framing (newlines,
+    /// over-long) are dropped rather than sent, and the count says what was sent.
+    pub fn encode(&self) -> String {
+        match self {
+            Answer::Ok(lines) => {
+                let ok: Vec<&String> = lines
+                    .iter()
+                    .filter(|l| l.len() < MAX_LINE && !l.contains(['\n', '\r']))
+                    .take(MAX_ANSWER_LINES)
+                    .collect();
+                let mut out = format!("OK {}\n", ok.len());
+                for l in ok {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                out
+            }
+            Answer::NotFound => "NOTFOUND\n".into(),
+            Answer::Unavailable(r) => format!("UNAVAIL {}\n", one_line(r)),
+            Answer::Denied(r) => format!("DENIED {}\n", one_line(r)),
+            Answer::Error(r) => format!("ERR {}\n", one_line(r)),
+        }
+    }
+
+    /// Parses the first line of an answer; for `OK`, returns how many lines follow.
+    pub fn parse_head(line: &str) -> Result<Head, ProtoError> {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "OK" => {
+                let n: usize = rest.parse().map_err(|_| ProtoError("bad count"))?;
+                if n > MAX_ANSWER_LINES {
+                    return Err(ProtoError("too many lines"));
+                }
+                Ok(Head::Ok(n))
+            }
+            "NOTFOUND" => Ok(Head::Other(Answer::NotFound)),
+            "UNAVAIL" => Ok(Head::Other(Answer::Unavailable(rest.to_owned()))),
+            "DENIED" => Ok(Head::Other(Answer::Denied(rest.to_owned()))),
+            "ERR" => Ok(Head::Other(Answer::Error(rest.to_owned()))),
+            _ => Err(ProtoError("bad answer")),
+        }
+    }
+}
+
+/// The first line of an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// This many lines follow.
+    Ok(usize),
+    /// A complete answer without lines.
+    Other(Answer),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::UserByName("alice".into()),
+            Request::UserByUid(200001),
+            Request::GroupByName("demo".into()),
+            Request::GroupByGid(123452),
+            Request::GroupsOfUser("alice".into()),
+            Request::AuthorizedKeys {
+                user: "alice".into(),
+                fingerprint: Some("SHA256:abc+/=".into()),
+            },
+            Request::AuthorizedKeys {
+                user: "bob".into(),
+                fingerprint: None,
+            },
+            Request::AuthorizedPrincipals {
+                user: "alice".into(),
+                cert: "AAAAB3Nz".into(),
+            },
+            Request::Token {
+                account: "default".into(),
+                format: "json".into(),
+            },
+        ] {
+            assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        for line in [
+            "",
+            "getpwnam",
+            "getpwnam ../etc",
+            "getpwnam a b",
+            "getpwuid -1",
+            "getpwuid 99999999999",
+            "getpwuid 1x",
+            "getpwnam  alice",
+            "nope x",
+            "getpwnam Alice",
+            "token a\tb c",
+            "authorized-keys alice",
+            &format!("authorized-principals alice {}", "A".repeat(MAX_REQUEST)),
+        ] {
+            assert!(Request::parse(line).is_err(), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn answers_frame_safely() {
+        let a = Answer::Ok(vec!["alice:x:1:1::/h:/bin/sh".into(), "bad\nline".into()]);
+        assert_eq!(a.encode(), "OK 1\nalice:x:1:1::/h:/bin/sh\n");
+        assert_eq!(
+            Answer::Unavailable("down\nnow".into()).encode(),
+            "UNAVAIL down now\n"
+        );
+        assert_eq!(Answer::parse_head("OK 3"), Ok(Head::Ok(3)));
+        assert_eq!(
+            Answer::parse_head("NOTFOUND"),
+            Ok(Head::Other(Answer::NotFound))
+        );
+        assert_eq!(
+            Answer::parse_head("DENIED no"),
+            Ok(Head::Other(Answer::Denied("no".into())))
+        );
+        assert!(Answer::parse_head("OK 99999").is_err());
+        assert!(Answer::parse_head("WHAT").is_err());
+    }
+}
