@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod host;
 pub mod logging;
 pub mod mds;
 pub mod notify;

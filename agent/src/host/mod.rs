@@ -1,0 +1,1 @@
+//! Host integration: files, sshd, nsswitch, sudoers, homes (being written).
