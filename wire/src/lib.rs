@@ -9,5 +9,7 @@
     clippy::unreachable
 )]
 
+pub mod cache;
 pub mod names;
 pub mod proto;
+pub mod records;

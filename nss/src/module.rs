@@ -1,0 +1,381 @@
+//! The module's logic, free of fixed paths so tests can run it against a temporary cache file
+//! and socket: cache first (a lock, a clock read, a binary search), the daemon's socket on a
+//! miss, enumeration from the cache only.
+
+use std::ffi::{CStr, CString};
+use std::mem::MaybeUninit;
+use std::sync::{Mutex, MutexGuard};
+
+use guest_agent_wire::cache::{CACHE_PATH, Cache, Passwd};
+use guest_agent_wire::proto::{Request, SOCKET_PATH};
+use guest_agent_wire::records::{GroupRecord, PasswdRecord, is_valid_name_bytes, parse_id};
+use libc::{gid_t, group, passwd};
+
+use crate::client::{self, Reply};
+use crate::fill::{self, Arena, Erange, GidList, Push, PwData};
+use crate::mapping::{Mapping, Source};
+
+/// Ids below this are refused from the socket when there is no cache to say otherwise.
+pub const DEFAULT_FLOOR: u32 = 1000;
+/// The environment variable that keeps the module off the socket (the daemon sets it).
+pub const NO_SOCKET_VAR: &CStr = c"GUEST_AGENT_NSS_NO_SOCKET";
+
+/// What an NSS function reports (the exported layer turns it into a status and errno).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Success,
+    NotFound,
+    Unavail,
+    /// Buffer too small: TRYAGAIN with ERANGE.
+    Erange,
+    /// Out of memory: TRYAGAIN with ENOMEM.
+    NoMem,
+}
+
+impl From<Result<(), Erange>> for Status {
+    fn from(r: Result<(), Erange>) -> Status {
+        match r {
+            Ok(()) => Status::Success,
+            Err(Erange) => Status::Erange,
+        }
+    }
+}
+
+struct State {
+    map: Mapping,
+    pw_pos: usize,
+    gr_pos: usize,
+}
+
+/// One configuration of the module: the exported functions use [`Module::system`].
+pub struct Module {
+    cache_path: CString,
+    socket_path: CString,
+    no_socket_var: CString,
+    recheck_ms: u64,
+    require_root_owner: bool,
+    state: Mutex<State>,
+}
+
+/// A lookup key.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Name(&'a str),
+    Id(u32),
+}
+
+fn pw_data<'a>(p: &Passwd<'a>) -> PwData<'a> {
+    PwData {
+        name: p.name,
+        uid: p.uid,
+        gid: p.gid,
+        gecos: p.gecos,
+        home: p.home,
+        shell: p.shell,
+    }
+}
+
+/// A name as asked: valid per the name rule, else the lookup is NOTFOUND at once.
+fn valid_name(name: &[u8]) -> Option<&str> {
+    if !is_valid_name_bytes(name) {
+        return None;
+    }
+    std::str::from_utf8(name).ok()
+}
+
+impl Module {
+    /// The installed module: the daemon's cache file and socket.
+    pub fn system() -> Module {
+        Module::new(CACHE_PATH, SOCKET_PATH, NO_SOCKET_VAR, 1000, true)
+    }
+
+    /// A module reading `cache_path`, asking `socket_path`, kept off the socket by the
+    /// environment variable `no_socket_var`, looking at the file again every `recheck_ms`.
+    pub fn new(
+        cache_path: &str,
+        socket_path: &str,
+        no_socket_var: &CStr,
+        recheck_ms: u64,
+        require_root_owner: bool,
+    ) -> Module {
+        let c = |s: &str| CString::new(s).unwrap_or_default();
+        Module {
+            cache_path: c(cache_path),
+            socket_path: c(socket_path),
+            no_socket_var: no_socket_var.to_owned(),
+            recheck_ms,
+            require_root_owner,
+            state: Mutex::new(State {
+                map: Mapping::new(),
+                pw_pos: 0,
+                gr_pos: 0,
+            }),
+        }
+    }
+
+    /// The state, refreshed (the file looked at again when due).
+    fn state(&self) -> MutexGuard<'_, State> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.map.refresh(&Source {
+            path: &self.cache_path,
+            recheck_ms: self.recheck_ms,
+            require_root_owner: self.require_root_owner,
+        });
+        st
+    }
+
+    fn socket_disabled(&self) -> bool {
+        // SAFETY: a NUL-terminated name; the result is only compared with null.
+        unsafe { !libc::getenv(self.no_socket_var.as_ptr()).is_null() }
+    }
+
+    /// Runs `f` on the lines of the daemon's answer to `request` (or of this thread's
+    /// remembered answer, when glibc retries after ERANGE).
+    fn ask(&self, request: &Request, f: impl FnOnce(&[String]) -> Status) -> Status {
+        let request = request.encode();
+        let (lines, fresh) = match client::recall(&request) {
+            Some(lines) => (lines, false),
+            None => match client::ask(&self.socket_path, &request, client::DEADLINE) {
+                Reply::Lines(lines) => (lines, true),
+                Reply::NotFound => return Status::NotFound,
+                Reply::Unavail => return Status::Unavail,
+            },
+        };
+        let status = f(&lines);
+        if status == Status::Erange {
+            if fresh {
+                client::remember(&request, lines);
+            }
+        } else {
+            client::forget();
+        }
+        status
+    }
+
+    /// The floor for socket answers, or the status of a miss that does not go to the socket:
+    /// an id below the floor (never served, so not worth a question) or the env guard.
+    fn miss(&self, floor: Option<u32>, key: Key<'_>) -> Result<u32, Status> {
+        if let Key::Id(id) = key
+            && id < floor.unwrap_or(DEFAULT_FLOOR)
+        {
+            return Err(Status::NotFound);
+        }
+        if self.socket_disabled() {
+            // Cache only: a valid cache that does not know the name is a definite answer.
+            return Err(if floor.is_some() {
+                Status::NotFound
+            } else {
+                Status::Unavail
+            });
+        }
+        Ok(floor.unwrap_or(DEFAULT_FLOOR).max(1))
+    }
+
+    fn getpw(&self, key: Key<'_>, out: &mut MaybeUninit<passwd>, arena: &mut Arena) -> Status {
+        let floor = {
+            let st = self.state();
+            let cache = st.map.cache();
+            let hit = cache.and_then(|c| match key {
+                Key::Name(n) => c.user_by_name(n.as_bytes()),
+                Key::Id(u) => c.user_by_uid(u),
+            });
+            if let Some(p) = hit {
+                return fill::passwd(&pw_data(&p), out, arena).into();
+            }
+            cache.map(Cache::min_id)
+        };
+        let floor = match self.miss(floor, key) {
+            Ok(f) => f,
+            Err(s) => return s,
+        };
+        let request = match key {
+            Key::Name(n) => Request::UserByName(n.to_owned()),
+            Key::Id(u) => Request::UserByUid(u),
+        };
+        self.ask(&request, |lines| match lines {
+            [] => Status::NotFound,
+            [line] => match PasswdRecord::parse(line) {
+                Ok(r) => {
+                    let asked = match key {
+                        Key::Name(n) => r.name == n,
+                        Key::Id(u) => r.uid == u,
+                    };
+                    if !asked || r.uid < floor || r.gid < floor {
+                        return Status::NotFound;
+                    }
+                    let d = PwData {
+                        name: r.name.as_bytes(),
+                        uid: r.uid,
+                        gid: r.gid,
+                        gecos: r.gecos.as_bytes(),
+                        home: r.home.as_bytes(),
+                        shell: r.shell.as_bytes(),
+                    };
+                    fill::passwd(&d, out, arena).into()
+                }
+                Err(_) => Status::Unavail,
+            },
+            _ => Status::Unavail,
+        })
+    }
+
+    fn getgr(&self, key: Key<'_>, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
+        let floor = {
+            let st = self.state();
+            let cache = st.map.cache();
+            let hit = cache.and_then(|c| match key {
+                Key::Name(n) => c.group_by_name(n.as_bytes()),
+                Key::Id(g) => c.group_by_gid(g),
+            });
+            if let Some(g) = hit {
+                return fill::group(g.name, g.gid, g.members(), g.member_count(), out, arena)
+                    .into();
+            }
+            cache.map(Cache::min_id)
+        };
+        let floor = match self.miss(floor, key) {
+            Ok(f) => f,
+            Err(s) => return s,
+        };
+        let request = match key {
+            Key::Name(n) => Request::GroupByName(n.to_owned()),
+            Key::Id(g) => Request::GroupByGid(g),
+        };
+        self.ask(&request, |lines| match lines {
+            [] => Status::NotFound,
+            [line] => match GroupRecord::parse(line) {
+                Ok(r) => {
+                    let asked = match key {
+                        Key::Name(n) => r.name == n,
+                        Key::Id(g) => r.gid == g,
+                    };
+                    if !asked || r.gid < floor {
+                        return Status::NotFound;
+                    }
+                    let members = r.members().map(str::as_bytes);
+                    fill::group(
+                        r.name.as_bytes(),
+                        r.gid,
+                        members,
+                        r.member_count(),
+                        out,
+                        arena,
+                    )
+                    .into()
+                }
+                Err(_) => Status::Unavail,
+            },
+            _ => Status::Unavail,
+        })
+    }
+
+    pub fn getpwnam(
+        &self,
+        name: &[u8],
+        out: &mut MaybeUninit<passwd>,
+        arena: &mut Arena,
+    ) -> Status {
+        match valid_name(name) {
+            Some(n) => self.getpw(Key::Name(n), out, arena),
+            None => Status::NotFound,
+        }
+    }
+
+    pub fn getpwuid(&self, uid: u32, out: &mut MaybeUninit<passwd>, arena: &mut Arena) -> Status {
+        self.getpw(Key::Id(uid), out, arena)
+    }
+
+    pub fn getgrnam(&self, name: &[u8], out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
+        match valid_name(name) {
+            Some(n) => self.getgr(Key::Name(n), out, arena),
+            None => Status::NotFound,
+        }
+    }
+
+    pub fn getgrgid(&self, gid: u32, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
+        self.getgr(Key::Id(gid), out, arena)
+    }
+
+    pub fn setpwent(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).pw_pos = 0;
+    }
+
+    pub fn setgrent(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).gr_pos = 0;
+    }
+
+    /// The next user of the enumeration (cache only); the position only moves on success, so
+    /// glibc's retry after ERANGE gets the same entry.
+    pub fn getpwent(&self, out: &mut MaybeUninit<passwd>, arena: &mut Arena) -> Status {
+        let mut st = self.state();
+        let pos = st.pw_pos;
+        let Some(p) = st.map.cache().and_then(|c| c.user_at(pos)) else {
+            return Status::NotFound;
+        };
+        let status: Status = fill::passwd(&pw_data(&p), out, arena).into();
+        if status == Status::Success {
+            st.pw_pos = pos + 1;
+        }
+        status
+    }
+
+    /// The next group of the enumeration (cache only).
+    pub fn getgrent(&self, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
+        let mut st = self.state();
+        let pos = st.gr_pos;
+        let Some(g) = st.map.cache().and_then(|c| c.group_at(pos)) else {
+            return Status::NotFound;
+        };
+        let status: Status =
+            fill::group(g.name, g.gid, g.members(), g.member_count(), out, arena).into();
+        if status == Status::Success {
+            st.gr_pos = pos + 1;
+        }
+        status
+    }
+
+    /// Appends the supplementary gids of `user` (except `skip`) to `list`.
+    pub fn initgroups(&self, user: &[u8], skip: gid_t, list: &mut GidList) -> Status {
+        let Some(name) = valid_name(user) else {
+            return Status::NotFound;
+        };
+        let push_all = |list: &mut GidList, gids: &mut dyn Iterator<Item = u32>| {
+            for gid in gids.filter(|&g| g != skip) {
+                match list.push(gid) {
+                    Push::Done => {}
+                    Push::Full => break,
+                    Push::NoMem => return Status::NoMem,
+                }
+            }
+            Status::Success
+        };
+        let floor = {
+            let st = self.state();
+            let cache = st.map.cache();
+            if let Some(p) = cache.and_then(|c| c.user_by_name(name.as_bytes())) {
+                return push_all(list, &mut p.groups());
+            }
+            cache.map(Cache::min_id)
+        };
+        let floor = match self.miss(floor, Key::Name(name)) {
+            Ok(f) => f,
+            Err(s) => return s,
+        };
+        let request = Request::GroupsOfUser(name.to_owned());
+        self.ask(&request, |lines| {
+            let mut gids = Vec::with_capacity(lines.len());
+            for line in lines {
+                match parse_id(line) {
+                    Some(g) if g >= floor => gids.push(g),
+                    Some(_) => {}
+                    None => return Status::Unavail,
+                }
+            }
+            push_all(list, &mut gids.into_iter())
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+mod tests;
