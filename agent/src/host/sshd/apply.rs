@@ -1,0 +1,259 @@
+//! Applying a [`Plan`](super::Plan): write atomically, validate with the real `sshd -t`, check
+//! with `sshd -T` that our directives are in effect, undo everything on failure, and reload
+//! sshd only when its effective configuration changed.
+//!
+//! `sshd -t` and `-T` need the host keys readable and the privilege-separation directory
+//! (`/run/sshd` on Debian) present. At boot the agent runs before ssh.service has created
+//! that directory, so it is created (root, 0755, as ssh.service's `RuntimeDirectory` would)
+//! when missing. Without host keys the validation fails and the change is undone.
+
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Layout, Plan, SshdError, SshdSettings, directives, plan_disable, plan_enable};
+use crate::host::command;
+use crate::host::files;
+use crate::host::service::{self, ReloadTarget, Reloaded};
+
+/// Everything [`enable`] and [`disable`] touch or run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshdPaths {
+    /// The main config, passed to sshd with `-f`.
+    pub main_config: PathBuf,
+    /// Our drop-in, used when the main config includes it.
+    pub dropin: PathBuf,
+    /// The base of relative `Include` patterns (sshd's compiled-in SSHDIR).
+    pub ssh_dir: PathBuf,
+    pub sshd: PathBuf,
+    /// Created when missing before running sshd; `None` to leave it alone.
+    pub privsep_dir: Option<PathBuf>,
+    pub reload: ReloadTarget,
+    pub timeout: Duration,
+}
+
+impl Default for SshdPaths {
+    fn default() -> Self {
+        SshdPaths {
+            main_config: "/etc/ssh/sshd_config".into(),
+            dropin: "/etc/ssh/sshd_config.d/60-guest-agent.conf".into(),
+            ssh_dir: "/etc/ssh".into(),
+            sshd: "/usr/sbin/sshd".into(),
+            privsep_dir: Some("/run/sshd".into()),
+            reload: ReloadTarget::sshd(),
+            timeout: command::DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// What [`enable`] or [`disable`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshdReport {
+    /// Where our directives are (`None` after [`disable`]).
+    pub layout: Option<Layout>,
+    /// Files written or removed.
+    pub changed: Vec<PathBuf>,
+    /// `None`: sshd's effective configuration did not change, so it was not reloaded.
+    pub reloaded: Option<Reloaded>,
+}
+
+/// Makes sshd use `settings` (see the module documentation of [`super`] for where they go).
+pub fn enable(paths: &SshdPaths, settings: &SshdSettings) -> Result<SshdReport, SshdError> {
+    let main = read_main(&paths.main_config)?;
+    let dir_exists = paths.dropin.parent().is_some_and(Path::is_dir);
+    let (layout, plan) = plan_enable(
+        &main,
+        &paths.main_config,
+        settings,
+        &paths.ssh_dir,
+        &paths.dropin,
+        dir_exists,
+    )?;
+    let expected = directives(settings)?;
+    let mut report = converge(paths, &main, &plan, &expected)?;
+    report.layout = Some(layout);
+    Ok(report)
+}
+
+/// Removes our drop-in or block, leaving the main config as it was before [`enable`].
+pub fn disable(paths: &SshdPaths) -> Result<SshdReport, SshdError> {
+    let main = read_main(&paths.main_config)?;
+    let plan = plan_disable(&main, &paths.main_config)?;
+    converge(paths, &main, &plan, &[])
+}
+
+fn read_main(path: &Path) -> Result<String, SshdError> {
+    let bytes = files::read_optional(path)?.ok_or_else(|| SshdError::MissingConfig {
+        path: path.to_path_buf(),
+    })?;
+    // sshd_config is ASCII in practice; a stray byte must survive the round trip, so refuse
+    // to edit rather than lossily convert.
+    String::from_utf8(bytes).map_err(|_| SshdError::Setting {
+        setting: "main_config",
+        value: path.display().to_string(),
+        rule: "must be UTF-8 text to be edited; fix the file by hand",
+    })
+}
+
+/// A file as it was, to put back.
+struct Saved {
+    path: PathBuf,
+    content: Option<Vec<u8>>,
+    mode: u32,
+    owner: (u32, u32),
+}
+
+impl Saved {
+    fn take(path: &Path) -> Result<Saved, SshdError> {
+        let content = files::read_optional(path)?;
+        let meta = std::fs::metadata(path).ok();
+        Ok(Saved {
+            path: path.to_path_buf(),
+            content,
+            mode: meta.as_ref().map_or(0o644, |m| m.mode() & 0o7777),
+            owner: meta.as_ref().map_or((0, 0), |m| (m.uid(), m.gid())),
+        })
+    }
+
+    /// Writes `new` (or removes the file for `None`), keeping the old mode and owner.
+    fn write(&self, new: Option<&[u8]>) -> Result<bool, SshdError> {
+        Ok(match new {
+            Some(bytes) => files::write_atomic(&self.path, bytes, self.mode, Some(self.owner))?,
+            None => files::remove_if_exists(&self.path)?,
+        })
+    }
+
+    fn restore(&self) {
+        if let Err(e) = self.write(self.content.as_deref()) {
+            tracing::error!(path = %self.path.display(), error = %e, "cannot undo a change to sshd's configuration");
+        }
+    }
+}
+
+fn converge(
+    paths: &SshdPaths,
+    main: &str,
+    plan: &Plan,
+    expected: &[(&'static str, String)],
+) -> Result<SshdReport, SshdError> {
+    let saved_main = Saved::take(&paths.main_config)?;
+    let saved_dropin = Saved::take(&paths.dropin)?;
+    let main_changes = plan.main != main;
+    let dropin_changes =
+        plan.dropin.as_deref().map(str::as_bytes) != saved_dropin.content.as_deref();
+    let mut report = SshdReport {
+        layout: None,
+        changed: Vec::new(),
+        reloaded: None,
+    };
+    if !main_changes && !dropin_changes {
+        return Ok(report);
+    }
+    ensure_privsep_dir(paths);
+    let before = effective(paths).ok();
+
+    // Write the drop-in first when adding, the main config first when removing our block, so
+    // that in between sshd never sees our directives twice (harmless) or not at all.
+    let mut undo: Vec<&Saved> = Vec::new();
+    let result = (|| {
+        if dropin_changes && saved_dropin.write(plan.dropin.as_deref().map(str::as_bytes))? {
+            undo.push(&saved_dropin);
+            report.changed.push(paths.dropin.clone());
+        }
+        if main_changes && saved_main.write(Some(plan.main.as_bytes()))? {
+            undo.push(&saved_main);
+            report.changed.push(paths.main_config.clone());
+        }
+        let written = report.changed.first().cloned().unwrap_or_default();
+        let out = sshd(paths, &["-t"])?;
+        if !out.status.success() {
+            return Err(SshdError::Invalid {
+                path: written,
+                message: out.message(),
+            });
+        }
+        let after = effective(paths)?;
+        check_in_effect(&after, expected, &written)?;
+        Ok(after)
+    })();
+    let after = match result {
+        Ok(after) => after,
+        Err(e) => {
+            undo.iter().rev().for_each(|saved| saved.restore());
+            return Err(e);
+        }
+    };
+    // sshd -T without -C does not show Match blocks; a change there needs a reload too.
+    let match_changed = |old: Option<&str>, new: Option<&str>| {
+        let tail =
+            |t: Option<&str>| t.and_then(|t| t.find("\nMatch Group ").map(|i| t[i..].to_string()));
+        tail(old) != tail(new)
+    };
+    let old_dropin = saved_dropin.content.as_deref().map(String::from_utf8_lossy);
+    let needs_reload = before.as_deref() != Some(after.as_str())
+        || match_changed(Some(main), Some(&plan.main))
+        || match_changed(old_dropin.as_deref(), plan.dropin.as_deref());
+    if needs_reload {
+        report.reloaded = Some(service::reload(&paths.reload)?);
+    }
+    Ok(report)
+}
+
+fn sshd(paths: &SshdPaths, args: &[&str]) -> Result<command::Output, SshdError> {
+    let config = paths.main_config.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["-f", &config]);
+    Ok(command::run(&paths.sshd, &all, paths.timeout)?)
+}
+
+/// `sshd -T`: the effective global configuration, one `keyword value` per line.
+fn effective(paths: &SshdPaths) -> Result<String, SshdError> {
+    let out = sshd(paths, &["-T"])?;
+    if !out.status.success() {
+        return Err(SshdError::Invalid {
+            path: paths.main_config.clone(),
+            message: out.message(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// Each expected directive shows in `sshd -T` output with our value.
+fn check_in_effect(
+    effective: &str,
+    expected: &[(&'static str, String)],
+    path: &Path,
+) -> Result<(), SshdError> {
+    for (keyword, value) in expected {
+        let key = keyword.to_ascii_lowercase();
+        let found = effective
+            .lines()
+            .find_map(|l| l.strip_prefix(&key)?.strip_prefix(' '))
+            .unwrap_or("(absent)");
+        if found != value {
+            return Err(SshdError::NotInEffect {
+                path: path.to_path_buf(),
+                keyword,
+                expected: value.clone(),
+                found: found.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn ensure_privsep_dir(paths: &SshdPaths) {
+    let Some(dir) = &paths.privsep_dir else {
+        return;
+    };
+    if !dir.parent().is_some_and(Path::is_dir) || dir.exists() {
+        return;
+    }
+    if let Err(e) = std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot create sshd's privilege separation directory");
+    }
+}
+
+#[cfg(test)]
+#[path = "apply_tests.rs"]
+mod tests;
