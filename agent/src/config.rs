@@ -37,6 +37,7 @@ pub enum ConfigError {
 pub struct Config {
     pub metadata: MetadataConfig,
     pub daemon: DaemonConfig,
+    pub oslogin: OsLoginConfig,
 }
 
 /// `[metadata]`: how the agent talks to the metadata service.
@@ -97,6 +98,62 @@ impl Default for DaemonConfig {
         DaemonConfig {
             startup_deadline_secs: 10,
             log_level: "info".into(),
+        }
+    }
+}
+
+/// `[oslogin]`: OS Login (used when the `enable-oslogin` attribute is true).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OsLoginConfig {
+    /// Lowest uid and gid served; profiles below it are refused.
+    pub min_id: u32,
+    /// Full directory sync period (users, groups, members), plus one at start and on demand.
+    pub sync_interval_secs: u64,
+    /// Page size asked for when listing users and groups.
+    pub page_size: u32,
+    /// How long "no such user/group" from the service is remembered.
+    pub negative_cache_secs: u64,
+    /// Deadline for one authorize request at login (the helper's own deadline is 4.5 s).
+    pub authorize_timeout_ms: u64,
+    /// How long a login decision may be reused for another login of the same user and key.
+    /// 0: every login asks the service (the two runs sshd makes for one connection share one
+    /// decision all the same).
+    pub decision_reuse_secs: u64,
+    /// When the service cannot be reached at login, allow users whose last positive decision
+    /// is younger than this. 0: fail closed.
+    pub grace_period_secs: u64,
+    /// A group every OS Login user is a member of (served by the NSS module), used by the
+    /// sshd `Match Group` that makes sshd ignore their own `~/.ssh/authorized_keys`.
+    pub users_group: String,
+    pub users_group_gid: u32,
+    /// Make sshd ignore OS Login users' own `~/.ssh/authorized_keys` (access follows roles).
+    pub ignore_user_keys: bool,
+    /// The `guest-agent` binary sshd runs (AuthorizedKeysCommand); its path and every parent
+    /// must be root-owned and not group/world-writable.
+    pub helper_path: String,
+    /// AuthorizedKeysCommandUser.
+    pub command_user: String,
+    /// Create the home directory (from /etc/skel) at the first authorized login.
+    pub create_home: bool,
+}
+
+impl Default for OsLoginConfig {
+    fn default() -> Self {
+        OsLoginConfig {
+            min_id: 1000,
+            sync_interval_secs: 600,
+            page_size: 1000,
+            negative_cache_secs: 30,
+            authorize_timeout_ms: 3000,
+            decision_reuse_secs: 0,
+            grace_period_secs: 0,
+            users_group: "guest-agent-oslogin".into(),
+            users_group_gid: 4_000_000_000,
+            ignore_user_keys: true,
+            helper_path: "/usr/bin/guest-agent".into(),
+            command_user: "nobody".into(),
+            create_home: true,
         }
     }
 }
@@ -189,6 +246,70 @@ impl Config {
                 "metadata.max_body_bytes",
                 &m.max_body_bytes,
                 "must be between 1024 and 268435456",
+            );
+        }
+        let o = &self.oslogin;
+        let oranges: [(&'static str, u64, u64, u64); 6] = [
+            ("oslogin.min_id", o.min_id.into(), 1, 4_294_967_294),
+            (
+                "oslogin.sync_interval_secs",
+                o.sync_interval_secs,
+                10,
+                86_400,
+            ),
+            ("oslogin.page_size", o.page_size.into(), 1, 10_000),
+            (
+                "oslogin.negative_cache_secs",
+                o.negative_cache_secs,
+                0,
+                3600,
+            ),
+            (
+                "oslogin.authorize_timeout_ms",
+                o.authorize_timeout_ms,
+                100,
+                4000,
+            ),
+            ("oslogin.decision_reuse_secs", o.decision_reuse_secs, 0, 300),
+        ];
+        for (key, value, lo, hi) in oranges {
+            if !(lo..=hi).contains(&value) {
+                return invalid(key, &value, &format!("must be between {lo} and {hi}"));
+            }
+        }
+        if o.grace_period_secs > 7 * 86_400 {
+            return invalid(
+                "oslogin.grace_period_secs",
+                &o.grace_period_secs,
+                "must be at most 604800 (a week)",
+            );
+        }
+        if !guest_agent_wire::names::is_valid_name(&o.users_group) {
+            return invalid(
+                "oslogin.users_group",
+                &format!("{:?}", o.users_group),
+                "must be a valid group name",
+            );
+        }
+        if o.users_group_gid < o.min_id || o.users_group_gid == u32::MAX {
+            return invalid(
+                "oslogin.users_group_gid",
+                &o.users_group_gid,
+                "must be at least oslogin.min_id and below 4294967295",
+            );
+        }
+        if !o.helper_path.starts_with('/') || o.helper_path.contains(char::is_whitespace) {
+            return invalid(
+                "oslogin.helper_path",
+                &format!("{:?}", o.helper_path),
+                "must be an absolute path without blanks",
+            );
+        }
+        if !guest_agent_wire::names::is_valid_name(&o.command_user) {
+            return invalid(
+                "oslogin.command_user",
+                &format!("{:?}", o.command_user),
+                "must be a valid user name",
             );
         }
         let d = &self.daemon;

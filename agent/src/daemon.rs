@@ -7,7 +7,7 @@
 //! the old one kept), the watchdog is fed when systemd asks for it. Stop: SIGTERM or SIGINT
 //! stops at once (nothing the daemon writes is ever half-written, so there is nothing to finish).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,8 +16,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{oneshot, watch};
 
 use crate::config::Config;
+use guest_agent_wire::proto::SOCKET_PATH;
+
 use crate::mds::watcher;
-use crate::{notify, reconcile};
+use crate::oslogin::{self, service::OsLogin};
+use crate::{notify, reconcile, socket};
 
 /// Where the configuration comes from, for reloads.
 #[derive(Debug, Clone)]
@@ -61,9 +64,25 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     let (first_pass_tx, mut first_pass_rx) = oneshot::channel();
 
-    let watcher = AbortOnDrop(tokio::spawn(watcher::run(config_rx, snapshot_tx)));
-    let reconcilers: Vec<Box<dyn reconcile::Reconciler>> =
-        vec![Box::new(reconcile::ChangeLog::default())];
+    let oslogin = OsLogin::new(config_rx.clone(), oslogin::service::Paths::default());
+    let listener = socket::bind(Path::new(SOCKET_PATH))
+        .with_context(|| format!("cannot listen on {SOCKET_PATH}"))?;
+    let _socket = AbortOnDrop(tokio::spawn(socket::serve(
+        listener,
+        Arc::new(socket::Handler {
+            oslogin: oslogin.clone(),
+        }),
+    )));
+    let _oslogin_task = AbortOnDrop(tokio::spawn(oslogin.clone().run()));
+    let watcher = AbortOnDrop(tokio::spawn(watcher::run(config_rx.clone(), snapshot_tx)));
+    let reconcilers: Vec<Box<dyn reconcile::Reconciler>> = vec![
+        Box::new(reconcile::ChangeLog::default()),
+        Box::new(oslogin::reconciler::OsLoginReconciler::new(
+            oslogin.clone(),
+            config_rx,
+            Default::default(),
+        )),
+    ];
     let reconciler = AbortOnDrop(tokio::spawn(reconcile::run(
         snapshot_rx,
         reconcilers,

@@ -31,6 +31,13 @@ enum Command {
     Run,
     /// Check the configuration file and print the effective configuration.
     CheckConfig,
+    /// sshd's AuthorizedKeysCommand: print USER's OS Login keys if the login role is granted
+    /// now. sshd_config: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`.
+    AuthorizedKeys {
+        user: String,
+        /// sshd's %f (the offered key's fingerprint).
+        fingerprint: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -54,7 +61,14 @@ fn main() -> ExitCode {
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
+        Command::AuthorizedKeys { user, fingerprint } => {
+            guest_agent::commands::authorized_keys(&config, &user, fingerprint.as_deref())
+        }
         Command::Run => {
+            // The daemon must never ask itself through the NSS module (it answers the socket
+            // the module would ask). Set before any thread exists.
+            // SAFETY: single-threaded at this point; nothing reads the environment concurrently.
+            unsafe { std::env::set_var(guest_agent::NSS_NO_SOCKET_ENV, "1") };
             guest_agent::logging::init(&config.daemon.log_level);
             match daemon::run(source, config) {
                 Ok(()) => ExitCode::SUCCESS,

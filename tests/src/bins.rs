@@ -20,7 +20,7 @@ pub fn path(name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(
         bin.is_file(),
-        "{} not found: build the workspace first (cargo build --workspace --bins)",
+        "{} not found: build the workspace first (cargo build --workspace)",
         bin.display()
     );
     bin

@@ -11,6 +11,7 @@ use crate::emulator::Emulator;
 use crate::netns::Netns;
 use crate::notify::NotifySocket;
 use crate::process::Proc;
+use crate::vm::Vm;
 
 /// How to start the agent.
 #[derive(Debug, Clone, Default)]
@@ -25,24 +26,31 @@ pub struct TestEnv {
     pub agent: Option<Proc>,
     pub notify: Option<NotifySocket>,
     pub emulator: Option<Emulator>,
+    /// The private mount namespace ("VM") the agent runs in: it writes /run, /var/lib and,
+    /// with OS Login, /etc.
+    pub vm: Option<Vm>,
     pub ns: Netns,
     pub dir: tempfile::TempDir,
 }
 
 impl TestEnv {
-    /// A namespace and a temporary directory; nothing running yet.
+    /// A namespace, a temporary directory and the VM (private mount namespace) the agent
+    /// will run in; nothing running yet.
     pub fn new(tag: &str) -> TestEnv {
         let dir = tempfile::Builder::new()
             .prefix("ga-e2e-")
             .tempdir()
             .expect("tempdir");
-        TestEnv {
+        let mut env = TestEnv {
             agent: None,
             notify: None,
             emulator: None,
+            vm: None,
             ns: Netns::new(tag),
             dir,
-        }
+        };
+        env.vm = Some(Vm::new(&env));
+        env
     }
 
     /// A namespace with the emulator running in it.
@@ -50,6 +58,10 @@ impl TestEnv {
         let mut env = TestEnv::new(tag);
         env.emulator = Some(Emulator::start(&env.ns, env.dir.path(), state));
         env
+    }
+
+    pub fn vm(&self) -> &Vm {
+        self.vm.as_ref().expect("vm made")
     }
 
     pub fn dir(&self) -> &Path {
@@ -81,7 +93,7 @@ impl TestEnv {
     pub fn start_agent(&mut self, opts: AgentOptions) {
         self.write_config(&opts.config);
         let notify = NotifySocket::bind(self.dir.path());
-        let mut cmd = self.ns.command(&crate::bins::agent());
+        let mut cmd = self.vm().command(crate::vm::AGENT);
         cmd.arg("--config").arg(self.config_path()).arg("run");
         cmd.env("NOTIFY_SOCKET", notify.path());
         cmd.env_remove("RUST_LOG").env_remove("JOURNAL_STREAM");

@@ -11,7 +11,9 @@ pub mod emulator;
 pub mod env;
 pub mod netns;
 pub mod notify;
+pub mod oslogin;
 pub mod process;
+pub mod vm;
 
 pub use env::{AgentOptions, TestEnv};
 

@@ -34,6 +34,13 @@ impl GceClient {
         &self.settings
     }
 
+    /// The same client with another deadline for ordinary requests.
+    pub fn with_timeout(&self, request_timeout: Duration) -> GceClient {
+        let mut settings = self.settings.clone();
+        settings.request_timeout = request_timeout;
+        GceClient { settings }
+    }
+
     /// GETs `PREFIX + path_and_query` and returns the body of a 200 answer that echoed the
     /// flavor header, with its ETag. `extra_wait` is added to the request deadline (long polls).
     async fn get(
@@ -125,7 +132,7 @@ impl GceClient {
 }
 
 /// Percent-escapes everything but unreserved characters (an ETag is opaque to us).
-fn query_escape(s: &str) -> String {
+pub(crate) fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

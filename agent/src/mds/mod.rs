@@ -13,6 +13,7 @@ use std::time::Duration;
 pub use backoff::Backoff;
 pub use ec2::Ec2Client;
 pub use gce::GceClient;
+pub(crate) use gce::query_escape;
 pub use http::{Endpoint, Limits};
 pub use snapshot::Snapshot;
 

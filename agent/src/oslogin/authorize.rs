@@ -1,0 +1,166 @@
+//! Live login decisions: `oslogin/authorize?email=E&policy=login|adminLogin[&fingerprint=F]`.
+//!
+//! - Every login asks the service (revoking a role cuts access at the next login), except that
+//!   the runs sshd makes for one SSH connection (it runs AuthorizedKeysCommand once for the key
+//!   query and once for the signature) share the decision: they carry the same connection id.
+//! - Concurrent identical checks share one request (single flight).
+//! - `decision_reuse_secs` (default 0) lets an operator reuse a decision across logins.
+//! - When the service cannot answer, the decision is "unavailable": the caller fails closed
+//!   unless the user's last positive decision is younger than the grace period.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::OnceCell;
+
+use super::profile::parse_authorized;
+use crate::mds::{GceClient, MdsError, query_escape};
+
+/// How long the runs of one SSH connection share a decision.
+const CONNECTION_REUSE: Duration = Duration::from_secs(60);
+/// Bound on remembered decisions (pruned of expired ones past this).
+const MAX_REMEMBERED: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Policy {
+    Login,
+    AdminLogin,
+}
+
+impl Policy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Login => "login",
+            Policy::AdminLogin => "adminLogin",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Denied,
+    /// The service did not give an answer (down, slow, garbled): the reason.
+    Unavailable(String),
+}
+
+type Question = (String, Policy, Option<String>);
+
+#[derive(Default)]
+pub struct Authorizer {
+    inflight: Mutex<HashMap<Question, Arc<OnceCell<Decision>>>>,
+    /// Decisions by (question, scope): scope is a connection id, or "" for cross-login reuse.
+    recent: Mutex<HashMap<(Question, String), (Instant, Decision)>>,
+    last_allowed: Mutex<HashMap<(String, Policy), Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Authorizer {
+    /// Decides `policy` for `email` (with the certificate `fingerprint` when given).
+    pub async fn decide(
+        &self,
+        client: &GceClient,
+        email: &str,
+        policy: Policy,
+        fingerprint: Option<&str>,
+        connection: Option<&str>,
+        reuse: Duration,
+    ) -> Decision {
+        let question: Question = (email.to_owned(), policy, fingerprint.map(str::to_owned));
+        let now = Instant::now();
+        {
+            let recent = lock(&self.recent);
+            let scopes = [(connection.unwrap_or(""), CONNECTION_REUSE), ("", reuse)];
+            for (scope, window) in scopes {
+                if scope.is_empty() && window.is_zero() {
+                    continue;
+                }
+                if let Some((at, d)) = recent.get(&(question.clone(), scope.to_owned()))
+                    && now.duration_since(*at) < window
+                    && !matches!(d, Decision::Unavailable(_))
+                {
+                    tracing::debug!(email, policy = policy.as_str(), "decision reused");
+                    return d.clone();
+                }
+            }
+        }
+        let cell = lock(&self.inflight)
+            .entry(question.clone())
+            .or_default()
+            .clone();
+        let decision = cell
+            .get_or_init(|| ask(client, email, policy, fingerprint))
+            .await
+            .clone();
+        {
+            let mut inflight = lock(&self.inflight);
+            if inflight
+                .get(&question)
+                .is_some_and(|c| Arc::ptr_eq(c, &cell))
+            {
+                inflight.remove(&question);
+            }
+        }
+        if !matches!(decision, Decision::Unavailable(_)) {
+            let mut recent = lock(&self.recent);
+            if recent.len() > MAX_REMEMBERED {
+                let horizon = CONNECTION_REUSE.max(reuse);
+                recent.retain(|_, (at, _)| now.duration_since(*at) < horizon);
+            }
+            if let Some(c) = connection {
+                recent.insert((question.clone(), c.to_owned()), (now, decision.clone()));
+            }
+            if !reuse.is_zero() {
+                recent.insert((question.clone(), String::new()), (now, decision.clone()));
+            }
+        }
+        match decision {
+            Decision::Allowed => {
+                lock(&self.last_allowed).insert((email.to_owned(), policy), now);
+            }
+            Decision::Denied => {
+                lock(&self.last_allowed).remove(&(email.to_owned(), policy));
+            }
+            Decision::Unavailable(_) => {}
+        }
+        decision
+    }
+
+    /// Whether `email` was last allowed `policy` less than `grace` ago.
+    pub fn within_grace(&self, email: &str, policy: Policy, grace: Duration) -> bool {
+        !grace.is_zero()
+            && lock(&self.last_allowed)
+                .get(&(email.to_owned(), policy))
+                .is_some_and(|at| at.elapsed() < grace)
+    }
+}
+
+/// One authorize request.
+pub async fn ask(
+    client: &GceClient,
+    email: &str,
+    policy: Policy,
+    fingerprint: Option<&str>,
+) -> Decision {
+    let mut path = format!(
+        "oslogin/authorize?email={}&policy={}",
+        query_escape(email),
+        policy.as_str()
+    );
+    if let Some(f) = fingerprint {
+        path.push_str(&format!("&fingerprint={}", query_escape(f)));
+    }
+    match client.get_json::<serde_json::Value>(&path).await {
+        Ok(v) if parse_authorized(&v) => Decision::Allowed,
+        Ok(_) => Decision::Denied,
+        Err(MdsError::NotFound { .. }) => Decision::Denied,
+        Err(MdsError::Status { status, .. }) if (400..500).contains(&status) && status != 429 => {
+            Decision::Denied
+        }
+        Err(e) => Decision::Unavailable(e.to_string()),
+    }
+}

@@ -1,0 +1,350 @@
+//! The OS Login directory as the daemon knows it: users (with keys, kept in memory only),
+//! groups and members, negative answers; and the directory cache file built from it for the
+//! NSS module (names and ids only, no keys).
+//!
+//! Names or ids that a local account already holds (`/etc/passwd`, `/etc/group`) are never
+//! served: a cloud identity must not shadow or alias a local one. The NSS module relies on
+//! the daemon for this rule (it reads only the cache and the socket).
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use guest_agent_wire::cache::{CacheBuilder, GroupEntry, UserEntry};
+
+use super::profile::OsUser;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// A lookup the service answered with "no such user/group".
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Miss {
+    UserName(String),
+    Uid(u32),
+    GroupName(String),
+    Gid(u32),
+}
+
+/// Names and ids of local accounts.
+#[derive(Debug, Default, Clone)]
+pub struct LocalAccounts {
+    pub user_names: HashSet<String>,
+    pub uids: HashSet<u32>,
+    pub group_names: HashSet<String>,
+    pub gids: HashSet<u32>,
+}
+
+impl LocalAccounts {
+    /// Reads passwd(5) and group(5) files; unreadable files count as empty (logged).
+    pub fn read(passwd: &Path, group: &Path) -> LocalAccounts {
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| {
+                tracing::warn!(path = %p.display(), error = %e, "cannot read local accounts");
+                String::new()
+            })
+        };
+        LocalAccounts::parse(&read(passwd), &read(group))
+    }
+
+    pub fn parse(passwd: &str, group: &str) -> LocalAccounts {
+        let mut l = LocalAccounts::default();
+        let fields = |text: &str| -> Vec<(String, Option<u32>)> {
+            text.lines()
+                .filter(|line| {
+                    !line.starts_with('#') && !line.starts_with('+') && !line.starts_with('-')
+                })
+                .filter_map(|line| {
+                    let mut f = line.split(':');
+                    let name = f.next()?.to_owned();
+                    let id = f.nth(1).and_then(|id| id.parse().ok());
+                    (!name.is_empty()).then_some((name, id))
+                })
+                .collect()
+        };
+        for (name, id) in fields(passwd) {
+            l.user_names.insert(name);
+            l.uids.extend(id);
+        }
+        for (name, id) in fields(group) {
+            l.group_names.insert(name);
+            l.gids.extend(id);
+        }
+        l
+    }
+
+    /// Whether serving this user would shadow a local account (its name, its uid, or the name
+    /// or id of its personal group, which shares the user's name and gid on most systems).
+    pub fn clashes_with_user(&self, u: &OsUser) -> bool {
+        self.user_names.contains(&u.username) || self.uids.contains(&u.uid)
+    }
+
+    pub fn clashes_with_group(&self, name: &str, gid: u32) -> bool {
+        self.group_names.contains(name) || self.gids.contains(&gid)
+    }
+}
+
+/// What the cache is built with.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub min_id: u32,
+    /// The group every OS Login user belongs to (for sshd's Match Group).
+    pub users_group: String,
+    pub users_group_gid: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Directory {
+    users: HashMap<String, Arc<OsUser>>,
+    by_uid: HashMap<u32, String>,
+    groups: HashMap<String, Arc<Group>>,
+    by_gid: HashMap<u32, String>,
+    negative: HashMap<Miss, Instant>,
+}
+
+impl Directory {
+    /// Replaces everything with a full sync's result.
+    pub fn replace(&mut self, users: Vec<OsUser>, groups: Vec<Group>) {
+        *self = Directory::default();
+        for u in users {
+            self.insert_user(u);
+        }
+        for g in groups {
+            self.insert_group(g);
+        }
+    }
+
+    pub fn insert_user(&mut self, u: OsUser) -> Arc<OsUser> {
+        if let Some(old) = self.users.get(&u.username)
+            && old.uid != u.uid
+        {
+            self.by_uid.remove(&old.uid);
+        }
+        self.negative.remove(&Miss::UserName(u.username.clone()));
+        self.negative.remove(&Miss::Uid(u.uid));
+        self.by_uid.insert(u.uid, u.username.clone());
+        let u = Arc::new(u);
+        self.users.insert(u.username.clone(), u.clone());
+        u
+    }
+
+    pub fn insert_group(&mut self, g: Group) {
+        self.negative.remove(&Miss::GroupName(g.name.clone()));
+        self.negative.remove(&Miss::Gid(g.gid));
+        self.by_gid.insert(g.gid, g.name.clone());
+        self.groups.insert(g.name.clone(), Arc::new(g));
+    }
+
+    pub fn user(&self, name: &str) -> Option<Arc<OsUser>> {
+        self.users.get(name).cloned()
+    }
+
+    pub fn user_by_uid(&self, uid: u32) -> Option<Arc<OsUser>> {
+        self.by_uid.get(&uid).and_then(|n| self.user(n))
+    }
+
+    pub fn group(&self, name: &str) -> Option<Arc<Group>> {
+        self.groups.get(name).cloned()
+    }
+
+    pub fn group_by_gid(&self, gid: u32) -> Option<Arc<Group>> {
+        self.by_gid.get(&gid).and_then(|n| self.group(n))
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    pub fn users(&self) -> impl Iterator<Item = &Arc<OsUser>> {
+        self.users.values()
+    }
+
+    /// The gids of the directory groups that list `user` as a member.
+    pub fn groups_of(&self, user: &str) -> Vec<u32> {
+        let mut gids: Vec<u32> = self
+            .groups
+            .values()
+            .filter(|g| g.members.iter().any(|m| m == user))
+            .map(|g| g.gid)
+            .collect();
+        gids.sort_unstable();
+        gids
+    }
+
+    pub fn is_negative(&self, miss: &Miss, ttl: Duration) -> bool {
+        self.negative.get(miss).is_some_and(|at| at.elapsed() < ttl)
+    }
+
+    pub fn note_negative(&mut self, miss: Miss) {
+        if self.negative.len() > 10_000 {
+            self.negative.clear(); // bounded: a flood of unknown names costs requests, not memory
+        }
+        self.negative.insert(miss, Instant::now());
+    }
+
+    /// The cache file's bytes, and the names left out because they clash with local accounts.
+    pub fn build_cache(
+        &self,
+        s: &CacheSettings,
+        local: &LocalAccounts,
+        now_unix: u64,
+    ) -> (Vec<u8>, Vec<String>) {
+        let mut skipped = Vec::new();
+        let mut memberships: HashMap<&str, Vec<u32>> = HashMap::new();
+        let mut builder = CacheBuilder::new(s.min_id, now_unix);
+        for g in self.groups.values() {
+            if local.clashes_with_group(&g.name, g.gid) || g.gid == s.users_group_gid {
+                skipped.push(format!("group {}", g.name));
+                continue;
+            }
+            for m in &g.members {
+                memberships.entry(m.as_str()).or_default().push(g.gid);
+            }
+            builder.add_group(GroupEntry {
+                name: g.name.clone(),
+                gid: g.gid,
+                members: g.members.clone(),
+            });
+        }
+        let users_group_ok = !local.clashes_with_group(&s.users_group, s.users_group_gid);
+        if users_group_ok {
+            builder.add_group(GroupEntry {
+                name: s.users_group.clone(),
+                gid: s.users_group_gid,
+                members: Vec::new(),
+            });
+        } else {
+            skipped.push(format!("group {}", s.users_group));
+        }
+        for u in self.users.values() {
+            if local.clashes_with_user(u) {
+                skipped.push(format!("user {}", u.username));
+                continue;
+            }
+            let mut groups = memberships
+                .get(u.username.as_str())
+                .cloned()
+                .unwrap_or_default();
+            if users_group_ok {
+                groups.push(s.users_group_gid);
+            }
+            builder.add_user(UserEntry {
+                name: u.username.clone(),
+                uid: u.uid,
+                gid: u.gid,
+                gecos: if guest_agent_wire::records::is_safe_field(u.email.as_bytes()) {
+                    u.email.clone()
+                } else {
+                    String::new()
+                },
+                home: u.home.clone(),
+                shell: u.shell.clone(),
+                groups,
+            });
+        }
+        skipped.sort();
+        (builder.build(), skipped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_agent_wire::cache::Cache;
+
+    fn user(name: &str, uid: u32) -> OsUser {
+        OsUser {
+            email: format!("{name}@example.com"),
+            username: name.into(),
+            uid,
+            gid: uid,
+            home: format!("/home/{name}"),
+            shell: "/bin/bash".into(),
+            keys: Vec::new(),
+        }
+    }
+
+    fn settings() -> CacheSettings {
+        CacheSettings {
+            min_id: 1000,
+            users_group: "guest-agent-oslogin".into(),
+            users_group_gid: 4_000_000_000,
+        }
+    }
+
+    #[test]
+    fn local_accounts_parse_names_and_ids() {
+        let l = LocalAccounts::parse(
+            "root:x:0:0:root:/root:/bin/bash\n# c\nbob:x:1000:1000::/home/bob:/bin/sh\n",
+            "root:x:0:\nbob:x:1000:\n",
+        );
+        assert!(l.user_names.contains("bob") && l.uids.contains(&1000) && l.gids.contains(&0));
+    }
+
+    #[test]
+    fn the_cache_holds_users_groups_and_memberships_but_not_local_clashes() {
+        let mut d = Directory::default();
+        d.replace(
+            vec![
+                user("alice", 200001),
+                user("bob", 200002),
+                user("carol", 1000),
+            ],
+            vec![Group {
+                name: "devs".into(),
+                gid: 300000,
+                members: vec!["alice".into()],
+            }],
+        );
+        let local = LocalAccounts::parse(
+            "bob:x:5000:5000::/home/bob:/bin/sh\nlocal:x:1000:1000::/:/bin/sh\n",
+            "",
+        );
+        let (bytes, skipped) = d.build_cache(&settings(), &local, 1);
+        assert_eq!(
+            skipped,
+            vec!["user bob".to_string(), "user carol".to_string()]
+        );
+        let c = Cache::parse(&bytes).unwrap();
+        let alice = c.user_by_name(b"alice").unwrap();
+        assert_eq!(alice.uid, 200001);
+        assert_eq!(alice.gecos, b"alice@example.com");
+        let mut groups: Vec<u32> = alice.groups().collect();
+        groups.sort_unstable();
+        assert_eq!(groups, vec![300000, 4_000_000_000]);
+        assert!(c.user_by_name(b"bob").is_none());
+        assert!(c.user_by_uid(1000).is_none());
+        assert_eq!(
+            c.group_by_gid(4_000_000_000).unwrap().name,
+            b"guest-agent-oslogin"
+        );
+        assert_eq!(
+            c.group_by_name(b"devs")
+                .unwrap()
+                .members()
+                .collect::<Vec<_>>(),
+            vec![b"alice".as_slice()]
+        );
+    }
+
+    #[test]
+    fn renamed_uid_and_negative_entries() {
+        let mut d = Directory::default();
+        d.note_negative(Miss::UserName("alice".into()));
+        assert!(d.is_negative(&Miss::UserName("alice".into()), Duration::from_secs(30)));
+        assert!(!d.is_negative(&Miss::UserName("alice".into()), Duration::ZERO));
+        d.insert_user(user("alice", 200001));
+        assert!(
+            !d.is_negative(&Miss::UserName("alice".into()), Duration::from_secs(30)),
+            "a found user clears its miss"
+        );
+        d.insert_user(user("alice", 200009));
+        assert!(d.user_by_uid(200001).is_none());
+        assert_eq!(d.user_by_uid(200009).unwrap().username, "alice");
+    }
+}

@@ -1,0 +1,170 @@
+//! The service's background work: full directory syncs (at start, every
+//! `sync_interval_secs`, on demand), the cache file written after every change, and the
+//! admins' sudo rules re-checked at each sync.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::authorize::{Decision, Policy, ask};
+use super::service::{OsLogin, lock, now_usec};
+use super::sync::{Listing, list_all};
+use crate::mds::watcher::Episode;
+
+/// Changes are written to the cache at most this often (a burst of misses is one write).
+const CACHE_DEBOUNCE: Duration = Duration::from_millis(100);
+
+impl OsLogin {
+    /// Runs the sync loop and the cache writer until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let writer = {
+            let me = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    me.cache_dirty().notified().await;
+                    tokio::time::sleep(CACHE_DEBOUNCE).await;
+                    if me.is_enabled() {
+                        me.write_cache().await;
+                    }
+                }
+            })
+        };
+        let mut failures = Episode::default();
+        loop {
+            if self.is_enabled() {
+                match self.sync_once().await {
+                    Ok(()) => {
+                        if let Some((n, lasted)) = failures.success() {
+                            tracing::info!(failed_attempts = n, outage = %format_args!("{:.1}s", lasted.as_secs_f32()), "OS Login directory sync works again");
+                        }
+                    }
+                    Err(e) => {
+                        if failures.failure("sync") {
+                            tracing::warn!(error = %e, "OS Login directory sync failed; keeping the last good directory");
+                        }
+                    }
+                }
+            }
+            let interval = Duration::from_secs(self.config().oslogin.sync_interval_secs);
+            // A failed sync is retried sooner than a successful one is repeated.
+            let wait = if failures.is_failing() {
+                interval.min(Duration::from_secs(30))
+            } else {
+                interval
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = self.sync_requested().notified() => {}
+            }
+            if writer.is_finished() {
+                tracing::error!("cache writer stopped");
+                return;
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Listing, String> {
+        let cfg = self.config();
+        let client = self.client()?;
+        list_all(
+            &client,
+            cfg.oslogin.page_size,
+            cfg.oslogin.min_id,
+            now_usec(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+
+    /// One full sync. An answer that would drop more than half the users is read a second
+    /// time and taken only if the second read agrees.
+    pub async fn sync_once(&self) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let mut listing = self.list().await?;
+        let before = lock(&self.directory).user_count();
+        if before > 0 && listing.users.len() < before / 2 {
+            tracing::warn!(
+                before,
+                now = listing.users.len(),
+                "directory shrank by more than half; reading it again to confirm"
+            );
+            let second = self.list().await?;
+            if second.users.len() < before / 2 {
+                tracing::warn!(
+                    before,
+                    now = second.users.len(),
+                    "confirmed by a second read; applying"
+                );
+            }
+            listing = second;
+        }
+        for refused in listing.refused.iter().take(20) {
+            tracing::warn!(error = %refused, "OS Login entry refused");
+        }
+        let (users, groups) = (listing.users.len(), listing.groups.len());
+        lock(&self.directory).replace(listing.users, listing.groups);
+        self.write_cache().await;
+        tracing::info!(
+            users,
+            groups,
+            requests = listing.requests,
+            took_ms = started.elapsed().as_millis() as u64,
+            refused = listing.refused.len(),
+            "OS Login directory synced"
+        );
+        self.recheck_admins().await;
+        Ok(())
+    }
+
+    /// Asks adminLogin again for everyone in the sudoers drop-in.
+    async fn recheck_admins(&self) {
+        let admins: Vec<String> = lock(&self.admins).iter().cloned().collect();
+        if admins.is_empty() {
+            return;
+        }
+        let Ok(client) = self.client() else { return };
+        for name in admins {
+            let email = lock(&self.directory).user(&name).map(|u| u.email.clone());
+            let decision = match email {
+                Some(email) => ask(&client, &email, Policy::AdminLogin, None).await,
+                None => Decision::Denied, // no longer in the directory
+            };
+            self.update_admin(&name, &decision).await;
+        }
+    }
+
+    /// Writes the directory cache file from the in-memory directory.
+    pub(super) async fn write_cache(&self) {
+        let settings = self.cache_settings();
+        let local = self.local();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (bytes, skipped) = lock(&self.directory).build_cache(&settings, &local, now);
+        if !skipped.is_empty() {
+            tracing::warn!(entries = ?skipped, "left out of the directory: a local account holds the name or id");
+        }
+        let path = self.paths.cache.clone();
+        let result =
+            tokio::task::spawn_blocking(move || super::effects::write_cache(&path, &bytes)).await;
+        match result {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the directory cache"),
+            Err(e) => tracing::error!(error = %e, "cache write task failed"),
+        }
+    }
+
+    /// Rewrites the sudoers drop-in from the admins set.
+    pub(super) async fn write_sudoers(&self) {
+        let admins: Vec<String> = lock(&self.admins).iter().cloned().collect();
+        let path = self.paths.sudoers.clone();
+        let result =
+            tokio::task::spawn_blocking(move || super::effects::write_sudoers(&path, &admins))
+                .await;
+        match result {
+            Ok(Ok(())) => tracing::info!("sudo rules for OS Login admins updated"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot update the sudo rules"),
+            Err(e) => tracing::error!(error = %e, "sudoers task failed"),
+        }
+    }
+}

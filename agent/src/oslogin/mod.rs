@@ -1,0 +1,11 @@
+//! OS Login: access follows the cloud's identity and roles.
+
+pub mod authorize;
+pub mod directory;
+mod effects;
+pub mod login;
+mod maintain;
+pub mod profile;
+pub mod reconciler;
+pub mod service;
+pub mod sync;

@@ -1,0 +1,176 @@
+//! Turns OS Login on and off from the `enable-oslogin` attribute (instance over project):
+//! sshd's AuthorizedKeysCommand drop-in, `guestagent` in nsswitch.conf, the directory service.
+//! Off again leaves sshd_config and nsswitch.conf as they were before (byte for byte), and
+//! removes the sudo rules and the directory cache.
+//!
+//! What was added to nsswitch.conf is remembered in `/var/lib/guest-agent/oslogin-state.json`,
+//! so a restarted agent removes exactly that and nothing an operator had put there.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::service::OsLogin;
+use crate::config::Config;
+use crate::host::{files, nsswitch, sshd};
+use crate::mds::Snapshot;
+use crate::reconcile::Reconciler;
+
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    pub state: PathBuf,
+    pub nsswitch: nsswitch::NsswitchPaths,
+    pub sshd: crate::host::SshdPaths,
+}
+
+impl Default for HostPaths {
+    fn default() -> Self {
+        HostPaths {
+            state: "/var/lib/guest-agent/oslogin-state.json".into(),
+            nsswitch: Default::default(),
+            sshd: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+struct State {
+    enabled: bool,
+    nsswitch_added: Vec<String>,
+}
+
+pub struct OsLoginReconciler {
+    service: Arc<OsLogin>,
+    config: watch::Receiver<Arc<Config>>,
+    paths: HostPaths,
+    /// (enabled, sshd settings) last applied successfully.
+    applied: Option<(bool, sshd::SshdSettings)>,
+}
+
+impl OsLoginReconciler {
+    pub fn new(
+        service: Arc<OsLogin>,
+        config: watch::Receiver<Arc<Config>>,
+        paths: HostPaths,
+    ) -> Self {
+        OsLoginReconciler {
+            service,
+            config,
+            paths,
+            applied: None,
+        }
+    }
+
+    fn load_state(&self) -> State {
+        match files::read_optional(&self.paths.state) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(path = %self.paths.state.display(), error = %e, "unreadable state; starting afresh");
+                State::default()
+            }),
+            _ => State::default(),
+        }
+    }
+
+    fn save_state(&self, state: &State) -> anyhow::Result<()> {
+        if let Some(dir) = self.paths.state.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let bytes = serde_json::to_vec_pretty(state)?;
+        files::write_atomic(&self.paths.state, &bytes, 0o600, None)?;
+        Ok(())
+    }
+
+    fn settings(&self) -> sshd::SshdSettings {
+        let cfg = self.config.borrow().clone();
+        let o = &cfg.oslogin;
+        sshd::SshdSettings {
+            principals_command: format!("{} authorized-principals %u %k", o.helper_path),
+            keys_command: format!("{} authorized-keys %u %f", o.helper_path),
+            command_user: o.command_user.clone(),
+            trusted_ca_file: None,
+            ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
+        }
+    }
+
+    fn enable(&mut self, settings: &sshd::SshdSettings) -> anyhow::Result<()> {
+        let mut state = self.load_state();
+        let (changed, added) = nsswitch::apply_enable(
+            &self.paths.nsswitch,
+            nsswitch::DEFAULT_MODULE,
+            &nsswitch::DEFAULT_DBS,
+        )?;
+        for db in added {
+            if !state.nsswitch_added.contains(&db) {
+                state.nsswitch_added.push(db);
+            }
+        }
+        state.enabled = true;
+        self.save_state(&state)?;
+        if changed {
+            tracing::info!(path = %self.paths.nsswitch.file.display(), "nsswitch.conf: guestagent added");
+        }
+        // The service first: by the time sshd runs our helper, the socket answers.
+        self.service.set_enabled(true);
+        let report = sshd::apply::enable(&self.paths.sshd, settings)?;
+        tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
+        Ok(())
+    }
+
+    fn disable(&mut self) -> anyhow::Result<()> {
+        let mut state = self.load_state();
+        self.service.set_enabled(false);
+        let report = sshd::apply::disable(&self.paths.sshd)?;
+        if !state.nsswitch_added.is_empty() {
+            nsswitch::apply_disable(
+                &self.paths.nsswitch,
+                nsswitch::DEFAULT_MODULE,
+                &state.nsswitch_added,
+            )?;
+        }
+        state.nsswitch_added.clear();
+        let was_enabled = std::mem::replace(&mut state.enabled, false);
+        self.save_state(&state)?;
+        self.service.clear()?;
+        if was_enabled || !report.changed.is_empty() {
+            tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login disabled");
+        }
+        Ok(())
+    }
+}
+
+impl Reconciler for OsLoginReconciler {
+    fn name(&self) -> &'static str {
+        "oslogin"
+    }
+
+    fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        let on = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
+        let settings = self.settings();
+        if self.applied.as_ref() == Some(&(on, settings.clone())) {
+            return Ok(());
+        }
+        let result = if on {
+            self.enable(&settings)
+        } else {
+            self.disable()
+        };
+        match result {
+            Ok(()) => {
+                self.applied = Some((on, settings));
+                Ok(())
+            }
+            Err(e) => {
+                self.applied = None;
+                Err(e.context(if on {
+                    "enabling OS Login"
+                } else {
+                    "disabling OS Login"
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! The OS Login service inside the daemon: answers lookups and login questions that arrive on
+//! the local socket, keeps the directory in sync, and writes the directory cache file.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, watch};
+
+use guest_agent_wire::proto::Answer;
+use guest_agent_wire::records::{PasswdRecord, format_group};
+
+use super::authorize::Authorizer;
+use super::directory::{CacheSettings, Directory, Group, LocalAccounts, Miss};
+use super::profile::{OsUser, parse_group_page, parse_members, parse_single_user};
+use crate::config::Config;
+use crate::mds::{ClientSettings, GceClient, MdsError, query_escape};
+
+/// Deadline for a lookup the NSS module is waiting on (it gives up after 100 ms; the answer
+/// still lands in the directory for the next lookup).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where the service reads and writes on the host.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub cache: PathBuf,
+    pub passwd: PathBuf,
+    pub group: PathBuf,
+    pub sudoers: PathBuf,
+    pub skel: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            cache: guest_agent_wire::cache::CACHE_PATH.into(),
+            passwd: "/etc/passwd".into(),
+            group: "/etc/group".into(),
+            sudoers: "/etc/sudoers.d/guest-agent-oslogin".into(),
+            skel: "/etc/skel".into(),
+        }
+    }
+}
+
+pub struct OsLogin {
+    pub(super) config: watch::Receiver<Arc<Config>>,
+    pub(super) paths: Paths,
+    pub(super) directory: Mutex<Directory>,
+    pub(super) authorizer: Authorizer,
+    /// Users currently in the sudoers drop-in.
+    pub(super) admins: Mutex<BTreeSet<String>>,
+    enabled: AtomicBool,
+    sync_requested: Notify,
+    cache_dirty: Notify,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn now_usec() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// The passwd(5) line served for a user (`*` password: no shadow entry). The profile parser
+/// already refused unusable names and paths; an email that cannot be a gecos is left out.
+pub(super) fn passwd_line(u: &OsUser) -> String {
+    let record = |gecos: &str| {
+        PasswdRecord {
+            name: &u.username,
+            uid: u.uid,
+            gid: u.gid,
+            gecos,
+            home: &u.home,
+            shell: &u.shell,
+        }
+        .to_line()
+    };
+    record(&u.email).or_else(|_| record("")).unwrap_or_default()
+}
+
+fn group_line(g: &Group) -> String {
+    format_group(&g.name, g.gid, &g.members).unwrap_or_default()
+}
+
+impl OsLogin {
+    pub fn new(config: watch::Receiver<Arc<Config>>, paths: Paths) -> Arc<OsLogin> {
+        Arc::new(OsLogin {
+            config,
+            paths,
+            directory: Mutex::new(Directory::default()),
+            authorizer: Authorizer::default(),
+            admins: Mutex::new(BTreeSet::new()),
+            enabled: AtomicBool::new(false),
+            sync_requested: Notify::new(),
+            cache_dirty: Notify::new(),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    pub(super) fn client(&self) -> Result<GceClient, String> {
+        Ok(GceClient::new(ClientSettings::from_config(
+            &self.config().metadata,
+        )?))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
+    /// Turned on or off by the reconciler (from `enable-oslogin`).
+    pub fn set_enabled(&self, on: bool) {
+        if self.enabled.swap(on, Ordering::SeqCst) != on && on {
+            self.sync_requested.notify_one();
+        }
+    }
+
+    pub fn request_sync(&self) {
+        self.sync_requested.notify_one();
+    }
+
+    pub(super) fn local(&self) -> LocalAccounts {
+        LocalAccounts::read(&self.paths.passwd, &self.paths.group)
+    }
+
+    fn floor(&self) -> u32 {
+        self.config().oslogin.min_id
+    }
+
+    /// The user `name` from the directory, or fetched (`users?username=`), unless it clashes
+    /// with a local account. `Err` carries the answer to give when there is no user.
+    pub(super) async fn user(&self, name: &str) -> Result<Arc<OsUser>, Answer> {
+        let ttl = Duration::from_secs(self.config().oslogin.negative_cache_secs);
+        let cached = {
+            let d = lock(&self.directory);
+            if d.is_negative(&Miss::UserName(name.to_owned()), ttl) {
+                return Err(Answer::NotFound);
+            }
+            d.user(name)
+        };
+        let user = match cached {
+            Some(u) => u,
+            None => {
+                self.fetch_user(
+                    &format!("username={}", query_escape(name)),
+                    Miss::UserName(name.to_owned()),
+                )
+                .await?
+            }
+        };
+        if user.username != name || self.local().clashes_with_user(&user) {
+            return Err(Answer::NotFound);
+        }
+        Ok(user)
+    }
+
+    /// Fetches one profile (`users?QUERY`) into the directory.
+    pub(super) async fn fetch_user(&self, query: &str, miss: Miss) -> Result<Arc<OsUser>, Answer> {
+        let client = self
+            .client()
+            .map_err(Answer::Unavailable)?
+            .with_timeout(LOOKUP_TIMEOUT);
+        match client
+            .get_json::<serde_json::Value>(&format!("oslogin/users?{query}"))
+            .await
+        {
+            Ok(v) => match parse_single_user(&v, self.floor(), now_usec()) {
+                Ok(u) => {
+                    let u = lock(&self.directory).insert_user(u);
+                    self.cache_dirty.notify_one();
+                    Ok(u)
+                }
+                Err(e) => {
+                    tracing::warn!(query, error = %e, "OS Login profile refused");
+                    lock(&self.directory).note_negative(miss);
+                    Err(Answer::NotFound)
+                }
+            },
+            Err(MdsError::NotFound { .. }) => {
+                lock(&self.directory).note_negative(miss);
+                Err(Answer::NotFound)
+            }
+            Err(e) => Err(Answer::Unavailable(e.to_string())),
+        }
+    }
+
+    pub async fn user_by_name(&self, name: &str) -> Answer {
+        if !self.is_enabled() {
+            return Answer::NotFound;
+        }
+        match self.user(name).await {
+            Ok(u) => Answer::Ok(vec![passwd_line(&u)]),
+            Err(a) => a,
+        }
+    }
+
+    pub async fn user_by_uid(&self, uid: u32) -> Answer {
+        if !self.is_enabled() || uid < self.floor() {
+            return Answer::NotFound;
+        }
+        let ttl = Duration::from_secs(self.config().oslogin.negative_cache_secs);
+        let cached = {
+            let d = lock(&self.directory);
+            if d.is_negative(&Miss::Uid(uid), ttl) {
+                return Answer::NotFound;
+            }
+            d.user_by_uid(uid)
+        };
+        let user = match cached {
+            Some(u) => u,
+            None => match self.fetch_user(&format!("uid={uid}"), Miss::Uid(uid)).await {
+                Ok(u) => u,
+                Err(a) => return a,
+            },
+        };
+        if user.uid != uid || self.local().clashes_with_user(&user) {
+            return Answer::NotFound;
+        }
+        Answer::Ok(vec![passwd_line(&user)])
+    }
+
+    /// A group by name or gid: the directory, the users group, or fetched.
+    pub async fn group(&self, by: Miss) -> Answer {
+        if !self.is_enabled() {
+            return Answer::NotFound;
+        }
+        let cfg = self.config();
+        let o = &cfg.oslogin;
+        let users_group = Group {
+            name: o.users_group.clone(),
+            gid: o.users_group_gid,
+            members: Vec::new(),
+        };
+        let local = self.local();
+        let matches = |g: &Group| match &by {
+            Miss::GroupName(n) => &g.name == n,
+            Miss::Gid(id) => g.gid == *id,
+            _ => false,
+        };
+        if matches(&users_group) {
+            return if local.clashes_with_group(&users_group.name, users_group.gid) {
+                Answer::NotFound
+            } else {
+                Answer::Ok(vec![group_line(&users_group)])
+            };
+        }
+        let ttl = Duration::from_secs(o.negative_cache_secs);
+        let cached = {
+            let d = lock(&self.directory);
+            if d.is_negative(&by, ttl) {
+                return Answer::NotFound;
+            }
+            match &by {
+                Miss::GroupName(n) => d.group(n),
+                Miss::Gid(g) => d.group_by_gid(*g),
+                _ => return Answer::NotFound,
+            }
+        };
+        let group = match cached {
+            Some(g) => g,
+            None => match self.fetch_group(&by).await {
+                Ok(g) => g,
+                Err(a) => return a,
+            },
+        };
+        if !matches(&group) || local.clashes_with_group(&group.name, group.gid) {
+            return Answer::NotFound;
+        }
+        Answer::Ok(vec![group_line(&group)])
+    }
+
+    async fn fetch_group(&self, by: &Miss) -> Result<Arc<Group>, Answer> {
+        let client = self
+            .client()
+            .map_err(Answer::Unavailable)?
+            .with_timeout(LOOKUP_TIMEOUT);
+        let query = match by {
+            Miss::GroupName(n) => format!("groupname={}", query_escape(n)),
+            Miss::Gid(g) => format!("gid={g}"),
+            _ => return Err(Answer::NotFound),
+        };
+        let unavailable = |e: MdsError| Answer::Unavailable(e.to_string());
+        let v = match client
+            .get_json::<serde_json::Value>(&format!("oslogin/groups?{query}"))
+            .await
+        {
+            Ok(v) => v,
+            Err(MdsError::NotFound { .. }) => {
+                lock(&self.directory).note_negative(by.clone());
+                return Err(Answer::NotFound);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let Some(g) = parse_group_page(&v, self.floor())
+            .ok()
+            .and_then(|page| page.groups.into_iter().next())
+        else {
+            lock(&self.directory).note_negative(by.clone());
+            return Err(Answer::NotFound);
+        };
+        let members_path = format!("oslogin/users?groupname={}", query_escape(&g.name));
+        let members = match client.get_json::<serde_json::Value>(&members_path).await {
+            Ok(v) => parse_members(&v).map(|(m, _)| m).unwrap_or_default(),
+            Err(MdsError::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(unavailable(e)),
+        };
+        let group = Group {
+            name: g.name,
+            gid: g.gid,
+            members,
+        };
+        lock(&self.directory).insert_group(group.clone());
+        self.cache_dirty.notify_one();
+        Ok(Arc::new(group))
+    }
+
+    /// Supplementary gids of `name` (initgroups): its directory groups and the users group.
+    pub async fn groups_of(&self, name: &str) -> Answer {
+        if !self.is_enabled() {
+            return Answer::NotFound;
+        }
+        if let Err(a) = self.user(name).await {
+            return a;
+        }
+        let cfg = self.config();
+        let local = self.local();
+        let d = lock(&self.directory);
+        let mut gids: Vec<String> = d
+            .groups_of(name)
+            .into_iter()
+            .filter(|gid| {
+                d.group_by_gid(*gid)
+                    .is_some_and(|g| !local.clashes_with_group(&g.name, g.gid))
+            })
+            .map(|g| g.to_string())
+            .collect();
+        if !local.clashes_with_group(&cfg.oslogin.users_group, cfg.oslogin.users_group_gid) {
+            gids.push(cfg.oslogin.users_group_gid.to_string());
+        }
+        Answer::Ok(gids)
+    }
+
+    /// OS Login turned off: forget the directory and the admins, remove the sudo rules and the
+    /// cache file.
+    pub fn clear(&self) -> anyhow::Result<()> {
+        *lock(&self.directory) = Directory::default();
+        let had_admins = !std::mem::take(&mut *lock(&self.admins)).is_empty();
+        if had_admins || self.paths.sudoers.exists() {
+            super::effects::write_sudoers(&self.paths.sudoers, &[]).map_err(anyhow::Error::msg)?;
+        }
+        crate::host::files::remove_if_exists(&self.paths.cache)?;
+        Ok(())
+    }
+
+    pub(super) fn cache_settings(&self) -> CacheSettings {
+        let cfg = self.config();
+        CacheSettings {
+            min_id: cfg.oslogin.min_id,
+            users_group: cfg.oslogin.users_group.clone(),
+            users_group_gid: cfg.oslogin.users_group_gid,
+        }
+    }
+
+    pub(super) fn sync_requested(&self) -> &Notify {
+        &self.sync_requested
+    }
+
+    pub(super) fn cache_dirty(&self) -> &Notify {
+        &self.cache_dirty
+    }
+}

@@ -1,0 +1,129 @@
+//! An OS Login "VM": emulator with users, agent in the private mount namespace, real sshd.
+
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::process::Proc;
+use crate::{AgentOptions, TestEnv};
+
+pub struct OsLoginVm {
+    pub sshd: Option<Proc>,
+    pub env: TestEnv,
+}
+
+/// Generates an ed25519 key pair in `dir`; returns (private key path, public key line).
+pub fn keypair(dir: &std::path::Path, name: &str) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let out = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = std::fs::read_to_string(path.with_extension("pub")).expect("public key");
+    (path, public.trim().to_owned())
+}
+
+impl OsLoginVm {
+    /// Emulator (OS Login on at project level), VM, agent (READY, OS Login applied), sshd.
+    /// `setup` adds users and groups to the emulator before the agent starts.
+    pub fn start(tag: &str, agent_config: &str, setup: impl FnOnce(&TestEnv)) -> OsLoginVm {
+        let env = TestEnv::with_emulator(tag, None);
+        env.emulator()
+            .set_attribute("project", "enable-oslogin", "TRUE");
+        setup(&env);
+        let mut vm = OsLoginVm { sshd: None, env };
+        let config = format!(
+            "[oslogin]\nhelper_path = \"{}\"\n{agent_config}",
+            crate::vm::AGENT
+        );
+        let start = Instant::now();
+        vm.env.start_agent(AgentOptions {
+            config,
+            ..Default::default()
+        });
+        vm.env.wait_ready(start, Duration::from_secs(10));
+        vm.env.agent().expect_line(
+            start,
+            &["OS Login directory synced"],
+            Duration::from_secs(10),
+        );
+        vm.env
+            .agent()
+            .expect_line(start, &["OS Login enabled"], Duration::from_secs(10));
+        vm.start_sshd();
+        vm
+    }
+
+    pub fn start_sshd(&mut self) {
+        let mut cmd = self.env.vm().command("/usr/sbin/sshd");
+        cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"]);
+        let t0 = Instant::now();
+        let sshd = Proc::spawn("sshd", cmd);
+        sshd.expect_line(t0, &["Server listening"], Duration::from_secs(5));
+        self.sshd = Some(sshd);
+    }
+
+    pub fn sshd(&self) -> &Proc {
+        self.sshd.as_ref().expect("sshd started")
+    }
+
+    /// `ssh -i KEY USER@127.0.0.1 COMMAND` from inside the VM's network namespace.
+    pub fn ssh(&self, key: &std::path::Path, user: &str, command: &str) -> Output {
+        self.env
+            .ns
+            .command(std::path::Path::new("ssh"))
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
+                "-i",
+            ])
+            .arg(key)
+            .arg(format!("{user}@127.0.0.1"))
+            .arg(command)
+            .output()
+            .expect("ssh")
+    }
+
+    /// A command run inside the VM (getent, id, ...): (exit code, stdout).
+    pub fn vm_run(&self, program: &str, args: &[&str]) -> (i32, String) {
+        let out = self
+            .env
+            .vm()
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run in vm");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// A user for the emulator's control interface.
+pub fn user(name: &str, uid: u32, key: &str, login: bool, admin: bool) -> serde_json::Value {
+    json!({"email": format!("{name}@example.com"), "username": name, "uid": uid, "gid": uid,
+           "keys": [{"key": key, "expiration_usec": null}], "login": login, "admin": admin})
+}

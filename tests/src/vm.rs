@@ -1,0 +1,118 @@
+//! A "VM" for end-to-end tests: inside the test's network namespace, a private mount
+//! namespace with its own copy of /etc, tmpfs on /run, /home, /var/lib and /srv, the NSS module
+//! in an overlay on the library directory, and the agent binary under /srv (root-owned 0755
+//! all the way up, as sshd requires for AuthorizedKeysCommand). Nothing in it reaches the
+//! host: the mounts vanish with the namespace, which dies with its holder process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::TestEnv;
+use crate::process::Proc;
+
+pub const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
+/// Where the agent binary lives inside the VM.
+pub const AGENT: &str = "/srv/guest-agent";
+
+pub struct Vm {
+    holder: Proc,
+    root: PathBuf,
+}
+
+impl Vm {
+    /// Builds the VM inside `env`'s network namespace.
+    pub fn new(env: &TestEnv) -> Vm {
+        let root = env.dir().join("vm");
+        std::fs::create_dir_all(&root).expect("vm dir");
+        let mut cmd = env.ns.command(Path::new("unshare"));
+        cmd.args(["-m", "--propagation", "private", "sleep", "3600"]);
+        let holder = Proc::spawn("vm-holder", cmd);
+        // Wait until the holder is in its new mount namespace.
+        let pid = holder.pid();
+        for _ in 0..200 {
+            let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
+            let its = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+            let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            if its.is_some() && its != mine && exe.is_some_and(|e| e.ends_with("sleep")) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let vm = Vm { holder, root };
+        let nss = crate::bins::path("libnss_guestagent.so");
+        let agent = crate::bins::agent();
+        let script = format!(
+            r#"set -e
+R={root}
+mkdir -p "$R/etc" "$R/libupper" "$R/libwork"
+cp -a /etc/. "$R/etc/"
+mount --bind "$R/etc" /etc
+mount -t tmpfs -o mode=755 tmpfs /run
+mkdir -p /run/sshd && chmod 755 /run/sshd
+mount -t tmpfs -o mode=755 tmpfs /home
+mount -t tmpfs -o mode=755 tmpfs /var/lib
+mount -t tmpfs -o mode=755 tmpfs /srv
+cp {agent} {AGENT} && chmod 755 {AGENT}
+cp {nss} "$R/libupper/libnss_guestagent.so.2"
+mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R/libwork" {LIBDIR}
+"#,
+            root = vm.root.display(),
+            agent = agent.display(),
+            nss = nss.display(),
+        );
+        let out = vm.sh(&script);
+        assert!(
+            out.status.success(),
+            "vm setup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        vm
+    }
+
+    /// `program` run inside the VM (its mount and network namespaces).
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args([
+            "-t",
+            &self.holder.pid().to_string(),
+            "-m",
+            "-n",
+            "--",
+            program,
+        ]);
+        c
+    }
+
+    /// A shell script run inside the VM, waited for.
+    pub fn sh(&self, script: &str) -> Output {
+        self.command("sh")
+            .args(["-c", script])
+            .output()
+            .expect("nsenter sh")
+    }
+
+    /// `sh -c script` inside the VM; panics unless it succeeds; returns stdout.
+    pub fn run(&self, script: &str) -> String {
+        let out = self.sh(script);
+        assert!(
+            out.status.success(),
+            "{script}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A file's content inside the VM.
+    pub fn read(&self, path: &str) -> Option<String> {
+        let out = self.command("cat").arg(path).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A long-running process inside the VM.
+    pub fn spawn(&self, name: &str, cmd: Command) -> Proc {
+        Proc::spawn(name, cmd)
+    }
+}

@@ -1,0 +1,287 @@
+//! OS Login end to end: the emulator's directory, the agent in a private mount namespace,
+//! the NSS module through glibc (`getent`, `id`), real sshd logins and sudo. Needs root.
+
+use std::time::{Duration, Instant};
+
+use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
+use guest_agent_e2e::require_root;
+use serde_json::json;
+
+struct Alice {
+    vm: OsLoginVm,
+    alice_key: std::path::PathBuf,
+    bob_key: std::path::PathBuf,
+}
+
+/// alice (200001, login role, in group devs), bob (200002, no login role).
+fn alice(tag: &str, config: &str) -> Alice {
+    let mut keys = None;
+    let vm = OsLoginVm::start(tag, config, |env| {
+        let (alice_key, alice_pub) = keypair(env.dir(), "alice");
+        let (bob_key, bob_pub) = keypair(env.dir(), "bob");
+        let emu = env.emulator();
+        emu.ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("alice", 200001, &alice_pub, true, false).to_string()),
+        );
+        emu.ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("bob", 200002, &bob_pub, false, false).to_string()),
+        );
+        emu.ok(
+            "POST",
+            "/oslogin/groups",
+            Some(&json!({"name": "devs", "gid": 300000, "members": ["alice"]}).to_string()),
+        );
+        keys = Some((alice_key, bob_key));
+    });
+    let (alice_key, bob_key) = keys.expect("setup ran");
+    Alice {
+        vm,
+        alice_key,
+        bob_key,
+    }
+}
+
+fn roles(a: &Alice, name: &str, login: bool, admin: bool) {
+    a.vm.env.emulator().ok(
+        "PUT",
+        &format!("/oslogin/users/{name}/roles"),
+        Some(&json!({"login": login, "admin": admin}).to_string()),
+    );
+}
+
+#[test]
+fn users_and_groups_resolve_through_glibc() {
+    if !require_root("users_and_groups_resolve_through_glibc") {
+        return;
+    }
+    let a = alice("nss", "");
+    let vm = &a.vm;
+    let (code, out) = vm.vm_run("getent", &["passwd", "alice"]);
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            "alice:*:200001:200001:alice@example.com:/home/alice:/bin/bash"
+        )
+    );
+    let (code, out) = vm.vm_run("getent", &["passwd", "200002"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("bob:*:200002:"), "{out}");
+    let (code, out) = vm.vm_run("getent", &["group", "devs"]);
+    assert_eq!((code, out.trim()), (0, "devs:x:300000:alice"));
+    let (code, out) = vm.vm_run("id", &["alice"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("uid=200001(alice)")
+            && out.contains("300000(devs)")
+            && out.contains("(guest-agent-oslogin)"),
+        "{out}"
+    );
+    // Enumeration lists the directory after the local accounts.
+    let (_, all) = vm.vm_run("getent", &["passwd"]);
+    assert!(
+        all.contains("\nalice:*:200001:") && all.contains("\nbob:*:200002:"),
+        "{all}"
+    );
+    assert!(all.starts_with("root:"), "files first");
+    let (_, groups) = vm.vm_run("getent", &["group"]);
+    assert!(groups.contains("\ndevs:x:300000:alice"), "{groups}");
+    // Unknown users: "no such user" (exit 2), quickly.
+    let (code, _) = vm.vm_run("getent", &["passwd", "nosuchuser"]);
+    assert_eq!(code, 2);
+    // The nsswitch.conf the agent edited.
+    let nss = vm.env.vm().read("/etc/nsswitch.conf").unwrap();
+    assert!(
+        nss.lines()
+            .any(|l| l.starts_with("passwd:") && l.contains("files guestagent")),
+        "{nss}"
+    );
+}
+
+#[test]
+fn a_user_created_after_the_sync_resolves_on_first_lookup() {
+    if !require_root("a_user_created_after_the_sync_resolves_on_first_lookup") {
+        return;
+    }
+    let a = alice("miss", "[daemon]\nlog_level = \"debug\"\n");
+    let (_, carol_pub) = keypair(a.vm.env.dir(), "carol");
+    a.vm.env.emulator().ok(
+        "POST",
+        "/oslogin/users",
+        Some(&user("carol", 200003, &carol_pub, true, false).to_string()),
+    );
+    let (code, out) = a.vm.vm_run("getent", &["passwd", "carol"]);
+    assert_eq!(code, 0, "a miss is answered by the daemon: {out}");
+    assert!(out.starts_with("carol:*:200003:200003:"), "{out}");
+    let (code, out) = a.vm.vm_run("getent", &["passwd", "200003"]);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
+fn ssh_login_follows_the_login_role_live() {
+    if !require_root("ssh_login_follows_the_login_role_live") {
+        return;
+    }
+    let a = alice("sshrole", "");
+    let out = a.vm.ssh(&a.alice_key, "alice", "id -un; pwd");
+    assert!(
+        out.status.success(),
+        "alice: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.vm.sshd().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\n/home/alice\n");
+    // The home was made from /etc/skel at the first login.
+    let (code, owner) = a.vm.vm_run("stat", &["-c", "%u:%g", "/home/alice"]);
+    assert_eq!((code, owner.trim()), (0, "200001:200001"));
+    let (code, _) = a.vm.vm_run("test", &["-f", "/home/alice/.bashrc"]);
+    assert_eq!(code, 0, "skeleton copied");
+
+    // bob exists but lacks the login role.
+    let out = a.vm.ssh(&a.bob_key, "bob", "true");
+    assert!(!out.status.success(), "bob must be refused");
+    // alice's key does not open bob's account either.
+    assert!(!a.vm.ssh(&a.alice_key, "bob", "true").status.success());
+
+    // Revoking the role: the very next login fails; granting it again: it works.
+    roles(&a, "alice", false, false);
+    let out = a.vm.ssh(&a.alice_key, "alice", "true");
+    assert!(
+        !out.status.success(),
+        "revoked role must cut access at once"
+    );
+    assert!(
+        !a.vm
+            .env
+            .agent()
+            .lines_since(
+                Instant::now() - Duration::from_secs(5),
+                &["login role not granted"]
+            )
+            .is_empty()
+            || !a
+                .vm
+                .sshd()
+                .lines_since(
+                    Instant::now() - Duration::from_secs(5),
+                    &["login role not granted"]
+                )
+                .is_empty(),
+        "the refusal is logged with its reason:\n{}\n{}",
+        a.vm.env.agent().dump(),
+        a.vm.sshd().dump()
+    );
+    roles(&a, "alice", true, false);
+    assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+}
+
+#[test]
+fn the_admin_role_gives_passwordless_sudo() {
+    if !require_root("the_admin_role_gives_passwordless_sudo") {
+        return;
+    }
+    let a = alice("sudo", "");
+    let out = a.vm.ssh(&a.alice_key, "alice", "sudo -n true");
+    assert!(!out.status.success(), "no admin role, no sudo");
+    roles(&a, "alice", true, true);
+    let out = a.vm.ssh(&a.alice_key, "alice", "sudo -n id -u");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.vm.env.agent().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    let sudoers =
+        a.vm.env
+            .vm()
+            .read("/etc/sudoers.d/guest-agent-oslogin")
+            .unwrap();
+    assert!(
+        sudoers.contains("alice ALL=(ALL:ALL) NOPASSWD: ALL"),
+        "{sudoers}"
+    );
+    roles(&a, "alice", true, false);
+    let out = a.vm.ssh(&a.alice_key, "alice", "sudo -n true");
+    assert!(!out.status.success(), "admin revoked: no more sudo");
+    assert!(
+        a.vm.env
+            .vm()
+            .read("/etc/sudoers.d/guest-agent-oslogin")
+            .is_none(),
+        "the rule file is gone"
+    );
+}
+
+#[test]
+fn a_warm_login_costs_at_most_two_metadata_requests() {
+    if !require_root("a_warm_login_costs_at_most_two_metadata_requests") {
+        return;
+    }
+    let a = alice("reqs", "");
+    assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+    std::thread::sleep(Duration::from_millis(200));
+    let emu = a.vm.env.emulator();
+    emu.clear_requests();
+    assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+    let oslogin: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/oslogin/")))
+        .collect();
+    assert!(
+        oslogin.len() <= 2,
+        "{} OS Login requests for one login: {oslogin:#?}",
+        oslogin.len()
+    );
+    assert!(!oslogin.is_empty(), "the decision is live");
+}
+
+#[test]
+fn turning_os_login_off_restores_sshd_config_and_nsswitch_byte_for_byte() {
+    if !require_root("turning_os_login_off_restores_sshd_config_and_nsswitch_byte_for_byte") {
+        return;
+    }
+    let mut env = guest_agent_e2e::TestEnv::with_emulator("toggle", None);
+    let snapshot = |env: &guest_agent_e2e::TestEnv| {
+        env.vm().run("cat /etc/nsswitch.conf /etc/ssh/sshd_config; ls -A /etc/ssh/sshd_config.d /etc/sudoers.d; stat -c '%n %a %u %g' /etc/nsswitch.conf /etc/ssh/sshd_config")
+    };
+    let before = snapshot(&env);
+    let start = Instant::now();
+    env.start_agent(guest_agent_e2e::AgentOptions {
+        config: format!(
+            "[oslogin]\nhelper_path = \"{}\"\n",
+            guest_agent_e2e::vm::AGENT
+        ),
+        ..Default::default()
+    });
+    env.wait_ready(start, Duration::from_secs(10));
+    for round in 0..2 {
+        let t0 = Instant::now();
+        env.emulator()
+            .set_attribute("instance", "enable-oslogin", "true");
+        env.agent()
+            .expect_line(t0, &["OS Login enabled"], Duration::from_secs(10));
+        let on = snapshot(&env);
+        assert_ne!(on, before, "round {round}: enabling changed nothing");
+        assert!(
+            env.vm()
+                .read("/etc/ssh/sshd_config.d/60-guest-agent.conf")
+                .is_some()
+        );
+        let t0 = Instant::now();
+        env.emulator()
+            .set_attribute("instance", "enable-oslogin", "false");
+        env.agent()
+            .expect_line(t0, &["OS Login disabled"], Duration::from_secs(10));
+        assert_eq!(
+            snapshot(&env),
+            before,
+            "round {round}: not restored byte for byte"
+        );
+    }
+}
