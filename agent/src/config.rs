@@ -145,7 +145,7 @@ impl Default for OsLoginConfig {
             sync_interval_secs: 600,
             page_size: 1000,
             negative_cache_secs: 30,
-            authorize_timeout_ms: 3000,
+            authorize_timeout_ms: 2000,
             decision_reuse_secs: 0,
             grace_period_secs: 0,
             users_group: "guest-agent-oslogin".into(),

@@ -63,8 +63,15 @@ impl OsLoginVm {
     }
 
     pub fn start_sshd(&mut self) {
+        self.start_sshd_with(&[]);
+    }
+
+    /// (Re)starts sshd with extra arguments (e.g. `-o UsePAM=no`).
+    pub fn start_sshd_with(&mut self, extra: &[&str]) {
+        self.sshd = None; // the old one is killed first
         let mut cmd = self.env.vm().command("/usr/sbin/sshd");
-        cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"]);
+        cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"])
+            .args(extra);
         let t0 = Instant::now();
         let sshd = Proc::spawn("sshd", cmd);
         sshd.expect_line(t0, &["Server listening"], Duration::from_secs(5));

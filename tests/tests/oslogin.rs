@@ -285,3 +285,251 @@ fn turning_os_login_off_restores_sshd_config_and_nsswitch_byte_for_byte() {
         );
     }
 }
+
+#[test]
+fn key_logins_work_without_pam_too() {
+    if !require_root("key_logins_work_without_pam_too") {
+        return;
+    }
+    let mut a = alice("nopam", "");
+    a.vm.start_sshd_with(&["-o", "UsePAM=no"]);
+    let out = a.vm.ssh(&a.alice_key, "alice", "id -un");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        a.vm.sshd().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    assert!(!a.vm.ssh(&a.bob_key, "bob", "true").status.success());
+}
+
+/// Wall time of a command run inside the VM.
+fn timed(a: &Alice, program: &str, args: &[&str]) -> (i32, String, Duration) {
+    let t0 = Instant::now();
+    let (code, out) = a.vm.vm_run(program, args);
+    (code, out, t0.elapsed())
+}
+
+#[test]
+fn with_the_service_hanging_lookups_stay_fast_and_logins_fail_closed() {
+    if !require_root("with_the_service_hanging_lookups_stay_fast_and_logins_fail_closed") {
+        return;
+    }
+    let a = alice("hang", "");
+    assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+    a.vm.env.emulator().add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "hang"}, "count": null}));
+    // Timings include starting nsenter and getent (a few ms).
+    let (code, _, took) = timed(&a, "getent", &["passwd", "alice"]);
+    assert_eq!(code, 0);
+    assert!(
+        took < Duration::from_millis(50),
+        "cached lookup took {took:?}"
+    );
+    let (code, _, took) = timed(&a, "getent", &["passwd", "nosuchuser"]);
+    assert_eq!(code, 2, "no such user (for now)");
+    assert!(
+        took < Duration::from_millis(150),
+        "unknown user took {took:?}"
+    );
+    let t0 = Instant::now();
+    let out = a.vm.ssh(&a.alice_key, "alice", "true");
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "fail closed: no decision, no login");
+    assert!(took < Duration::from_secs(5), "refusal took {took:?}");
+    a.vm.env.emulator().clear_faults();
+}
+
+#[test]
+fn a_grace_period_lets_recently_authorized_users_in_during_an_outage() {
+    if !require_root("a_grace_period_lets_recently_authorized_users_in_during_an_outage") {
+        return;
+    }
+    let a = alice("grace", "grace_period_secs = 300\n");
+    assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+    a.vm.env.emulator().add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "status", "code": 503}, "count": null}));
+    let t0 = Instant::now();
+    let out = a.vm.ssh(&a.alice_key, "alice", "true");
+    assert!(
+        out.status.success(),
+        "last decision positive, within grace: {}",
+        a.vm.env.agent().dump()
+    );
+    a.vm.env
+        .agent()
+        .expect_line(t0, &["grace period"], Duration::from_secs(2));
+    // bob never had a positive decision: still refused.
+    assert!(!a.vm.ssh(&a.bob_key, "bob", "true").status.success());
+    // A denial is never overridden by the grace period.
+    a.vm.env.emulator().clear_faults();
+    roles(&a, "alice", false, false);
+    assert!(!a.vm.ssh(&a.alice_key, "alice", "true").status.success());
+    a.vm.env.emulator().add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "status", "code": 503}, "count": null}));
+    assert!(
+        !a.vm.ssh(&a.alice_key, "alice", "true").status.success(),
+        "a revoked role stays revoked in an outage"
+    );
+}
+
+#[test]
+fn the_helper_decides_alone_when_the_daemon_is_down() {
+    if !require_root("the_helper_decides_alone_when_the_daemon_is_down") {
+        return;
+    }
+    let mut a = alice("nodaemon", "");
+    a.vm.env
+        .agent_mut()
+        .signal(nix::sys::signal::Signal::SIGKILL);
+    a.vm.env
+        .agent_mut()
+        .wait_exit(Duration::from_secs(2))
+        .expect("agent killed");
+    let out = a.vm.ssh(&a.alice_key, "alice", "id -un");
+    assert!(out.status.success(), "{}", a.vm.sshd().dump());
+    assert!(
+        !a.vm
+            .sshd()
+            .lines_since(
+                Instant::now() - Duration::from_secs(10),
+                &["daemon not running"]
+            )
+            .is_empty(),
+        "{}",
+        a.vm.sshd().dump()
+    );
+    assert!(!a.vm.ssh(&a.bob_key, "bob", "true").status.success());
+    roles(&a, "alice", false, false);
+    assert!(
+        !a.vm.ssh(&a.alice_key, "alice", "true").status.success(),
+        "live decision without the daemon too"
+    );
+}
+
+#[test]
+fn unprivileged_processes_may_look_up_but_not_ask_for_keys() {
+    if !require_root("unprivileged_processes_may_look_up_but_not_ask_for_keys") {
+        return;
+    }
+    let a = alice("unpriv", "");
+    let out =
+        a.vm.env
+            .vm()
+            .command("setpriv")
+            .args([
+                "--reuid=54321",
+                "--regid=54321",
+                "--clear-groups",
+                "/srv/guest-agent",
+                "authorized-keys",
+                "alice",
+            ])
+            .output()
+            .unwrap();
+    assert!(
+        out.stdout.is_empty(),
+        "keys handed to an unprivileged process"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("only root"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out =
+        a.vm.env
+            .vm()
+            .command("setpriv")
+            .args([
+                "--reuid=54321",
+                "--regid=54321",
+                "--clear-groups",
+                "getent",
+                "passwd",
+                "alice",
+            ])
+            .output()
+            .unwrap();
+    assert!(out.status.success() && out.stdout.starts_with(b"alice:"));
+    // As root (what sshd's command user maps to here) the keys come out.
+    let (code, keys) =
+        a.vm.vm_run("/srv/guest-agent", &["authorized-keys", "alice"]);
+    assert_eq!(code, 0);
+    assert!(keys.starts_with("ssh-ed25519 "), "{keys}");
+}
+
+/// The reference implementation's own profile vectors, served verbatim for `users?username=foo`,
+/// give the outcome their names say (see the fixtures' README; where the reference is wrong we
+/// say so).
+#[test]
+fn reference_profile_fixtures_resolve_as_documented() {
+    if !require_root("reference_profile_fixtures_resolve_as_documented") {
+        return;
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/fixtures/oslogin/profiles");
+    let cases: &[(&str, Option<&str>)] = &[
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdSucceeds.test_user.json",
+            Some("foo:*:1337:1338:foo@example.com:/home/foo:/bin/bash"),
+        ),
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdSucceedsWithStringUid.test_user.json",
+            Some("foo:*:1337:1338:foo@example.com:/home/foo:/bin/bash"),
+        ),
+        (
+            "ParseJsonPasswdTest.ValidatePartialJsonResponse.test_user.json",
+            Some("foo:*:1337:1337:foo@example.com:/home/foo:/bin/bash"),
+        ),
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdFailsWithEINVAL.test_user.json",
+            None,
+        ),
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdFailsWithEINVAL.test_user2.json",
+            None,
+        ),
+        (
+            "ParseJsonPasswdTest.ValidateInvalidJsonResponse.test_user.json",
+            None,
+        ),
+        // The reference accepts uid 4294967295 ((uid_t)-1); we refuse it on purpose.
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdSucceedsWithHighUid.test_user.json",
+            None,
+        ),
+        // A bare profile is not an answer to users?username= (no loginProfiles).
+        (
+            "ParseJsonPasswdTest.ParseJsonToPasswdNoLoginProfilesSucceeds.test_user.json",
+            None,
+        ),
+    ];
+    // One VM per fixture (they all name the user foo), in parallel threads.
+    let handles: Vec<_> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, (file, want))| {
+            let body =
+                std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let (file, want) = (file.to_string(), want.map(str::to_owned));
+            std::thread::spawn(move || {
+                let vm = OsLoginVm::start(&format!("fx{i}"), "", |env| {
+                    env.emulator().ok(
+                        "PUT",
+                        "/oslogin/raw",
+                        Some(
+                            &json!({"query": "username=foo", "status": 200, "body": body})
+                                .to_string(),
+                        ),
+                    );
+                });
+                let (code, out) = vm.vm_run("getent", &["passwd", "foo"]);
+                match &want {
+                    Some(line) => assert_eq!((code, out.trim()), (0, line.as_str()), "{file}"),
+                    None => assert_eq!(code, 2, "{file}: {out}"),
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("fixture case");
+    }
+}
