@@ -4,7 +4,8 @@
 //! tell systemd READY=1 after the first successful reconcile, or after
 //! `daemon.startup_deadline_secs` when the metadata service does not answer, so sshd (ordered
 //! after us) never waits long. Run: SIGHUP reloads the configuration (a bad one is logged and
-//! the old one kept), the watchdog is fed when systemd asks for it. Stop: SIGTERM or SIGINT
+//! the old one kept), SIGUSR1 syncs the OS Login directory now, the watchdog is fed when
+//! systemd asks for it. Stop: SIGTERM or SIGINT
 //! stops at once (nothing the daemon writes is ever half-written, so there is nothing to finish).
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,7 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     let mut sighup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut sigusr1 = signal(SignalKind::user_defined1()).context("cannot watch SIGUSR1")?;
 
     let startup_deadline = Duration::from_secs(config.daemon.startup_deadline_secs);
     tracing::info!(
@@ -127,6 +129,10 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
                 }
                 Err(e) => tracing::error!(error = %e, "configuration reload failed; keeping the previous configuration"),
             },
+            _ = sigusr1.recv() => {
+                tracing::info!("SIGUSR1: OS Login directory sync requested");
+                oslogin.request_sync();
+            }
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }

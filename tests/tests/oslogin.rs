@@ -533,3 +533,97 @@ fn reference_profile_fixtures_resolve_as_documented() {
         h.join().expect("fixture case");
     }
 }
+
+#[test]
+fn local_accounts_win_over_directory_names_and_ids() {
+    if !require_root("local_accounts_win_over_directory_names_and_ids") {
+        return;
+    }
+    let a = alice("local", "");
+    let vm = &a.vm;
+    // Local accounts created while the agent runs, holding alice's uid and bob's name (written
+    // straight into the VM's private /etc/passwd: useradd itself sees the directory's names
+    // through NSS and refuses them, as it should).
+    vm.env.vm().run(
+        "echo 'localalice:x:200001:200001::/:/bin/sh' >> /etc/passwd; \
+         echo 'bob:x:5555:5555::/:/bin/sh' >> /etc/passwd",
+    );
+    let t0 = Instant::now();
+    vm.env
+        .agent()
+        .expect_line(t0, &["local accounts changed"], Duration::from_secs(5));
+    vm.env
+        .agent()
+        .expect_line(t0, &["left out of the directory"], Duration::from_secs(5));
+    let (_, out) = vm.vm_run("getent", &["passwd", "200001"]);
+    assert!(
+        out.starts_with("localalice:"),
+        "the local uid owner wins: {out}"
+    );
+    let (code, _) = vm.vm_run("getent", &["passwd", "alice"]);
+    assert_eq!(
+        code, 2,
+        "the directory's alice shares a local uid: not served"
+    );
+    let (_, out) = vm.vm_run("getent", &["passwd", "bob"]);
+    assert!(out.starts_with("bob:x:5555:"), "the local bob: {out}");
+    let (code, _) = vm.vm_run("getent", &["passwd", "200002"]);
+    assert_eq!(
+        code, 2,
+        "the directory's bob shares a local name: not served"
+    );
+    let (_, all) = vm.vm_run("getent", &["passwd"]);
+    assert!(!all.contains(":200002:"), "{all}");
+}
+
+#[test]
+fn a_failed_or_shrinking_sync_keeps_the_last_good_directory() {
+    if !require_root("a_failed_or_shrinking_sync_keeps_the_last_good_directory") {
+        return;
+    }
+    let a = alice("keep", "");
+    let vm = &a.vm;
+    let cache = || {
+        vm.env
+            .vm()
+            .run("sha256sum /var/lib/guest-agent/directory.cache")
+    };
+    let before = cache();
+    let emu = vm.env.emulator();
+    emu.add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/users", "kind": {"kind": "status", "code": 500}, "count": null}));
+    let t0 = Instant::now();
+    vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
+    vm.env
+        .agent()
+        .expect_line(t0, &["directory sync failed"], Duration::from_secs(5));
+    assert_eq!(cache(), before, "a failed sync leaves the cache alone");
+    assert_eq!(vm.vm_run("getent", &["passwd", "alice"]).0, 0);
+    emu.clear_faults();
+
+    // Three more users, then three of the four disappear at once: read twice before believed.
+    for (i, name) in ["carol", "dave", "erin"].iter().enumerate() {
+        let (_, public) = keypair(vm.env.dir(), name);
+        emu.ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user(name, 200010 + i as u32, &public, true, false).to_string()),
+        );
+    }
+    let t0 = Instant::now();
+    vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
+    vm.env
+        .agent()
+        .expect_line(t0, &["directory synced", "users=5"], Duration::from_secs(5));
+    for name in ["bob", "carol", "dave", "erin"] {
+        emu.ok("DELETE", &format!("/oslogin/users/{name}"), None);
+    }
+    let t0 = Instant::now();
+    vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
+    vm.env
+        .agent()
+        .expect_line(t0, &["reading it again to confirm"], Duration::from_secs(5));
+    vm.env
+        .agent()
+        .expect_line(t0, &["directory synced", "users=1"], Duration::from_secs(5));
+    assert_eq!(vm.vm_run("getent", &["passwd", "alice"]).0, 0);
+}

@@ -12,6 +12,19 @@ use crate::mds::watcher::Episode;
 
 /// Changes are written to the cache at most this often (a burst of misses is one write).
 const CACHE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// How often /etc/passwd and /etc/group are checked for changes: a local account created
+/// since the last write must drop a clashing directory entry from the cache.
+const LOCAL_CHECK: Duration = Duration::from_secs(2);
+
+/// Whether a listing that shrank from `before` to `now` users must be read again before it
+/// is believed (it would drop more than half the users).
+pub fn needs_confirmation(before: usize, now: usize) -> bool {
+    before > 0 && now < before.div_ceil(2)
+}
+
+fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
 
 impl OsLogin {
     /// Runs the sync loop and the cache writer until the task is dropped.
@@ -19,9 +32,20 @@ impl OsLogin {
         let writer = {
             let me = self.clone();
             tokio::spawn(async move {
+                let local = |me: &OsLogin| (mtime(&me.paths.passwd), mtime(&me.paths.group));
+                let mut seen = local(&me);
                 loop {
-                    me.cache_dirty().notified().await;
-                    tokio::time::sleep(CACHE_DEBOUNCE).await;
+                    tokio::select! {
+                        () = me.cache_dirty().notified() => tokio::time::sleep(CACHE_DEBOUNCE).await,
+                        () = tokio::time::sleep(LOCAL_CHECK) => {
+                            let now = local(&me);
+                            if now == seen {
+                                continue;
+                            }
+                            seen = now;
+                            tracing::info!("local accounts changed; rewriting the directory cache");
+                        }
+                    }
                     if me.is_enabled() {
                         me.write_cache().await;
                     }
@@ -81,14 +105,14 @@ impl OsLogin {
         let started = std::time::Instant::now();
         let mut listing = self.list().await?;
         let before = lock(&self.directory).user_count();
-        if before > 0 && listing.users.len() < before / 2 {
+        if needs_confirmation(before, listing.users.len()) {
             tracing::warn!(
                 before,
                 now = listing.users.len(),
                 "directory shrank by more than half; reading it again to confirm"
             );
             let second = self.list().await?;
-            if second.users.len() < before / 2 {
+            if needs_confirmation(before, second.users.len()) {
                 tracing::warn!(
                     before,
                     now = second.users.len(),
@@ -166,5 +190,25 @@ impl OsLogin {
             Ok(Err(e)) => tracing::error!(error = %e, "cannot update the sudo rules"),
             Err(e) => tracing::error!(error = %e, "sudoers task failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_confirmation;
+
+    #[test]
+    fn losing_more_than_half_needs_a_second_read() {
+        assert!(!needs_confirmation(0, 0), "a first sync is believed");
+        assert!(!needs_confirmation(10, 10));
+        assert!(!needs_confirmation(10, 5), "exactly half is believed");
+        assert!(needs_confirmation(10, 4));
+        assert!(
+            needs_confirmation(10, 0),
+            "an empty answer is never believed at once"
+        );
+        assert!(needs_confirmation(1, 0));
+        assert!(needs_confirmation(3, 1));
+        assert!(!needs_confirmation(3, 2));
     }
 }
