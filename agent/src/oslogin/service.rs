@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, watch};
 
@@ -18,9 +18,12 @@ use super::profile::{OsUser, parse_group_page, parse_members, parse_single_user}
 use crate::config::Config;
 use crate::mds::{ClientSettings, GceClient, MdsError, query_escape};
 
-/// Deadline for a lookup the NSS module is waiting on (it gives up after 100 ms; the answer
+/// Deadline for a lookup the NSS module is waiting on (it gives up after 90 ms; the answer
 /// still lands in the directory for the next lookup).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// While lookups fail (service down or hanging), unknown names are answered "unavailable" at
+/// once, and only one lookup in this period goes to the service to see whether it is back.
+const LOOKUP_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// Where the service reads and writes on the host.
 #[derive(Debug, Clone)]
@@ -52,6 +55,8 @@ pub struct OsLogin {
     /// Users currently in the sudoers drop-in.
     pub(super) admins: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
+    /// When lookups are failing: the earliest time the next one may try the service.
+    lookups_down: Mutex<Option<Instant>>,
     sync_requested: Notify,
     cache_dirty: Notify,
 }
@@ -97,6 +102,7 @@ impl OsLogin {
             authorizer: Authorizer::default(),
             admins: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
+            lookups_down: Mutex::new(None),
             sync_requested: Notify::new(),
             cache_dirty: Notify::new(),
         })
@@ -162,33 +168,70 @@ impl OsLogin {
         Ok(user)
     }
 
+    /// Whether a lookup may go to the service now: always, unless lookups are failing, then
+    /// one probe per [`LOOKUP_PROBE_EVERY`].
+    fn lookup_allowed(&self) -> bool {
+        let mut down = lock(&self.lookups_down);
+        match *down {
+            Some(next) if Instant::now() < next => false,
+            Some(_) => {
+                *down = Some(Instant::now() + LOOKUP_PROBE_EVERY);
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Records that a lookup failed (the service did not answer): the answer to give.
+    fn lookup_failed(&self, why: String) -> Answer {
+        let mut down = lock(&self.lookups_down);
+        if down.is_none() {
+            tracing::warn!(error = %why, "OS Login lookups failing; unknown names are answered \"unavailable\" at once until the service answers again");
+        }
+        *down = Some(Instant::now() + LOOKUP_PROBE_EVERY);
+        Answer::Unavailable(why)
+    }
+
+    /// Records that the service answered a lookup.
+    fn lookup_answered(&self) {
+        if lock(&self.lookups_down).take().is_some() {
+            tracing::info!("OS Login lookups work again");
+        }
+    }
+
     /// Fetches one profile (`users?QUERY`) into the directory.
     pub(super) async fn fetch_user(&self, query: &str, miss: Miss) -> Result<Arc<OsUser>, Answer> {
+        if !self.lookup_allowed() {
+            return Err(Answer::Unavailable("metadata service failing".into()));
+        }
         let client = self
             .client()
             .map_err(Answer::Unavailable)?
             .with_timeout(LOOKUP_TIMEOUT);
-        match client
+        let answer = match client
             .get_json::<serde_json::Value>(&format!("oslogin/users?{query}"))
             .await
         {
-            Ok(v) => match parse_single_user(&v, self.floor(), now_usec()) {
-                Ok(u) => {
-                    let u = lock(&self.directory).insert_user(u);
-                    self.cache_dirty.notify_one();
-                    Ok(u)
-                }
-                Err(e) => {
-                    tracing::warn!(query, error = %e, "OS Login profile refused");
-                    lock(&self.directory).note_negative(miss);
-                    Err(Answer::NotFound)
-                }
-            },
+            Ok(v) => v,
             Err(MdsError::NotFound { .. }) => {
+                self.lookup_answered();
+                lock(&self.directory).note_negative(miss);
+                return Err(Answer::NotFound);
+            }
+            Err(e) => return Err(self.lookup_failed(e.to_string())),
+        };
+        self.lookup_answered();
+        match parse_single_user(&answer, self.floor(), now_usec()) {
+            Ok(u) => {
+                let u = lock(&self.directory).insert_user(u);
+                self.cache_dirty.notify_one();
+                Ok(u)
+            }
+            Err(e) => {
+                tracing::warn!(query, error = %e, "OS Login profile refused");
                 lock(&self.directory).note_negative(miss);
                 Err(Answer::NotFound)
             }
-            Err(e) => Err(Answer::Unavailable(e.to_string())),
         }
     }
 
@@ -278,6 +321,11 @@ impl OsLogin {
     }
 
     async fn fetch_group(&self, by: &Miss) -> Result<Arc<Group>, Answer> {
+        if !self.lookup_allowed() {
+            return Err(Answer::Unavailable(
+                "metadata service failing (recent lookups failed)".into(),
+            ));
+        }
         let client = self
             .client()
             .map_err(Answer::Unavailable)?
@@ -287,7 +335,7 @@ impl OsLogin {
             Miss::Gid(g) => format!("gid={g}"),
             _ => return Err(Answer::NotFound),
         };
-        let unavailable = |e: MdsError| Answer::Unavailable(e.to_string());
+        let unavailable = |e: MdsError| self.lookup_failed(e.to_string());
         let v = match client
             .get_json::<serde_json::Value>(&format!("oslogin/groups?{query}"))
             .await
@@ -299,6 +347,7 @@ impl OsLogin {
             }
             Err(e) => return Err(unavailable(e)),
         };
+        self.lookup_answered();
         let Some(g) = parse_group_page(&v, self.floor())
             .ok()
             .and_then(|page| page.groups.into_iter().next())
