@@ -24,6 +24,19 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// While lookups fail (service down or hanging), unknown names are answered "unavailable" at
 /// once, and only one lookup in this period goes to the service to see whether it is back.
 const LOOKUP_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A lookup still unanswered after this means the service is hanging: the NSS module has
+/// already given up on it, so later lookups are answered at once rather than queued behind it.
+const LOOKUP_SLOW: Duration = Duration::from_millis(100);
+
+/// How lookups to the service are going.
+#[derive(Debug, Default)]
+struct LookupHealth {
+    /// When lookups are failing: the earliest time the next one may try the service.
+    down_until: Option<Instant>,
+    /// Start times of the lookups in flight, by id.
+    inflight: std::collections::HashMap<u64, Instant>,
+    next_id: u64,
+}
 
 /// Where the service reads and writes on the host.
 #[derive(Debug, Clone)]
@@ -55,8 +68,7 @@ pub struct OsLogin {
     /// Users currently in the sudoers drop-in.
     pub(super) admins: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
-    /// When lookups are failing: the earliest time the next one may try the service.
-    lookups_down: Mutex<Option<Instant>>,
+    lookups: Mutex<LookupHealth>,
     sync_requested: Notify,
     cache_dirty: Notify,
 }
@@ -102,7 +114,7 @@ impl OsLogin {
             authorizer: Authorizer::default(),
             admins: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
-            lookups_down: Mutex::new(None),
+            lookups: Mutex::new(LookupHealth::default()),
             sync_requested: Notify::new(),
             cache_dirty: Notify::new(),
         })
@@ -168,59 +180,95 @@ impl OsLogin {
         Ok(user)
     }
 
-    /// Whether a lookup may go to the service now: always, unless lookups are failing, then
-    /// one probe per [`LOOKUP_PROBE_EVERY`].
-    fn lookup_allowed(&self) -> bool {
-        let mut down = lock(&self.lookups_down);
-        match *down {
-            Some(next) if Instant::now() < next => false,
-            Some(_) => {
-                *down = Some(Instant::now() + LOOKUP_PROBE_EVERY);
-                true
+    /// Whether a lookup may go to the service now: always, unless lookups are failing or one
+    /// has hung past [`LOOKUP_SLOW`]; then one probe per [`LOOKUP_PROBE_EVERY`]. Returns the
+    /// lookup's id (to pass to [`OsLogin::lookup_done`]).
+    fn lookup_start(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut h = lock(&self.lookups);
+        let hanging = h
+            .inflight
+            .values()
+            .any(|t| now.duration_since(*t) > LOOKUP_SLOW);
+        if hanging && h.down_until.is_none() {
+            tracing::warn!(
+                "an OS Login lookup is hanging; unknown names are answered \"unavailable\" at once until the service answers again"
+            );
+            h.down_until = Some(now + LOOKUP_PROBE_EVERY);
+            return None;
+        }
+        match h.down_until {
+            Some(next) if now < next => return None,
+            Some(_) => h.down_until = Some(now + LOOKUP_PROBE_EVERY),
+            None => {}
+        }
+        h.next_id += 1;
+        let id = h.next_id;
+        h.inflight.insert(id, now);
+        Some(id)
+    }
+
+    /// Records how lookup `id` ended: `Err(why)` when the service did not answer.
+    fn lookup_done(&self, id: u64, outcome: Result<(), &str>) {
+        let mut h = lock(&self.lookups);
+        h.inflight.remove(&id);
+        match outcome {
+            Err(why) => {
+                if h.down_until.is_none() {
+                    tracing::warn!(
+                        error = why,
+                        "OS Login lookups failing; unknown names are answered \"unavailable\" at once until the service answers again"
+                    );
+                }
+                h.down_until = Some(Instant::now() + LOOKUP_PROBE_EVERY);
             }
-            None => true,
+            Ok(()) => {
+                if h.down_until.take().is_some() {
+                    tracing::info!("OS Login lookups work again");
+                }
+            }
         }
     }
 
-    /// Records that a lookup failed (the service did not answer): the answer to give.
-    fn lookup_failed(&self, why: String) -> Answer {
-        let mut down = lock(&self.lookups_down);
-        if down.is_none() {
-            tracing::warn!(error = %why, "OS Login lookups failing; unknown names are answered \"unavailable\" at once until the service answers again");
-        }
-        *down = Some(Instant::now() + LOOKUP_PROBE_EVERY);
-        Answer::Unavailable(why)
-    }
-
-    /// Records that the service answered a lookup.
-    fn lookup_answered(&self) {
-        if lock(&self.lookups_down).take().is_some() {
-            tracing::info!("OS Login lookups work again");
+    /// One lookup request (`oslogin/PATH`) with the health rules: `Ok(None)` for 404,
+    /// `Err(Unavailable)` when the service fails or is known to be failing.
+    async fn lookup_json(&self, path: &str) -> Result<Option<serde_json::Value>, Answer> {
+        let Some(id) = self.lookup_start() else {
+            return Err(Answer::Unavailable("metadata service failing".into()));
+        };
+        let client = match self.client() {
+            Ok(c) => c.with_timeout(LOOKUP_TIMEOUT),
+            Err(e) => {
+                self.lookup_done(id, Ok(()));
+                return Err(Answer::Unavailable(e));
+            }
+        };
+        match client
+            .get_json::<serde_json::Value>(&format!("oslogin/{path}"))
+            .await
+        {
+            Ok(v) => {
+                self.lookup_done(id, Ok(()));
+                Ok(Some(v))
+            }
+            Err(MdsError::NotFound { .. }) => {
+                self.lookup_done(id, Ok(()));
+                Ok(None)
+            }
+            Err(e) => {
+                let why = e.to_string();
+                self.lookup_done(id, Err(&why));
+                Err(Answer::Unavailable(why))
+            }
         }
     }
 
     /// Fetches one profile (`users?QUERY`) into the directory.
     pub(super) async fn fetch_user(&self, query: &str, miss: Miss) -> Result<Arc<OsUser>, Answer> {
-        if !self.lookup_allowed() {
-            return Err(Answer::Unavailable("metadata service failing".into()));
-        }
-        let client = self
-            .client()
-            .map_err(Answer::Unavailable)?
-            .with_timeout(LOOKUP_TIMEOUT);
-        let answer = match client
-            .get_json::<serde_json::Value>(&format!("oslogin/users?{query}"))
-            .await
-        {
-            Ok(v) => v,
-            Err(MdsError::NotFound { .. }) => {
-                self.lookup_answered();
-                lock(&self.directory).note_negative(miss);
-                return Err(Answer::NotFound);
-            }
-            Err(e) => return Err(self.lookup_failed(e.to_string())),
+        let Some(answer) = self.lookup_json(&format!("users?{query}")).await? else {
+            lock(&self.directory).note_negative(miss);
+            return Err(Answer::NotFound);
         };
-        self.lookup_answered();
         match parse_single_user(&answer, self.floor(), now_usec()) {
             Ok(u) => {
                 let u = lock(&self.directory).insert_user(u);
@@ -321,45 +369,23 @@ impl OsLogin {
     }
 
     async fn fetch_group(&self, by: &Miss) -> Result<Arc<Group>, Answer> {
-        if !self.lookup_allowed() {
-            return Err(Answer::Unavailable(
-                "metadata service failing (recent lookups failed)".into(),
-            ));
-        }
-        let client = self
-            .client()
-            .map_err(Answer::Unavailable)?
-            .with_timeout(LOOKUP_TIMEOUT);
         let query = match by {
             Miss::GroupName(n) => format!("groupname={}", query_escape(n)),
             Miss::Gid(g) => format!("gid={g}"),
             _ => return Err(Answer::NotFound),
         };
-        let unavailable = |e: MdsError| self.lookup_failed(e.to_string());
-        let v = match client
-            .get_json::<serde_json::Value>(&format!("oslogin/groups?{query}"))
-            .await
-        {
-            Ok(v) => v,
-            Err(MdsError::NotFound { .. }) => {
-                lock(&self.directory).note_negative(by.clone());
-                return Err(Answer::NotFound);
-            }
-            Err(e) => return Err(unavailable(e)),
-        };
-        self.lookup_answered();
-        let Some(g) = parse_group_page(&v, self.floor())
-            .ok()
+        let found = self.lookup_json(&format!("groups?{query}")).await?;
+        let Some(g) = found
+            .and_then(|v| parse_group_page(&v, self.floor()).ok())
             .and_then(|page| page.groups.into_iter().next())
         else {
             lock(&self.directory).note_negative(by.clone());
             return Err(Answer::NotFound);
         };
-        let members_path = format!("oslogin/users?groupname={}", query_escape(&g.name));
-        let members = match client.get_json::<serde_json::Value>(&members_path).await {
-            Ok(v) => parse_members(&v).map(|(m, _)| m).unwrap_or_default(),
-            Err(MdsError::NotFound { .. }) => Vec::new(),
-            Err(e) => return Err(unavailable(e)),
+        let members_path = format!("users?groupname={}", query_escape(&g.name));
+        let members = match self.lookup_json(&members_path).await? {
+            Some(v) => parse_members(&v).map(|(m, _)| m).unwrap_or_default(),
+            None => Vec::new(),
         };
         let group = Group {
             name: g.name,
