@@ -164,6 +164,25 @@ impl Directory {
         self.users.values()
     }
 
+    /// A user's personal group (user private group): named like the user, gid = uid, when the
+    /// user's primary gid is its uid and no directory group has that gid. Served so that `id`
+    /// names the primary group and sshd's group checks need no request.
+    pub fn personal_group(&self, by: &Miss) -> Option<Group> {
+        let user = match by {
+            Miss::GroupName(n) => self.user(n)?,
+            Miss::Gid(g) => self.user_by_uid(*g)?,
+            _ => return None,
+        };
+        (user.gid == user.uid
+            && !self.by_gid.contains_key(&user.gid)
+            && !self.groups.contains_key(&user.username))
+        .then(|| Group {
+            name: user.username.clone(),
+            gid: user.gid,
+            members: Vec::new(),
+        })
+    }
+
     /// The gids of the directory groups that list `user` as a member.
     pub fn groups_of(&self, user: &str) -> Vec<u32> {
         let mut gids: Vec<u32> = self
@@ -225,6 +244,16 @@ impl Directory {
             if local.clashes_with_user(u) {
                 skipped.push(format!("user {}", u.username));
                 continue;
+            }
+            if let Some(g) = self.personal_group(&Miss::Gid(u.uid))
+                && !local.clashes_with_group(&g.name, g.gid)
+                && g.gid != s.users_group_gid
+            {
+                builder.add_group(GroupEntry {
+                    name: g.name,
+                    gid: g.gid,
+                    members: Vec::new(),
+                });
             }
             let mut groups = memberships
                 .get(u.username.as_str())

@@ -354,6 +354,7 @@ impl OsLogin {
                 Miss::Gid(g) => d.group_by_gid(*g),
                 _ => return Answer::NotFound,
             }
+            .or_else(|| d.personal_group(&by).map(Arc::new))
         };
         let group = match cached {
             Some(g) => g,
