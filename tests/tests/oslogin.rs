@@ -147,6 +147,18 @@ fn ssh_login_follows_the_login_role_live() {
     let (code, _) = a.vm.vm_run("test", &["-f", "/home/alice/.bashrc"]);
     assert_eq!(code, 0, "skeleton copied");
 
+    // alice's own ~/.ssh/authorized_keys is ignored: access follows roles, not files.
+    let bob_pub = std::fs::read_to_string(a.bob_key.with_extension("pub")).unwrap();
+    a.vm.env.vm().run(&format!(
+        "mkdir -p /home/alice/.ssh && echo '{}' > /home/alice/.ssh/authorized_keys && \
+         chown -R 200001:200001 /home/alice/.ssh && chmod 700 /home/alice/.ssh && chmod 600 /home/alice/.ssh/authorized_keys",
+        bob_pub.trim()
+    ));
+    assert!(
+        !a.vm.ssh(&a.bob_key, "alice", "true").status.success(),
+        "a key in alice's own file must not open her account"
+    );
+
     // bob exists but lacks the login role.
     let out = a.vm.ssh(&a.bob_key, "bob", "true");
     assert!(!out.status.success(), "bob must be refused");
