@@ -302,7 +302,7 @@ mod tests {
         for (line, err) in [
             ("alice:*:1:1:g:/h", RecordError::FieldCount),
             ("alice:*:1:1:g:/h:/s:extra", RecordError::FieldCount),
-            ("alice:*:1:1:g:/h:/s", RecordError::Password),
+            ("alice:x:1:1:g:/h:/s", RecordError::Password),
             ("Alice:*:1:1:g:/h:/s", RecordError::Name),
             (":*:1:1:g:/h:/s", RecordError::Name),
             ("alice:*:-1:1:g:/h:/s", RecordError::Id),
