@@ -1,5 +1,5 @@
 //! The module's logic, free of fixed paths so tests can run it against a temporary cache file
-//! and socket: cache first (a lock, a clock read, a binary search), the daemon's socket on a
+//! and socket: cache first (a lock, a clock read, a hash-table probe), the daemon's socket on a
 //! miss, enumeration from the cache only.
 
 use std::ffi::{CStr, CString};

@@ -2,30 +2,48 @@
 //! module inside every process that looks a user up.
 //!
 //! The file is binary, little-endian, and read in place (mmap) with no allocation:
-//! [`Cache::parse`] checks every offset, length, name and index once, in O(n), after which every
-//! lookup is a binary search that cannot go out of bounds. The file is world-readable (0644) and
-//! holds nothing secret: names, ids, gecos, home, shell and group memberships.
+//! [`Cache::parse`] checks every offset, length, name, index and hash slot once, in O(n), after
+//! which every lookup by name or id is a probe of an open-addressing hash table (a slot, then
+//! the record and its strings: O(1), whatever the number of users) that cannot go out of
+//! bounds. The file is world-readable (0644) and holds nothing secret: names, ids, gecos, home,
+//! shell and group memberships.
 //!
 //! ```text
-//! header (HEADER_LEN = 88 bytes)
-//!   0 magic "GADIRC\r\n"   8 version u32   12 header_len u32   16 min_id u32
-//!  20 user_count u32      24 group_count u32   28 flags u32 (0)   32 generated_at_unix u64
-//!  40 users_off  44 groups_off  48 user_name_idx  52 user_uid_idx  56 group_name_idx
-//!  60 group_gid_idx  64 words_off  68 words_count  72 strings_off  76 strings_len
-//!  80 file_len u32   84 reserved u32 (0)
+//! header (HEADER_LEN = 104 bytes)
+//!   0 magic "GADIRC\r\n"   8 version u32 (2)   12 header_len u32   16 min_id u32
+//!  20 user_count u32   24 group_count u32   28 flags u32 (0)   32 generated_at_unix u64
+//!  40 users_off   44 groups_off   48 user_name_idx   52 group_name_idx
+//!  56 user_slots u32   60 user_name_hash   64 user_uid_hash
+//!  68 group_slots u32  72 group_name_hash  76 group_gid_hash
+//!  80 file_len u32   84 words_off   88 words_count   92 strings_off   96 strings_len
+//! 100 reserved u32 (0)
 //! user record (48 bytes), sorted by name:
 //!   uid, gid, name (off,len), gecos (off,len), home (off,len), shell (off,len),
 //!   groups (first word, count)              supplementary gids, in the word area
 //! group record (20 bytes), sorted by name:
 //!   gid, name (off,len), members (first word, count)   each member is 2 words: (off,len)
-//! indexes: one u32 per record, the record's offset in the file, sorted by the key
-//!   (names compare as bytes; ids as numbers); keys are unique
+//! name indexes (enumeration): one u32 per record, the record's offset in the file, in byte
+//!   order of the names; names are unique
+//! hash tables: `slots` slots of 8 bytes, (key u32, record offset u32); offset 0 = empty slot
+//!   (its key is 0 too). slots is 0 when there are no records, else a power of two
+//!   >= 2 * count (load factor <= 1/2, so a probe always meets an empty slot). Linear probing:
+//!   a key with hash h sits in the first slot of h, h+1, h+2, ... (mod slots) holding it, with
+//!   no empty slot before it. Each record of the kind is in exactly one slot of each table.
+//!   name tables: key = name_hash(name) = fmix32(fnv1a32(name)), probed from key & (slots-1)
+//!   id tables:   key = the uid or gid,              probed from fmix32(id) & (slots-1)
+//!   fnv1a32: h = 0x811c9dc5; for each byte b: h = (h ^ b) * 0x01000193 (mod 2^32)
+//!   fmix32 (MurmurHash3's finalizer): h ^= h >> 16; h *= 0x85ebca6b; h ^= h >> 13;
+//!                                     h *= 0xc2b2ae35; h ^= h >> 16
 //! word area: u32s; string area: bytes, (off,len) relative to its start, no terminators
 //! ```
 //!
+//! The builder lays sections out in this order: header, the four hash tables (8-byte aligned:
+//! a slot never straddles a cache line), user records, group records, name indexes, words,
+//! strings; the reader only requires every section to be in bounds.
+//!
 //! Ids below `min_id` (never below 1: root is never served) are neither written nor accepted.
 //! Names follow [`crate::names::is_valid_name`]; gecos, home and shell hold no `:`, newline,
-//! carriage return or NUL.
+//! carriage return or NUL. Names and ids are unique within each kind.
 #![deny(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -34,7 +52,6 @@
     clippy::indexing_slicing
 )]
 
-use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
 
 use crate::records::{PasswdRecord, RecordError, format_group, is_safe_field, is_valid_name_bytes};
@@ -43,15 +60,52 @@ use crate::records::{PasswdRecord, RecordError, format_group, is_safe_field, is_
 pub const CACHE_PATH: &str = "/var/lib/guest-agent/directory.cache";
 /// First bytes of every cache file (the CR LF catches text-mode mangling).
 pub const MAGIC: [u8; 8] = *b"GADIRC\r\n";
-/// Format version this code writes and reads.
-pub const VERSION: u32 = 1;
+/// Format version this code writes and reads (1: sorted indexes and binary search; 2: hash
+/// tables for lookups, name indexes for enumeration).
+pub const VERSION: u32 = 2;
 /// Size of the header.
-pub const HEADER_LEN: usize = 88;
+pub const HEADER_LEN: usize = 104;
 /// Longest gecos, home or shell the builder keeps (longer entries are dropped).
 pub const MAX_FIELD_LEN: usize = 1024;
 
 const USER_REC: usize = 48;
 const GROUP_REC: usize = 20;
+const SLOT: usize = 8;
+
+/// FNV-1a, 32 bits.
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h: u32, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// MurmurHash3's 32-bit finalizer: a bijection that spreads every input bit over the output.
+fn fmix32(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The key of a name in a name table (and where its probe starts).
+fn name_hash(name: &[u8]) -> u32 {
+    fmix32(fnv1a32(name))
+}
+
+/// Where the probe for an id starts (the key is the id itself).
+fn id_hash(id: u32) -> u32 {
+    fmix32(id)
+}
+
+/// Slots of a table for `count` records: 0, or a power of two at least twice the count.
+fn slots_for(count: usize) -> usize {
+    if count == 0 {
+        0
+    } else {
+        count.saturating_mul(2).next_power_of_two()
+    }
+}
 
 /// Why bytes are not a usable cache file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +224,27 @@ fn put(out: &mut Vec<u8>, words: &[u32]) {
     }
 }
 
+/// A hash table of `slots` slots as words (key, offset), from (probe start, key, record offset)
+/// entries inserted in order by linear probing.
+fn hash_table(slots: usize, entries: impl Iterator<Item = (u32, u32, u32)>) -> Vec<u32> {
+    let mut words = vec![0u32; slots * 2];
+    let mask = slots.wrapping_sub(1);
+    for (start, key, off) in entries {
+        let mut i = start as usize & mask;
+        // The load factor is at most 1/2: an empty slot is always found.
+        for _ in 0..slots {
+            if let Some([k, o]) = words.get_mut(i * 2..i * 2 + 2)
+                && *o == 0
+            {
+                (*k, *o) = (key, off);
+                break;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+    words
+}
+
 impl CacheBuilder {
     /// `min_id`: ids below it are dropped (and a floor of 1 always applies).
     pub fn new(min_id: u32, generated_at_unix: u64) -> Self {
@@ -274,26 +349,52 @@ impl CacheBuilder {
             );
         }
 
-        let users_off = HEADER_LEN;
+        let (user_slots, group_slots) = (slots_for(users.len()), slots_for(groups.len()));
+        let user_name_hash = HEADER_LEN;
+        let user_uid_hash = user_name_hash + SLOT * user_slots;
+        let group_name_hash = user_uid_hash + SLOT * user_slots;
+        let group_gid_hash = group_name_hash + SLOT * group_slots;
+        let users_off = group_gid_hash + SLOT * group_slots;
         let groups_off = users_off + user_recs.len();
         let user_name_idx = groups_off + group_recs.len();
-        let user_uid_idx = user_name_idx + 4 * users.len();
-        let group_name_idx = user_uid_idx + 4 * users.len();
-        let group_gid_idx = group_name_idx + 4 * groups.len();
-        let words_off = group_gid_idx + 4 * groups.len();
+        let group_name_idx = user_name_idx + 4 * users.len();
+        let words_off = group_name_idx + 4 * groups.len();
         let strings_off = words_off + 4 * words.len();
         let file_len = strings_off + strings.bytes.len();
 
+        // Records are laid out in name order: the name indexes are 0, 1, 2, ...
         let user_at = |i: usize| to_u32(users_off + i * USER_REC);
         let group_at = |i: usize| to_u32(groups_off + i * GROUP_REC);
         let by_name_users: Vec<u32> = (0..users.len()).map(user_at).collect();
-        let mut by_uid: Vec<usize> = (0..users.len()).collect();
-        by_uid.sort_by_key(|&i| users.get(i).map(|u| u.uid));
-        let by_uid: Vec<u32> = by_uid.into_iter().map(user_at).collect();
         let by_name_groups: Vec<u32> = (0..groups.len()).map(group_at).collect();
-        let mut by_gid: Vec<usize> = (0..groups.len()).collect();
-        by_gid.sort_by_key(|&i| groups.get(i).map(|g| g.gid));
-        let by_gid: Vec<u32> = by_gid.into_iter().map(group_at).collect();
+        let user_names = hash_table(
+            user_slots,
+            users.iter().enumerate().map(|(i, u)| {
+                let h = name_hash(u.name.as_bytes());
+                (h, h, user_at(i))
+            }),
+        );
+        let user_uids = hash_table(
+            user_slots,
+            users
+                .iter()
+                .enumerate()
+                .map(|(i, u)| (id_hash(u.uid), u.uid, user_at(i))),
+        );
+        let group_names = hash_table(
+            group_slots,
+            groups.iter().enumerate().map(|(i, g)| {
+                let h = name_hash(g.name.as_bytes());
+                (h, h, group_at(i))
+            }),
+        );
+        let group_gids = hash_table(
+            group_slots,
+            groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| (id_hash(g.gid), g.gid, group_at(i))),
+        );
 
         let mut out = Vec::with_capacity(file_len);
         out.extend_from_slice(&MAGIC);
@@ -315,23 +416,29 @@ impl CacheBuilder {
                 to_u32(users_off),
                 to_u32(groups_off),
                 to_u32(user_name_idx),
-                to_u32(user_uid_idx),
                 to_u32(group_name_idx),
-                to_u32(group_gid_idx),
+                to_u32(user_slots),
+                to_u32(user_name_hash),
+                to_u32(user_uid_hash),
+                to_u32(group_slots),
+                to_u32(group_name_hash),
+                to_u32(group_gid_hash),
+                to_u32(file_len),
                 to_u32(words_off),
                 to_u32(words.len()),
                 to_u32(strings_off),
                 to_u32(strings.bytes.len()),
-                to_u32(file_len),
                 0,
             ],
         );
+        put(&mut out, &user_names);
+        put(&mut out, &user_uids);
+        put(&mut out, &group_names);
+        put(&mut out, &group_gids);
         out.extend_from_slice(&user_recs);
         out.extend_from_slice(&group_recs);
         put(&mut out, &by_name_users);
-        put(&mut out, &by_uid);
         put(&mut out, &by_name_groups);
-        put(&mut out, &by_gid);
         put(&mut out, &words);
         out.extend_from_slice(&strings.bytes);
         out
@@ -393,6 +500,41 @@ impl<'a> Group<'a> {
     }
 }
 
+/// A hash table in the file: slots of (key, record offset).
+#[derive(Debug, Clone, Copy)]
+struct Table<'a> {
+    slots: &'a [u8],
+}
+
+impl<'a> Table<'a> {
+    /// The occupied slots on the probe path starting at `hash`, as (key, record offset), up to
+    /// the first empty slot and never more than every slot once.
+    fn probe(self, hash: u32) -> impl Iterator<Item = (u32, usize)> + 'a {
+        let slots = self.slots;
+        let n = slots.len() / SLOT;
+        let mask = n.wrapping_sub(1);
+        (0..n).map_while(move |k| {
+            let at = ((hash as usize).wrapping_add(k) & mask) * SLOT;
+            let slot = slots.get(at..at + SLOT)?;
+            let off = u32_at(slot, 4)?;
+            (off != 0).then_some((u32_at(slot, 0)?, off as usize))
+        })
+    }
+
+    /// Number of occupied slots, or None when an empty slot has a key (not as written).
+    fn occupied(self) -> Option<usize> {
+        let mut n = 0;
+        for slot in self.slots.chunks_exact(SLOT) {
+            match (u32_at(slot, 0)?, u32_at(slot, 4)?) {
+                (0, 0) => {}
+                (_, 0) => return None,
+                _ => n += 1,
+            }
+        }
+        Some(n)
+    }
+}
+
 /// A validated view over the bytes of a cache file.
 #[derive(Debug, Clone, Copy)]
 pub struct Cache<'a> {
@@ -404,9 +546,11 @@ pub struct Cache<'a> {
     users_off: usize,
     groups_off: usize,
     user_name_idx: &'a [u8],
-    user_uid_idx: &'a [u8],
     group_name_idx: &'a [u8],
-    group_gid_idx: &'a [u8],
+    user_names: Table<'a>,
+    user_uids: Table<'a>,
+    group_names: Table<'a>,
+    group_gids: Table<'a>,
     words: &'a [u8],
     strings: &'a [u8],
 }
@@ -423,24 +567,27 @@ fn header_u32(bytes: &[u8], off: usize) -> Result<u32, CacheError> {
     u32_at(bytes, off).ok_or(CacheError::Truncated)
 }
 
-/// Binary search over an index of record offsets; `cmp` orders a record against the target.
-fn find(idx: &[u8], count: usize, cmp: impl Fn(usize) -> Option<Ordering>) -> Option<usize> {
-    let (mut lo, mut hi) = (0usize, count);
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let off = u32_at(idx, mid.checked_mul(4)?)? as usize;
-        match cmp(off)? {
-            Ordering::Less => lo = mid + 1,
-            Ordering::Greater => hi = mid,
-            Ordering::Equal => return Some(off),
-        }
+/// The hash table whose slot count is at `slots_field` and offset at `field`, for `count`
+/// records: 0 slots for no records, else a power of two at least twice the count.
+fn table(
+    bytes: &[u8],
+    slots_field: usize,
+    field: usize,
+    count: usize,
+) -> Result<Table<'_>, CacheError> {
+    let slots = header_u32(bytes, slots_field)? as usize;
+    if !(slots == 0 && count == 0 || slots.is_power_of_two() && slots / 2 >= count) {
+        return Err(CacheError::Corrupt("hash table size"));
     }
-    None
+    Ok(Table {
+        slots: section(bytes, field, slots.checked_mul(SLOT))?,
+    })
 }
 
 impl<'a> Cache<'a> {
-    /// Checks the header and every record, string reference and index. After `Ok`, every
-    /// lookup stays in bounds; arbitrary bytes give `Err`, never a panic.
+    /// Checks the header and every record, string reference, index and hash slot. After `Ok`,
+    /// every lookup stays in bounds and finds every record; arbitrary bytes give `Err`, never a
+    /// panic.
     pub fn parse(bytes: &'a [u8]) -> Result<Cache<'a>, CacheError> {
         if bytes.len() < HEADER_LEN {
             return Err(CacheError::Truncated);
@@ -454,7 +601,7 @@ impl<'a> Cache<'a> {
         }
         if header_u32(bytes, 12)? as usize != HEADER_LEN
             || header_u32(bytes, 28)? != 0
-            || header_u32(bytes, 84)? != 0
+            || header_u32(bytes, 100)? != 0
         {
             return Err(CacheError::Corrupt("header"));
         }
@@ -471,8 +618,8 @@ impl<'a> Cache<'a> {
         // The record arrays are in bounds as a whole (records are then read one by one).
         section(bytes, 40, user_count.checked_mul(USER_REC))?;
         section(bytes, 44, group_count.checked_mul(GROUP_REC))?;
-        let words_count = header_u32(bytes, 68)? as usize;
-        let strings_len = header_u32(bytes, 76)? as usize;
+        let words_count = header_u32(bytes, 88)? as usize;
+        let strings_len = header_u32(bytes, 96)? as usize;
         let cache = Cache {
             bytes,
             min_id,
@@ -482,11 +629,13 @@ impl<'a> Cache<'a> {
             users_off: header_u32(bytes, 40)? as usize,
             groups_off: header_u32(bytes, 44)? as usize,
             user_name_idx: section(bytes, 48, user_count.checked_mul(4))?,
-            user_uid_idx: section(bytes, 52, user_count.checked_mul(4))?,
-            group_name_idx: section(bytes, 56, group_count.checked_mul(4))?,
-            group_gid_idx: section(bytes, 60, group_count.checked_mul(4))?,
-            words: section(bytes, 64, words_count.checked_mul(4))?,
-            strings: section(bytes, 72, Some(strings_len))?,
+            group_name_idx: section(bytes, 52, group_count.checked_mul(4))?,
+            user_names: table(bytes, 56, 60, user_count)?,
+            user_uids: table(bytes, 56, 64, user_count)?,
+            group_names: table(bytes, 68, 72, group_count)?,
+            group_gids: table(bytes, 68, 76, group_count)?,
+            words: section(bytes, 84, words_count.checked_mul(4))?,
+            strings: section(bytes, 92, Some(strings_len))?,
         };
         // One pass over the string area stands for a check of every field in it.
         if !is_safe_field(cache.strings) {
@@ -499,10 +648,26 @@ impl<'a> Cache<'a> {
         Ok(cache)
     }
 
+    /// Every record: in bounds, ids at least min_id, valid names, and found through both of
+    /// its kind's hash tables at its own offset. As each table holds exactly as many entries as
+    /// there are records, that makes every slot point at a distinct record under that record's
+    /// key, and names and ids unique (a duplicate would find the other record first).
     fn check_records(&self) -> Result<(), CacheError> {
+        let bad_table = CacheError::Corrupt("hash table");
+        for t in [self.user_names, self.user_uids] {
+            if t.occupied() != Some(self.user_count) {
+                return Err(bad_table);
+            }
+        }
+        for t in [self.group_names, self.group_gids] {
+            if t.occupied() != Some(self.group_count) {
+                return Err(bad_table);
+            }
+        }
         for i in 0..self.user_count {
+            let off = self.users_off + i * USER_REC;
             let p = self
-                .user_record(self.users_off + i * USER_REC)
+                .user_record(off)
                 .ok_or(CacheError::Corrupt("user record out of bounds"))?;
             if p.uid < self.min_id || p.gid < self.min_id || p.groups().any(|g| g < self.min_id) {
                 return Err(CacheError::Corrupt("user id below min_id"));
@@ -510,16 +675,27 @@ impl<'a> Cache<'a> {
             if !is_valid_name_bytes(p.name) {
                 return Err(CacheError::Corrupt("invalid user name"));
             }
+            if self.find_name(self.user_names, 8, p.name) != Some(off)
+                || find_id(self.user_uids, p.uid) != Some(off)
+            {
+                return Err(CacheError::Corrupt("user hash table"));
+            }
         }
         for i in 0..self.group_count {
+            let off = self.groups_off + i * GROUP_REC;
             let g = self
-                .group_record(self.groups_off + i * GROUP_REC)
+                .group_record(off)
                 .ok_or(CacheError::Corrupt("group record out of bounds"))?;
             if g.gid < self.min_id {
                 return Err(CacheError::Corrupt("gid below min_id"));
             }
             if !is_valid_name_bytes(g.name) {
                 return Err(CacheError::Corrupt("invalid group name"));
+            }
+            if self.find_name(self.group_names, 4, g.name) != Some(off)
+                || find_id(self.group_gids, g.gid) != Some(off)
+            {
+                return Err(CacheError::Corrupt("group hash table"));
             }
             // members() skips references out of bounds: count them to see none was skipped.
             let mut n = 0;
@@ -536,53 +712,42 @@ impl<'a> Cache<'a> {
         Ok(())
     }
 
-    /// Every index entry points at a record of its kind, and keys strictly increase.
+    /// Every name index entry points at a record of its kind, and names strictly increase (so
+    /// each record is listed once).
     fn check_indexes(&self) -> Result<(), CacheError> {
         let entry_ok = |off: usize, base: usize, rec: usize, count: usize| {
             off >= base && (off - base).is_multiple_of(rec) && (off - base) / rec < count
         };
         let bad = CacheError::Corrupt("index");
-        let (mut prev_name, mut prev_id): (Option<&[u8]>, Option<u32>) = (None, None);
-        for i in 0..self.user_count {
-            let off = u32_at(self.user_name_idx, i * 4).ok_or(bad)? as usize;
-            if !entry_ok(off, self.users_off, USER_REC, self.user_count) {
-                return Err(bad);
+        let kinds = [
+            (
+                self.user_name_idx,
+                self.users_off,
+                USER_REC,
+                self.user_count,
+                8,
+            ),
+            (
+                self.group_name_idx,
+                self.groups_off,
+                GROUP_REC,
+                self.group_count,
+                4,
+            ),
+        ];
+        for (idx, base, rec, count, name_at) in kinds {
+            let mut prev: Option<&[u8]> = None;
+            for i in 0..count {
+                let off = u32_at(idx, i * 4).ok_or(bad)? as usize;
+                if !entry_ok(off, base, rec, count) {
+                    return Err(bad);
+                }
+                let name = self.name_at(off, name_at).ok_or(bad)?;
+                if prev.is_some_and(|prev| prev >= name) {
+                    return Err(CacheError::Corrupt("name index not sorted"));
+                }
+                prev = Some(name);
             }
-            let name = self.name_at(off, 8).ok_or(bad)?;
-            if prev_name.is_some_and(|prev| prev >= name) {
-                return Err(CacheError::Corrupt("user name index not sorted"));
-            }
-            prev_name = Some(name);
-            let off = u32_at(self.user_uid_idx, i * 4).ok_or(bad)? as usize;
-            if !entry_ok(off, self.users_off, USER_REC, self.user_count) {
-                return Err(bad);
-            }
-            let uid = u32_at(self.bytes, off).ok_or(bad)?;
-            if prev_id.is_some_and(|prev| prev >= uid) {
-                return Err(CacheError::Corrupt("uid index not sorted"));
-            }
-            prev_id = Some(uid);
-        }
-        let (mut prev_name, mut prev_id): (Option<&[u8]>, Option<u32>) = (None, None);
-        for i in 0..self.group_count {
-            let off = u32_at(self.group_name_idx, i * 4).ok_or(bad)? as usize;
-            if !entry_ok(off, self.groups_off, GROUP_REC, self.group_count) {
-                return Err(bad);
-            }
-            let name = self.name_at(off, 4).ok_or(bad)?;
-            if prev_name.is_some_and(|prev| prev >= name) {
-                return Err(CacheError::Corrupt("group name index not sorted"));
-            }
-            prev_name = Some(name);
-            let off = u32_at(self.group_gid_idx, i * 4).ok_or(bad)? as usize;
-            if !entry_ok(off, self.groups_off, GROUP_REC, self.group_count) {
-                return Err(bad);
-            }
-            let gid = u32_at(self.bytes, off).ok_or(bad)?;
-            if prev_id.is_some_and(|prev| prev >= gid) {
-                return Err(CacheError::Corrupt("gid index not sorted"));
-            }
-            prev_id = Some(gid);
         }
         Ok(())
     }
@@ -624,45 +789,40 @@ impl<'a> Cache<'a> {
         })
     }
 
-    /// The name of the record at `off` (names sit at the same place in both record kinds'
-    /// string references: users at 8, groups at 4).
+    /// The name of the record at `off` (users' name reference is at 8, groups' at 4).
     fn name_at(&self, off: usize, at: usize) -> Option<&'a [u8]> {
         let rec = self.bytes.get(off..off.checked_add(at + 8)?)?;
         self.string(rec, at)
     }
 
+    /// The offset of the record named `name` in name table `t` (name reference at `at`).
+    fn find_name(&self, t: Table<'a>, at: usize, name: &[u8]) -> Option<usize> {
+        let h = name_hash(name);
+        t.probe(h)
+            .find(|&(key, off)| key == h && self.name_at(off, at) == Some(name))
+            .map(|(_, off)| off)
+    }
+
     pub fn user_by_name(&self, name: &[u8]) -> Option<Passwd<'a>> {
-        let off = find(self.user_name_idx, self.user_count, |off| {
-            Some(self.name_at(off, 8)?.cmp(name))
-        })?;
-        self.user_record(off)
+        self.user_record(self.find_name(self.user_names, 8, name)?)
     }
 
     pub fn user_by_uid(&self, uid: u32) -> Option<Passwd<'a>> {
         if uid < self.min_id {
             return None;
         }
-        let off = find(self.user_uid_idx, self.user_count, |off| {
-            Some(u32_at(self.bytes, off)?.cmp(&uid))
-        })?;
-        self.user_record(off)
+        self.user_record(find_id(self.user_uids, uid)?)
     }
 
     pub fn group_by_name(&self, name: &[u8]) -> Option<Group<'a>> {
-        let off = find(self.group_name_idx, self.group_count, |off| {
-            Some(self.name_at(off, 4)?.cmp(name))
-        })?;
-        self.group_record(off)
+        self.group_record(self.find_name(self.group_names, 4, name)?)
     }
 
     pub fn group_by_gid(&self, gid: u32) -> Option<Group<'a>> {
         if gid < self.min_id {
             return None;
         }
-        let off = find(self.group_gid_idx, self.group_count, |off| {
-            Some(u32_at(self.bytes, off)?.cmp(&gid))
-        })?;
-        self.group_record(off)
+        self.group_record(find_id(self.group_gids, gid)?)
     }
 
     pub fn user_count(&self) -> usize {
@@ -695,310 +855,13 @@ impl<'a> Cache<'a> {
     }
 }
 
+/// The offset of the record with id `id` in id table `t` (the slot's key is the id).
+fn find_id(t: Table<'_>, id: u32) -> Option<usize> {
+    t.probe(id_hash(id))
+        .find(|&(key, _)| key == id)
+        .map(|(_, off)| off)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::indexing_slicing)]
-mod tests {
-    use super::*;
-
-    fn user(name: &str, uid: u32, groups: &[u32]) -> UserEntry {
-        UserEntry {
-            name: name.into(),
-            uid,
-            gid: uid,
-            gecos: format!("{name} gecos"),
-            home: format!("/home/{name}"),
-            shell: "/bin/bash".into(),
-            groups: groups.to_vec(),
-        }
-    }
-
-    fn group(name: &str, gid: u32, members: &[&str]) -> GroupEntry {
-        GroupEntry {
-            name: name.into(),
-            gid,
-            members: members.iter().map(|m| m.to_string()).collect(),
-        }
-    }
-
-    fn sample() -> Vec<u8> {
-        let mut b = CacheBuilder::new(1000, 1_700_000_000);
-        b.add_user(user("zoe", 5003, &[7000, 7001]));
-        b.add_user(user("alice", 5001, &[7000]));
-        b.add_user(user("bob.smith", 5002, &[]));
-        b.add_group(group("demo", 7000, &["alice", "zoe"]));
-        b.add_group(group("admins", 7001, &["zoe"]));
-        b.add_group(group("empty", 7002, &[]));
-        b.build()
-    }
-
-    /// A small deterministic PRNG (xorshift64*).
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
-
-    #[test]
-    fn round_trip() {
-        let bytes = sample();
-        let c = Cache::parse(&bytes).unwrap();
-        assert_eq!((c.user_count(), c.group_count()), (3, 3));
-        assert_eq!((c.min_id(), c.generated_at_unix()), (1000, 1_700_000_000));
-        let a = c.user_by_name(b"alice").unwrap();
-        assert_eq!((a.uid, a.gid), (5001, 5001));
-        assert_eq!(a.gecos, b"alice gecos");
-        assert_eq!(a.home, b"/home/alice");
-        assert_eq!(a.shell, b"/bin/bash");
-        assert_eq!(a.groups().collect::<Vec<_>>(), [7000]);
-        assert_eq!(c.user_by_uid(5003).unwrap().name, b"zoe");
-        assert_eq!(
-            c.user_by_uid(5003).unwrap().groups().collect::<Vec<_>>(),
-            [7000, 7001]
-        );
-        assert_eq!(c.user_by_uid(5002).unwrap().groups().count(), 0);
-        assert!(c.user_by_name(b"carol").is_none());
-        assert!(c.user_by_name(b"").is_none());
-        assert!(c.user_by_uid(5004).is_none());
-        assert!(c.user_by_uid(0).is_none());
-        let d = c.group_by_name(b"demo").unwrap();
-        assert_eq!(d.gid, 7000);
-        assert_eq!(d.members().collect::<Vec<_>>(), [&b"alice"[..], b"zoe"]);
-        assert_eq!(d.member_count(), 2);
-        assert_eq!(c.group_by_gid(7001).unwrap().name, b"admins");
-        assert_eq!(c.group_by_gid(7002).unwrap().member_count(), 0);
-        assert!(c.group_by_gid(7003).is_none());
-        assert!(c.group_by_name(b"zzz").is_none());
-        let users: Vec<&[u8]> = (0..3).map(|i| c.user_at(i).unwrap().name).collect();
-        assert_eq!(users, [&b"alice"[..], b"bob.smith", b"zoe"]);
-        assert!(c.user_at(3).is_none());
-        let groups: Vec<&[u8]> = (0..3).map(|i| c.group_at(i).unwrap().name).collect();
-        assert_eq!(groups, [&b"admins"[..], b"demo", b"empty"]);
-        assert!(c.group_at(3).is_none());
-        // Repeated strings are stored once.
-        assert_eq!(bytes.windows(9).filter(|w| w == b"/bin/bash").count(), 1);
-    }
-
-    #[test]
-    fn empty_cache() {
-        let bytes = CacheBuilder::new(1000, 0).build();
-        assert_eq!(bytes.len(), HEADER_LEN);
-        let c = Cache::parse(&bytes).unwrap();
-        assert_eq!((c.user_count(), c.group_count()), (0, 0));
-        assert!(c.user_by_name(b"a").is_none());
-        assert!(c.user_by_uid(1000).is_none());
-        assert!(c.group_at(0).is_none());
-    }
-
-    #[test]
-    fn lookups_at_100k_users() {
-        let mut b = CacheBuilder::new(1000, 1);
-        let n = 100_000u32;
-        for i in 0..n {
-            // uids not in name order, to exercise both indexes.
-            let uid = 1000 + (i * 7919) % n;
-            b.add_user(user(&format!("u{i}"), uid, &[2_000_000 + i % 50]));
-        }
-        for g in 0..50 {
-            b.add_group(group(&format!("g{g}"), 2_000_000 + g, &["u1", "u2"]));
-        }
-        let bytes = b.build();
-        let c = Cache::parse(&bytes).unwrap();
-        assert_eq!(c.user_count(), n as usize);
-        for i in (0..n).step_by(997).chain([0, n - 1]) {
-            let uid = 1000 + (i * 7919) % n;
-            let name = format!("u{i}");
-            let p = c.user_by_name(name.as_bytes()).unwrap();
-            assert_eq!(p.uid, uid);
-            assert_eq!(p.groups().collect::<Vec<_>>(), [2_000_000 + i % 50]);
-            assert_eq!(c.user_by_uid(uid).unwrap().name, name.as_bytes());
-        }
-        assert!(c.user_by_name(b"u100000").is_none());
-        assert!(c.user_by_uid(1000 + n).is_none());
-        assert!(c.user_by_uid(999).is_none());
-        assert_eq!(c.group_by_gid(2_000_049).unwrap().name, b"g49");
-    }
-
-    #[test]
-    fn duplicates_low_ids_and_bad_entries_are_dropped() {
-        let mut b = CacheBuilder::new(1000, 0);
-        b.add_user(user("alice", 5001, &[999, 7000, 7000, 0]));
-        b.add_user(user("alice", 5002, &[])); // same name
-        b.add_user(user("bob", 5001, &[])); // same uid
-        b.add_user(user("root", 0, &[]));
-        b.add_user(user("low", 999, &[]));
-        b.add_user(UserEntry {
-            gid: 10,
-            ..user("lowgid", 5005, &[])
-        });
-        b.add_user(user("Bad", 5006, &[]));
-        b.add_user(UserEntry {
-            gecos: "a:b".into(),
-            ..user("colon", 5007, &[])
-        });
-        b.add_user(UserEntry {
-            home: "/h\n".into(),
-            ..user("newline", 5008, &[])
-        });
-        b.add_user(UserEntry {
-            shell: "/bin/sh\0".into(),
-            ..user("nul", 5009, &[])
-        });
-        b.add_user(UserEntry {
-            gecos: "x".repeat(MAX_FIELD_LEN + 1),
-            ..user("long", 5010, &[])
-        });
-        b.add_user(user("carol", 5011, &[]));
-        b.add_group(group("demo", 7000, &["alice", "Bad", "alice", "x,y"]));
-        b.add_group(group("demo", 7001, &[]));
-        b.add_group(group("other", 7000, &[]));
-        b.add_group(group("wheel", 10, &[]));
-        b.add_group(group("a:b", 7002, &[]));
-        let bytes = b.build();
-        let c = Cache::parse(&bytes).unwrap();
-        let names: Vec<&[u8]> = (0..c.user_count())
-            .map(|i| c.user_at(i).unwrap().name)
-            .collect();
-        assert_eq!(names, [&b"alice"[..], b"carol"]);
-        let a = c.user_by_name(b"alice").unwrap();
-        assert_eq!(a.uid, 5001);
-        assert_eq!(a.groups().collect::<Vec<_>>(), [7000]);
-        assert_eq!(c.group_count(), 1);
-        let g = c.group_by_gid(7000).unwrap();
-        assert_eq!(g.name, b"demo");
-        assert_eq!(g.members().collect::<Vec<_>>(), [&b"alice"[..]]);
-        // min_id 0 still never serves root.
-        let mut b = CacheBuilder::new(0, 0);
-        b.add_user(user("root", 0, &[]));
-        let bytes = b.build();
-        let c = Cache::parse(&bytes).unwrap();
-        assert_eq!((c.min_id(), c.user_count()), (1, 0));
-    }
-
-    #[test]
-    fn every_truncation_is_refused() {
-        let bytes = sample();
-        for len in 0..bytes.len() {
-            assert!(Cache::parse(&bytes[..len]).is_err(), "len {len}");
-            // Also with the header's length patched to match: the sections must catch it.
-            if len >= HEADER_LEN {
-                let mut cut = bytes[..len].to_vec();
-                cut[80..84].copy_from_slice(&(len as u32).to_le_bytes());
-                match Cache::parse(&cut) {
-                    Ok(c) => exercise(&c),
-                    Err(e) => assert_ne!(e, CacheError::Truncated, "len {len}"),
-                }
-            }
-        }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert_eq!(Cache::parse(&longer).err(), Some(CacheError::Truncated));
-    }
-
-    /// Everything a reader can do with a parsed cache; none of it may panic.
-    fn exercise(c: &Cache<'_>) {
-        for i in 0..c.user_count() + 1 {
-            if let Some(p) = c.user_at(i) {
-                assert!(p.uid >= c.min_id());
-                assert!(is_valid_name_bytes(p.name));
-                assert_eq!(c.user_by_name(p.name).map(|q| q.uid), Some(p.uid));
-                assert!(c.user_by_uid(p.uid).is_some());
-                let _ = p.groups().count();
-            }
-        }
-        for i in 0..c.group_count() + 1 {
-            if let Some(g) = c.group_at(i) {
-                assert_eq!(g.members().count(), g.member_count());
-                assert!(c.group_by_name(g.name).is_some());
-                assert!(c.group_by_gid(g.gid).is_some());
-            }
-        }
-        for name in [&b"alice"[..], b"zoe", b"demo", b"", b"\xff"] {
-            let _ = c.user_by_name(name);
-            let _ = c.group_by_name(name);
-        }
-        for id in [0, 1, 999, 1000, 5001, 7000, u32::MAX] {
-            let _ = c.user_by_uid(id);
-            let _ = c.group_by_gid(id);
-        }
-    }
-
-    #[test]
-    fn random_corruption_never_panics() {
-        let good = sample();
-        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let (mut ok, mut err) = (0, 0);
-        for _ in 0..30_000 {
-            let mut bytes = good.clone();
-            for _ in 0..1 + rng.below(4) {
-                let i = rng.below(bytes.len());
-                bytes[i] = match rng.below(4) {
-                    0 => bytes[i] ^ (1 << rng.below(8)),
-                    1 => 0,
-                    2 => 0xff,
-                    _ => rng.next() as u8,
-                };
-            }
-            match Cache::parse(&bytes) {
-                Ok(c) => {
-                    ok += 1;
-                    exercise(&c);
-                }
-                Err(_) => err += 1,
-            }
-        }
-        // Flips in names and gecos keep some files valid; most are caught.
-        assert!(ok > 0 && err > 0, "ok {ok} err {err}");
-    }
-
-    #[test]
-    fn random_bodies_behind_a_valid_header_are_refused_or_safe() {
-        let good = sample();
-        let mut rng = Rng(42);
-        for _ in 0..5_000 {
-            let mut bytes = good.clone();
-            for b in bytes.iter_mut().skip(HEADER_LEN) {
-                *b = if rng.below(2) == 0 {
-                    rng.next() as u8
-                } else {
-                    rng.below(200) as u8
-                };
-            }
-            if let Ok(c) = Cache::parse(&bytes) {
-                exercise(&c);
-            }
-            let _ = Cache::parse(&bytes[..rng.below(bytes.len())]);
-        }
-    }
-
-    #[test]
-    fn bad_headers() {
-        let good = sample();
-        assert_eq!(Cache::parse(b"short").err(), Some(CacheError::Truncated));
-        let mut b = good.clone();
-        b[0] = b'X';
-        assert_eq!(Cache::parse(&b).err(), Some(CacheError::BadMagic));
-        let mut b = good.clone();
-        b[8] = 2;
-        assert_eq!(
-            Cache::parse(&b).err(),
-            Some(CacheError::UnsupportedVersion(2))
-        );
-        let mut b = good.clone();
-        b[16..20].copy_from_slice(&0u32.to_le_bytes());
-        assert!(Cache::parse(&b).is_err());
-        // Raising min_id above the stored ids makes the file invalid, not partly served.
-        let mut b = good;
-        b[16..20].copy_from_slice(&6000u32.to_le_bytes());
-        assert_eq!(
-            Cache::parse(&b).err(),
-            Some(CacheError::Corrupt("user id below min_id"))
-        );
-    }
-}
+mod tests;
