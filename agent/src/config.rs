@@ -38,6 +38,7 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub daemon: DaemonConfig,
     pub oslogin: OsLoginConfig,
+    pub accounts: AccountsConfig,
 }
 
 /// `[metadata]`: how the agent talks to the metadata service.
@@ -154,6 +155,39 @@ impl Default for OsLoginConfig {
             helper_path: "/usr/bin/guest-agent".into(),
             command_user: "nobody".into(),
             create_home: true,
+        }
+    }
+}
+
+/// `[accounts]`: users and keys from the `ssh-keys` metadata (used while OS Login is off).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsConfig {
+    /// Manage metadata users at all.
+    pub enabled: bool,
+    /// Accept `root:` lines.
+    pub allow_root: bool,
+    /// The group that gives metadata users passwordless sudo (created when missing).
+    pub sudo_group: String,
+    /// Further groups every metadata user is put in (they must exist).
+    pub extra_groups: Vec<String>,
+    /// `keep`: a user removed from metadata loses the managed keys and the groups, the account
+    /// and home stay. `delete`: accounts the agent created are deleted too (home kept).
+    pub deprovision: String,
+    /// How often the managed files are compared with what they should be (self-healing), and
+    /// the longest an expired key can outlive its `expireOn`.
+    pub check_interval_secs: u64,
+}
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            enabled: true,
+            allow_root: false,
+            sudo_group: "guest-agent-sudoers".into(),
+            extra_groups: Vec::new(),
+            deprovision: "keep".into(),
+            check_interval_secs: 30,
         }
     }
 }
@@ -310,6 +344,28 @@ impl Config {
                 "oslogin.command_user",
                 &format!("{:?}", o.command_user),
                 "must be a valid user name",
+            );
+        }
+        let a = &self.accounts;
+        for (key, name) in std::iter::once(("accounts.sudo_group", &a.sudo_group))
+            .chain(a.extra_groups.iter().map(|g| ("accounts.extra_groups", g)))
+        {
+            if !guest_agent_wire::names::is_valid_name(name) {
+                return invalid(key, &format!("{name:?}"), "must be a valid group name");
+            }
+        }
+        if !matches!(a.deprovision.as_str(), "keep" | "delete") {
+            return invalid(
+                "accounts.deprovision",
+                &format!("{:?}", a.deprovision),
+                "must be \"keep\" or \"delete\"",
+            );
+        }
+        if !(1..=3600).contains(&a.check_interval_secs) {
+            return invalid(
+                "accounts.check_interval_secs",
+                &a.check_interval_secs,
+                "must be between 1 and 3600",
             );
         }
         let d = &self.daemon;

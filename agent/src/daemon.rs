@@ -76,13 +76,23 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
         }),
     )));
     let _oslogin_task = AbortOnDrop(tokio::spawn(oslogin.clone().run()));
-    let watcher = AbortOnDrop(tokio::spawn(watcher::run(config_rx.clone(), snapshot_tx)));
+    let answers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let watcher = AbortOnDrop(tokio::spawn(watcher::run(
+        config_rx.clone(),
+        snapshot_tx,
+        answers.clone(),
+    )));
     let reconcilers: Vec<Box<dyn reconcile::Reconciler>> = vec![
         Box::new(reconcile::ChangeLog::default()),
         Box::new(oslogin::reconciler::OsLoginReconciler::new(
             oslogin.clone(),
+            config_rx.clone(),
+            Default::default(),
+        )),
+        Box::new(crate::accounts::reconciler::AccountsReconciler::new(
             config_rx,
             Default::default(),
+            answers,
         )),
     ];
     let reconciler = AbortOnDrop(tokio::spawn(reconcile::run(

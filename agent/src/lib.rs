@@ -1,6 +1,7 @@
 //! guest-agent: the daemon and command-line helpers that decide who may log in to a Linux VM
 //! from what the cloud's metadata service says. See the README for the architecture.
 
+pub mod accounts;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -17,6 +17,10 @@ use crate::mds::watcher::SnapshotReceiver;
 pub trait Reconciler: Send {
     fn name(&self) -> &'static str;
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()>;
+    /// When to run again on the same snapshot (expiring keys, self-healing checks).
+    fn next_wakeup(&self) -> Option<std::time::Instant> {
+        None
+    }
 }
 
 /// Boolean attributes the agent reads; a value that is not a boolean is warned about.
@@ -115,8 +119,19 @@ pub async fn run(
                 let _ = tx.send(());
             }
         }
-        if rx.changed().await.is_err() {
-            return;
+        let wakeup = reconcilers.iter().filter_map(|r| r.next_wakeup()).min();
+        match wakeup {
+            Some(at) => {
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => {
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 //! Tests that need root call [`require_root`] first; without root they print a loud SKIPPED
 //! line and return.
 
+pub mod accounts;
 pub mod bins;
 pub mod emulator;
 pub mod env;

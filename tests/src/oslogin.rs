@@ -69,13 +69,7 @@ impl OsLoginVm {
     /// (Re)starts sshd with extra arguments (e.g. `-o UsePAM=no`).
     pub fn start_sshd_with(&mut self, extra: &[&str]) {
         self.sshd = None; // the old one is killed first
-        let mut cmd = self.env.vm().command("/usr/sbin/sshd");
-        cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"])
-            .args(extra);
-        let t0 = Instant::now();
-        let sshd = Proc::spawn("sshd", cmd);
-        sshd.expect_line(t0, &["Server listening"], Duration::from_secs(5));
-        self.sshd = Some(sshd);
+        self.sshd = Some(crate::vm::start_sshd(self.env.vm(), extra));
     }
 
     pub fn sshd(&self) -> &Proc {
@@ -84,33 +78,7 @@ impl OsLoginVm {
 
     /// `ssh -i KEY USER@127.0.0.1 COMMAND` from inside the VM's network namespace.
     pub fn ssh(&self, key: &std::path::Path, user: &str, command: &str) -> Output {
-        self.env
-            .ns
-            .command(std::path::Path::new("ssh"))
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-                "-i",
-            ])
-            .arg(key)
-            .arg(format!("{user}@127.0.0.1"))
-            .arg(command)
-            .output()
-            .expect("ssh")
+        crate::vm::ssh(&self.env.ns, key, user, command)
     }
 
     /// A command run inside the VM (getent, id, ...): (exit code, stdout).

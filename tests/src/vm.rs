@@ -116,3 +116,39 @@ mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R
         Proc::spawn(name, cmd)
     }
 }
+
+/// `ssh -i KEY USER@127.0.0.1 COMMAND` from inside `ns` (batch mode, no host key checks).
+pub fn ssh(ns: &crate::netns::Netns, key: &Path, user: &str, command: &str) -> Output {
+    ns.command(Path::new("ssh"))
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
+        .arg(key)
+        .arg(format!("{user}@127.0.0.1"))
+        .arg(command)
+        .output()
+        .expect("ssh")
+}
+
+/// Starts a real sshd in the VM (`extra`: e.g. `-o UsePAM=no`) and waits until it listens.
+pub fn start_sshd(vm: &Vm, extra: &[&str]) -> Proc {
+    let mut cmd = vm.command("/usr/sbin/sshd");
+    cmd.args(["-D", "-e", "-f", "/etc/ssh/sshd_config"])
+        .args(extra);
+    let t0 = std::time::Instant::now();
+    let sshd = Proc::spawn("sshd", cmd);
+    sshd.expect_line(t0, &["Server listening"], std::time::Duration::from_secs(5));
+    sshd
+}

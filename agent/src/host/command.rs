@@ -48,20 +48,51 @@ impl Output {
     }
 }
 
+/// Processes started through this module since the daemon started (benchmarks and logs
+/// report how many a reconcile cost).
+pub static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Runs `program args...` with no stdin and a clean locale, collecting its output, killing it
 /// after `timeout`.
 pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, CommandError> {
+    run_with_input(program, args, None, timeout)
+}
+
+/// [`run`] with `input` written to the tool's stdin (for batch tools such as `newusers` and
+/// `chpasswd`, which read their work there and never on the command line, where other users
+/// could see it in `ps`).
+pub fn run_with_input(
+    program: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Output, CommandError> {
     let mut command = Command::new(program);
     command
         .args(args)
         .env("LC_ALL", "C")
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn_retrying(&mut command).map_err(|source| CommandError::Spawn {
         program: program.to_path_buf(),
         source,
     })?;
+    SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let writer = match (input, child.stdin.take()) {
+        (Some(bytes), Some(mut stdin)) => {
+            let bytes = bytes.to_vec();
+            Some(std::thread::spawn(move || {
+                use std::io::Write;
+                let _ = stdin.write_all(&bytes);
+            }))
+        }
+        _ => None,
+    };
     let readers = [
         child.stdout.take().map(|mut out| {
             std::thread::spawn(move || {
@@ -93,6 +124,9 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, C
             }
         }
     };
+    if let Some(w) = writer {
+        let _ = w.join();
+    }
     let [stdout, stderr] = readers.map(|reader| {
         let bytes = reader.and_then(|r| r.join().ok()).unwrap_or_default();
         String::from_utf8_lossy(&bytes).into_owned()

@@ -76,6 +76,13 @@ impl DirFd {
         })
     }
 
+    /// Opens the directory at `path` whose last component must not be a symbolic link (its
+    /// parents are trusted, root-owned paths such as /home): the way into a user's home.
+    pub fn open_last_nofollow(path: &Path) -> Result<DirFd, FileError> {
+        let (parent, name) = open_parent(path)?;
+        parent.open_child(&name)
+    }
+
     /// Opens `name` inside this directory, refusing a symbolic link (`O_NOFOLLOW`): the way to
     /// walk into a directory a user controls, such as `~/.ssh`.
     pub fn open_child(&self, name: &OsStr) -> Result<DirFd, FileError> {

@@ -183,6 +183,36 @@ pub fn create_home(
     }
 }
 
+/// Fills an existing, empty home made by a batch tool (`newusers` creates the directory but
+/// copies no skeleton): the skeleton is copied in, relative to descriptors, never following a
+/// link, and the mode set as for [`create_home`]. Anything else there (not a directory, not
+/// owned by `uid`, not empty) is left alone: returns whether it was filled.
+pub fn populate_home(
+    paths: &HomePaths,
+    home: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<bool, HomeError> {
+    let dir = DirFd::open_last_nofollow(home)?; // a symlinked home is refused
+    let st = fstat(dir.raw()).map_err(io("stat", home))?;
+    if st.st_uid != uid || !names(&dir)?.is_empty() {
+        return Ok(false);
+    }
+    match DirFd::open(&paths.skel) {
+        Ok(skel) => copy_tree(&skel, &dir, (uid, gid), 0)?,
+        Err(_) if !paths.skel.exists() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let login_defs = std::fs::read_to_string(&paths.login_defs).ok();
+    fchmod(
+        dir.raw(),
+        Mode::from_bits_truncate(home_mode(login_defs.as_deref())),
+    )
+    .map_err(io("chmod", home))?;
+    dir.sync()?;
+    Ok(true)
+}
+
 fn io(action: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> HomeError {
     let path = path.to_path_buf();
     move |source| HomeError::Io {

@@ -10,6 +10,7 @@ pub mod command;
 pub mod files;
 pub mod home;
 pub mod nsswitch;
+pub mod passwd;
 pub mod service;
 pub mod sshd;
 pub mod sudoers;

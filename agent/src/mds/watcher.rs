@@ -60,8 +60,13 @@ impl Episode {
     }
 }
 
-/// Runs until the task is dropped.
-pub async fn run(mut config: watch::Receiver<Arc<Config>>, tx: SnapshotSender) {
+/// Runs until the task is dropped. `answers` counts the good answers (changed or not), so a
+/// reconciler can tell a later answer from a re-run on the same one.
+pub async fn run(
+    mut config: watch::Receiver<Arc<Config>>,
+    tx: SnapshotSender,
+    answers: Arc<std::sync::atomic::AtomicU64>,
+) {
     let mut etag: Option<String> = None;
     let mut episode = Episode::default();
     let mut churn = Episode::default();
@@ -116,6 +121,7 @@ pub async fn run(mut config: watch::Receiver<Arc<Config>>, tx: SnapshotSender) {
                             "metadata service answering again"
                         );
                     }
+                    answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let changed = tx.send_if_modified(|current| {
                         if current.as_deref() == Some(&snapshot) {
                             false

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use guest_agent_wire::cache::{CacheBuilder, GroupEntry, UserEntry};
 
 use super::profile::OsUser;
+use crate::host::passwd;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
@@ -43,37 +44,18 @@ pub struct LocalAccounts {
 impl LocalAccounts {
     /// Reads passwd(5) and group(5) files; unreadable files count as empty (logged).
     pub fn read(passwd: &Path, group: &Path) -> LocalAccounts {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).unwrap_or_else(|e| {
-                tracing::warn!(path = %p.display(), error = %e, "cannot read local accounts");
-                String::new()
-            })
-        };
-        LocalAccounts::parse(&read(passwd), &read(group))
+        LocalAccounts::parse(&passwd::read(passwd), &passwd::read(group))
     }
 
-    pub fn parse(passwd: &str, group: &str) -> LocalAccounts {
+    pub fn parse(passwd_text: &str, group_text: &str) -> LocalAccounts {
         let mut l = LocalAccounts::default();
-        let fields = |text: &str| -> Vec<(String, Option<u32>)> {
-            text.lines()
-                .filter(|line| {
-                    !line.starts_with('#') && !line.starts_with('+') && !line.starts_with('-')
-                })
-                .filter_map(|line| {
-                    let mut f = line.split(':');
-                    let name = f.next()?.to_owned();
-                    let id = f.nth(1).and_then(|id| id.parse().ok());
-                    (!name.is_empty()).then_some((name, id))
-                })
-                .collect()
-        };
-        for (name, id) in fields(passwd) {
-            l.user_names.insert(name);
-            l.uids.extend(id);
+        for u in passwd::parse_passwd(passwd_text) {
+            l.user_names.insert(u.name);
+            l.uids.insert(u.uid);
         }
-        for (name, id) in fields(group) {
-            l.group_names.insert(name);
-            l.gids.extend(id);
+        for g in passwd::parse_group(group_text) {
+            l.group_names.insert(g.name);
+            l.gids.insert(g.gid);
         }
         l
     }

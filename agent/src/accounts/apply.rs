@@ -1,0 +1,306 @@
+//! The side effects of a plan: accounts created in one batch (`newusers` + `chpasswd -e`),
+//! managed keys blocks written safely inside users' homes, group memberships set in one call
+//! per group, accounts deleted. Blocking: run from the reconciler's thread.
+//!
+//! Inside a home the agent never follows a symbolic link and never writes outside it: the home,
+//! `~/.ssh` and `authorized_keys` are opened relative to directory descriptors with
+//! `O_NOFOLLOW`, each must be owned by the user, and the new file is written to a temporary
+//! name created with `O_EXCL` in the `.ssh` descriptor, chowned and chmodded by descriptor,
+//! fsynced, and renamed over the old one within that descriptor.
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::{Mode, fstat, mkdirat};
+use nix::unistd::{Gid, Uid, fchown};
+
+use super::authorized_keys::render;
+use crate::host::command::{self, CommandError};
+use crate::host::files::{self, DirFd, FileError};
+use crate::host::home::{self, HomePaths};
+use crate::host::passwd::{GroupEntry, PasswdEntry};
+
+/// The shadow tools the agent runs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub newusers: PathBuf,
+    pub chpasswd: PathBuf,
+    pub groupadd: PathBuf,
+    pub gpasswd: PathBuf,
+    pub userdel: PathBuf,
+    pub timeout: Duration,
+}
+
+impl Default for Tools {
+    fn default() -> Self {
+        Tools {
+            newusers: "/usr/sbin/newusers".into(),
+            chpasswd: "/usr/sbin/chpasswd".into(),
+            groupadd: "/usr/sbin/groupadd".into(),
+            gpasswd: "/usr/bin/gpasswd".into(),
+            userdel: "/usr/sbin/userdel".into(),
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{tool} failed ({status}): {message}")]
+    Tool {
+        tool: String,
+        status: String,
+        message: String,
+    },
+    #[error(
+        "{path} is owned by uid {owner}, not by {user} (uid {uid}); refusing to write keys there"
+    )]
+    NotOwned {
+        path: PathBuf,
+        owner: u32,
+        user: String,
+        uid: u32,
+    },
+    #[error(
+        "{path} is a symbolic link or not a regular file/directory; refusing to follow it for {user}"
+    )]
+    Link { path: PathBuf, user: String },
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn check(tool: &Path, out: command::Output) -> Result<(), ApplyError> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(ApplyError::Tool {
+            tool: tool.display().to_string(),
+            status: out.status.to_string(),
+            message: out.message(),
+        })
+    }
+}
+
+/// A password nobody knows, for the moment between `newusers` and `chpasswd -e`.
+fn throwaway_password() -> String {
+    let mut bytes = [0u8; 24];
+    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if filled.is_err() {
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates `names` in one `newusers` run (user private group, home under /home, bash), sets
+/// their password field to `*` in one `chpasswd -e` run (key logins work with and without
+/// PAM; no password login), and fills each new home from the skeleton.
+pub fn create_users(
+    tools: &Tools,
+    names: &[String],
+    passwd: &Path,
+    homes: &HomePaths,
+) -> Result<(), ApplyError> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let mut batch = String::new();
+    let mut lock = String::new();
+    for n in names {
+        batch.push_str(&format!(
+            "{n}:{}:::{n}:/home/{n}:/bin/bash\n",
+            throwaway_password()
+        ));
+        lock.push_str(&format!("{n}:*\n"));
+    }
+    check(
+        &tools.newusers,
+        command::run_with_input(&tools.newusers, &[], Some(batch.as_bytes()), tools.timeout)?,
+    )?;
+    check(
+        &tools.chpasswd,
+        command::run_with_input(
+            &tools.chpasswd,
+            &["-e"],
+            Some(lock.as_bytes()),
+            tools.timeout,
+        )?,
+    )?;
+    let entries = crate::host::passwd::parse_passwd(&crate::host::passwd::read(passwd));
+    for n in names {
+        if let Some(e) = entries.iter().find(|e| &e.name == n)
+            && let Err(err) = home::populate_home(homes, Path::new(&e.home), e.uid, e.gid)
+        {
+            tracing::warn!(user = %n, error = %err, "cannot fill the new home from the skeleton");
+        }
+    }
+    Ok(())
+}
+
+/// Deletes accounts (the home stays).
+pub fn delete_users(tools: &Tools, names: &[String]) -> Result<(), ApplyError> {
+    for n in names {
+        check(
+            &tools.userdel,
+            command::run(&tools.userdel, &[n.as_str()], tools.timeout)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// Makes `managed` ∩ members of `group` equal `members` (members the agent does not manage
+/// are kept), creating the group when missing; one `gpasswd -M` when anything changes.
+pub fn set_group_members(
+    tools: &Tools,
+    groups: &[GroupEntry],
+    group: &str,
+    members: &BTreeSet<String>,
+    managed: &BTreeSet<String>,
+) -> Result<bool, ApplyError> {
+    let current: BTreeSet<String> = match groups.iter().find(|g| g.name == group) {
+        Some(g) => g.members.iter().cloned().collect(),
+        None if members.is_empty() => return Ok(false),
+        None => {
+            check(
+                &tools.groupadd,
+                command::run(&tools.groupadd, &["-f", group], tools.timeout)?,
+            )?;
+            BTreeSet::new()
+        }
+    };
+    let wanted: BTreeSet<String> = current
+        .iter()
+        .filter(|m| !managed.contains(*m))
+        .cloned()
+        .chain(members.iter().cloned())
+        .collect();
+    if wanted == current {
+        return Ok(false);
+    }
+    let list = wanted.iter().cloned().collect::<Vec<_>>().join(",");
+    check(
+        &tools.gpasswd,
+        command::run(&tools.gpasswd, &["-M", &list, group], tools.timeout)?,
+    )?;
+    Ok(true)
+}
+
+fn is_link_error(e: &FileError) -> bool {
+    matches!(e, FileError::Io { source, .. } if matches!(source.raw_os_error(), Some(nix::libc::ELOOP) | Some(nix::libc::ENOTDIR)))
+}
+
+fn is_missing(e: &FileError) -> bool {
+    matches!(e, FileError::Io { source, .. } if source.raw_os_error() == Some(nix::libc::ENOENT))
+}
+
+/// Writes `user`'s managed keys block (empty `lines`: removes it). Returns whether the file
+/// changed. Refuses (error) a home, `.ssh` or `authorized_keys` that is a link or belongs to
+/// someone else.
+pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyError> {
+    let refuse_link = |path: PathBuf| ApplyError::Link {
+        path,
+        user: user.name.clone(),
+    };
+    let owned_by_user = |dir: &DirFd, path: &Path| -> Result<(), ApplyError> {
+        let st = fstat(dir.raw()).map_err(|e| ApplyError::Io {
+            path: path.into(),
+            source: e.into(),
+        })?;
+        if st.st_uid != user.uid {
+            return Err(ApplyError::NotOwned {
+                path: path.into(),
+                owner: st.st_uid,
+                user: user.name.clone(),
+                uid: user.uid,
+            });
+        }
+        Ok(())
+    };
+    let home_path = PathBuf::from(&user.home);
+    let home = match DirFd::open_last_nofollow(&home_path) {
+        Ok(d) => d,
+        Err(e) if is_missing(&e) && lines.is_empty() => return Ok(false),
+        Err(e) if is_link_error(&e) => return Err(refuse_link(home_path)),
+        Err(e) => return Err(e.into()),
+    };
+    owned_by_user(&home, &home_path)?;
+    let ssh_path = home_path.join(".ssh");
+    let ssh = match home.open_child(OsStr::new(".ssh")) {
+        Ok(d) => d,
+        Err(e) if is_missing(&e) => {
+            if lines.is_empty() {
+                return Ok(false);
+            }
+            mkdirat(Some(home.raw()), ".ssh", Mode::from_bits_truncate(0o700)).map_err(|e| {
+                ApplyError::Io {
+                    path: ssh_path.clone(),
+                    source: e.into(),
+                }
+            })?;
+            let d = home.open_child(OsStr::new(".ssh"))?;
+            fchown(
+                d.raw(),
+                Some(Uid::from_raw(user.uid)),
+                Some(Gid::from_raw(user.gid)),
+            )
+            .map_err(|e| ApplyError::Io {
+                path: ssh_path.clone(),
+                source: e.into(),
+            })?;
+            d
+        }
+        Err(e) if is_link_error(&e) => return Err(refuse_link(ssh_path)),
+        Err(e) => return Err(e.into()),
+    };
+    owned_by_user(&ssh, &ssh_path)?;
+    let file_path = ssh_path.join("authorized_keys");
+    let existing = match ssh.open_file(
+        OsStr::new("authorized_keys"),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK,
+        0,
+    ) {
+        Ok(mut f) => {
+            let meta = f.metadata().map_err(|e| ApplyError::Io {
+                path: file_path.clone(),
+                source: e,
+            })?;
+            if !meta.is_file() {
+                return Err(refuse_link(file_path));
+            }
+            let mut text = String::new();
+            (&mut f)
+                .take(1 << 20)
+                .read_to_string(&mut text)
+                .map_err(|e| ApplyError::Io {
+                    path: file_path.clone(),
+                    source: e,
+                })?;
+            Some(text)
+        }
+        Err(e) if is_missing(&e) => None,
+        Err(e) if is_link_error(&e) => return Err(refuse_link(file_path)),
+        Err(e) => return Err(e.into()),
+    };
+    let old = existing.as_deref().unwrap_or("");
+    let new = render(old, lines);
+    if existing.is_some() && new == old || existing.is_none() && new.is_empty() {
+        return Ok(false);
+    }
+    Ok(files::write_atomic_at(
+        &ssh,
+        OsStr::new("authorized_keys"),
+        new.as_bytes(),
+        0o600,
+        Some((user.uid, user.gid)),
+    )?)
+}

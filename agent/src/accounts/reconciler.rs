@@ -1,0 +1,236 @@
+//! Keeps local users, their managed keys and the sudo group in step with the `ssh-keys`
+//! metadata (and cloud-init `user-data` users) while OS Login is off; strips the managed keys
+//! and sudo when OS Login is turned on (the users' own keys stay).
+//!
+//! Runs on every new snapshot, at the next key expiry, and every `check_interval_secs`: each
+//! pass compares the files on disk with what they should be, so a managed block edited or
+//! deleted on the VM comes back within one interval.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::apply::{self, Tools};
+use super::keys::desired_keys;
+use super::plan::{Inputs, plan};
+use super::state::AccountsState;
+use crate::config::Config;
+use crate::host::home::HomePaths;
+use crate::host::{passwd, sudoers};
+use crate::mds::Snapshot;
+use crate::reconcile::Reconciler;
+
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub state: PathBuf,
+    pub passwd: PathBuf,
+    pub group: PathBuf,
+    pub sudoers: PathBuf,
+    pub homes: HomePaths,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state: "/var/lib/guest-agent/state.json".into(),
+            passwd: "/etc/passwd".into(),
+            group: "/etc/group".into(),
+            sudoers: "/etc/sudoers.d/guest-agent-sudoers".into(),
+            homes: HomePaths::default(),
+        }
+    }
+}
+
+pub struct AccountsReconciler {
+    config: watch::Receiver<Arc<Config>>,
+    paths: Paths,
+    tools: Tools,
+    /// The watcher's count of good answers (a held mass removal needs a later one).
+    answers: Arc<AtomicU64>,
+    next_pass: Option<Instant>,
+    /// Rejections already logged (each once, while it stays in metadata).
+    logged: HashSet<String>,
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl AccountsReconciler {
+    pub fn new(
+        config: watch::Receiver<Arc<Config>>,
+        paths: Paths,
+        answers: Arc<AtomicU64>,
+    ) -> Self {
+        AccountsReconciler {
+            config,
+            paths,
+            tools: Tools::default(),
+            answers,
+            next_pass: None,
+            logged: HashSet::new(),
+        }
+    }
+}
+
+impl Reconciler for AccountsReconciler {
+    fn name(&self) -> &'static str {
+        "accounts"
+    }
+
+    fn next_wakeup(&self) -> Option<Instant> {
+        self.next_pass
+    }
+
+    fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        let cfg = self.config.borrow().clone();
+        let a = &cfg.accounts;
+        let started = Instant::now();
+        let spawned_before = crate::host::command::SPAWNED.load(Ordering::Relaxed);
+        let now = now_unix();
+        let check = Duration::from_secs(a.check_interval_secs);
+        let oslogin = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
+
+        let desired = desired_keys(snapshot, now, a.allow_root);
+        let mut seen = HashSet::new();
+        for r in &desired.rejected {
+            let id = r.to_string();
+            if !self.logged.contains(&id) {
+                tracing::warn!(rejected = %r, "ssh-keys line skipped");
+            }
+            seen.insert(id);
+        }
+        self.logged = seen;
+        let (wanted, sudo): (BTreeMap<String, Vec<String>>, BTreeSet<String>) =
+            if !a.enabled || oslogin {
+                (BTreeMap::new(), BTreeSet::new())
+            } else {
+                (desired.lines(), desired.sudo.clone())
+            };
+
+        let expired: BTreeSet<String> = desired
+            .rejected
+            .iter()
+            .filter(|r| r.reason == "expired")
+            .filter_map(|r| r.user.clone())
+            .filter(|u| !wanted.contains_key(u))
+            .collect();
+        let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
+        let local_names: BTreeSet<String> = local.iter().map(|e| e.name.clone()).collect();
+        let state = AccountsState::load(&self.paths.state);
+        let p = plan(&Inputs {
+            wanted: &wanted,
+            sudo: &sudo,
+            expired: &expired,
+            local: &local_names,
+            state: &state,
+            delete_released: a.deprovision == "delete",
+            answer: self.answers.load(Ordering::SeqCst),
+        });
+        if !p.held.is_empty() && state.pending_removal.is_none() {
+            tracing::warn!(users = ?p.held, "metadata would remove more than half the managed users at once; waiting for a second answer that agrees");
+        }
+        let mut errors = Vec::new();
+        if let Err(e) = apply::create_users(
+            &self.tools,
+            &p.create,
+            &self.paths.passwd,
+            &self.paths.homes,
+        ) {
+            errors.push(format!("creating {:?}: {e}", p.create));
+        } else if !p.create.is_empty() {
+            tracing::info!(users = p.create.len(), "metadata users created");
+        }
+        // The state is saved before anything else can fail, so created users are remembered.
+        p.state.save(&self.paths.state)?;
+        let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
+        let mut written = 0;
+        for (user, lines) in &p.keys {
+            let Some(entry) = local.iter().find(|e| &e.name == user) else {
+                if !lines.is_empty() {
+                    errors.push(format!("{user}: no such local account"));
+                }
+                continue;
+            };
+            match apply::write_keys(entry, lines) {
+                Ok(true) => {
+                    written += 1;
+                    tracing::info!(%user, keys = lines.len(), "authorized_keys updated");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(%user, error = %e, "managed keys not written");
+                }
+            }
+        }
+        let groups = passwd::parse_group(&passwd::read(&self.paths.group));
+        let managed: BTreeSet<String> = p
+            .state
+            .managed
+            .iter()
+            .chain(p.released.iter())
+            .cloned()
+            .collect();
+        for group in std::iter::once(&a.sudo_group).chain(a.extra_groups.iter()) {
+            let members = if group == &a.sudo_group {
+                p.sudo.clone()
+            } else {
+                wanted.keys().cloned().collect()
+            };
+            if let Err(e) =
+                apply::set_group_members(&self.tools, &groups, group, &members, &managed)
+            {
+                errors.push(format!("group {group}: {e}"));
+            }
+        }
+        let grantees = if p.sudo.is_empty() {
+            Vec::new()
+        } else {
+            vec![sudoers::Grantee::Group(a.sudo_group.clone())]
+        };
+        let sudo_paths = sudoers::SudoersPaths {
+            file: self.paths.sudoers.clone(),
+            ..Default::default()
+        };
+        if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
+            errors.push(format!("sudoers: {e}"));
+        }
+        if let Err(e) = apply::delete_users(&self.tools, &p.delete) {
+            errors.push(format!("deleting {:?}: {e}", p.delete));
+        }
+        let next_expiry = desired
+            .next_expiry_unix
+            .map(|t| Duration::from_secs((t - now).max(0) as u64 + 1));
+        // A held removal is confirmed by the next answer of the service: look again soon.
+        let check = if p.held.is_empty() {
+            check
+        } else {
+            check.min(Duration::from_secs(2))
+        };
+        self.next_pass = Some(Instant::now() + next_expiry.map_or(check, |e| e.min(check)));
+        let spawned = crate::host::command::SPAWNED.load(Ordering::Relaxed) - spawned_before;
+        if !p.create.is_empty() || written > 0 || !p.released.is_empty() || !p.delete.is_empty() {
+            tracing::info!(
+                created = p.create.len(),
+                keys_written = written,
+                released = p.released.len(),
+                deleted = p.delete.len(),
+                processes = spawned,
+                took_ms = started.elapsed().as_millis() as u64,
+                "metadata accounts reconciled"
+            );
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!(errors.join("; ")))
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! Metadata SSH keys end to end: users and keys from `ssh-keys`, real sshd logins (PAM on and
+//! off), sudo, removal, expiry, self-healing, hostile homes, bad lines. Needs root.
+
+use std::time::{Duration, SystemTime};
+
+use guest_agent_e2e::accounts::{KeysVm, keypair_of};
+use guest_agent_e2e::require_root;
+
+/// `expireOn` in the `%Y-%m-%dT%H:%M:%S%z` form, `secs` from now.
+fn expire_on(secs: i64) -> String {
+    let t = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + secs;
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%S+0000"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn metadata_users_log_in_with_ed25519_and_rsa_keys_and_get_sudo() {
+    if !require_root("metadata_users_log_in_with_ed25519_and_rsa_keys_and_get_sudo") {
+        return;
+    }
+    let mut ed = None;
+    let mut rsa = None;
+    let mut vm = KeysVm::start("keys", "", &[], |env| {
+        let (k1, p1) = keypair_of(env.dir(), "alice", "ed25519");
+        let (k2, p2) = keypair_of(env.dir(), "alice-rsa", "rsa");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("alice:{p1}\nalice:from=\"127.0.0.1\" {p2}\n"),
+        );
+        ed = Some(k1);
+        rsa = Some(k2);
+    });
+    let (ed, rsa) = (ed.unwrap(), rsa.unwrap());
+    let out = vm.ssh(&ed, "alice", "id -un; sudo -n id -u");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alice\n0\n");
+    assert!(vm.can_login(&rsa, "alice"), "RSA key with from= option");
+    let file = vm.vm("cat /home/alice/.ssh/authorized_keys; stat -c '%a %u' /home/alice/.ssh/authorized_keys /home/alice/.ssh");
+    assert!(file.contains("from=\"127.0.0.1\" ssh-rsa "), "{file}");
+    assert!(file.contains("# BEGIN guest-agent"), "{file}");
+    let shadow = vm.vm("getent shadow alice");
+    assert!(
+        shadow.starts_with("alice:*:"),
+        "password field is * (not locked !): {shadow}"
+    );
+    // The same without PAM.
+    vm.sshd = None;
+    vm.sshd = Some(guest_agent_e2e::vm::start_sshd(
+        vm.env.vm(),
+        &["-o", "UsePAM=no"],
+    ));
+    let out = vm.ssh(&ed, "alice", "sudo -n true && id -un");
+    assert!(
+        out.status.success(),
+        "UsePAM no: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.dump()
+    );
+}
+
+#[test]
+fn a_removed_key_stops_working_within_two_seconds_and_a_deleted_file_comes_back() {
+    if !require_root("a_removed_key_stops_working_within_two_seconds_and_a_deleted_file_comes_back")
+    {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("remove", "", &[], |env| {
+        let (k1, p1) = keypair_of(env.dir(), "bob", "ed25519");
+        let (k2, p2) = keypair_of(env.dir(), "bob2", "ed25519");
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("bob:{p1}\nbob:{p2}\n"));
+        keys = Some((k1, k2, p2));
+    });
+    let (k1, k2, p2) = keys.unwrap();
+    assert!(vm.can_login(&k1, "bob") && vm.can_login(&k2, "bob"));
+    // Deleting the file on the VM: restored within one check interval (2 s here).
+    vm.vm("rm /home/bob/.ssh/authorized_keys");
+    let back = vm.wait_login(&k1, "bob", true, Duration::from_secs(5));
+    assert!(back.is_some(), "not restored:\n{}", vm.dump());
+    // Editing the managed block away: restored too; the user's own line outside it stays.
+    vm.vm("echo '# my own line' > /home/bob/.ssh/authorized_keys");
+    assert!(
+        vm.wait_login(&k1, "bob", true, Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        vm.vm("cat /home/bob/.ssh/authorized_keys")
+            .contains("# my own line")
+    );
+    // Removing the first key from metadata: refused within 2 s, the other still works.
+    vm.set_keys(&format!("bob:{p2}\n"));
+    let gone = vm.wait_login(&k1, "bob", false, Duration::from_secs(5));
+    let took = gone.unwrap_or_else(|| panic!("key still accepted:\n{}", vm.dump()));
+    assert!(took <= Duration::from_secs(2), "removal took {took:?}");
+    assert!(vm.can_login(&k2, "bob"));
+}
+
+#[test]
+fn an_expiring_key_stops_working_at_its_expiry_without_a_metadata_change() {
+    if !require_root("an_expiring_key_stops_working_at_its_expiry_without_a_metadata_change") {
+        return;
+    }
+    let mut key = None;
+    let vm = KeysVm::start("expiry", "check_interval_secs = 60\n", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "carol", "ed25519");
+        let body = format!(
+            "{} google-ssh {{\"userName\":\"carol@example.com\",\"expireOn\":\"{}\"}}",
+            p.rsplit_once(' ').map(|x| x.0).unwrap_or(&p),
+            expire_on(8)
+        );
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("carol:{body}\n"));
+        key = Some(k);
+    });
+    let key = key.unwrap();
+    assert!(vm.can_login(&key, "carol"), "{}", vm.dump());
+    let etag = vm.env.emulator().ok("GET", "/etag", None).body;
+    // The key expires 8 s after setup; the check interval is 60 s, so only the wake-up at the
+    // expiry itself can make it stop in time.
+    let stopped = vm.wait_login(&key, "carol", false, Duration::from_secs(70));
+    let took = stopped.unwrap_or_else(|| panic!("the expired key still works:\n{}", vm.dump()));
+    assert!(
+        took < Duration::from_secs(20),
+        "stopped {took:?} after the first login"
+    );
+    let now = vm.env.emulator().ok("GET", "/etag", None).body;
+    assert_eq!(now, etag, "no metadata change involved");
+}
+
+#[test]
+fn bad_lines_are_skipped_with_a_reason_and_good_lines_still_apply() {
+    if !require_root("bad_lines_are_skipped_with_a_reason_and_good_lines_still_apply") {
+        return;
+    }
+    let mut key = None;
+    let vm = KeysVm::start("badlines", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "dave", "ed25519");
+        let body = p.split_once(' ').map(|x| x.1).unwrap_or("");
+        let bad = [
+            format!("../x:{p}"),
+            format!("root:{p}"),
+            format!("eve:{p}\ncommand=\"/bin/sh\" {p}"),
+            format!("frank:ssh-ed25519 {}", "A".repeat(100 * 1024)),
+            "gina:ssh-ed25519 !!!notbase64!!!".to_string(),
+            format!("hank:ssh-foo {body}"),
+        ];
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("{}\ndave:{p}\n", bad.join("\n")),
+        );
+        key = Some(k);
+    });
+    assert!(vm.can_login(key.as_ref().unwrap(), "dave"), "{}", vm.dump());
+    let skipped = vm.env.agent().lines_since(
+        std::time::Instant::now() - Duration::from_secs(60),
+        &["ssh-keys line skipped"],
+    );
+    assert!(
+        skipped.len() >= 6,
+        "each bad line logged with its reason: {skipped:#?}"
+    );
+    let passwd = vm.vm("cut -d: -f1 /etc/passwd");
+    for name in ["frank", "gina", "hank", "x"] {
+        assert!(
+            !passwd.lines().any(|l| l == name),
+            "{name} must not be created: {passwd}"
+        );
+    }
+    // eve's own line is valid; the smuggled next line must not become anyone's option.
+    let files = vm.vm("cat /home/*/.ssh/authorized_keys");
+    assert!(!files.contains("command="), "{files}");
+    assert!(
+        !vm.vm("cat /root/.ssh/authorized_keys 2>/dev/null || true")
+            .contains("dave"),
+        "root refused"
+    );
+}
+
+/// sha256 of files (absent ones as "-") inside the VM.
+fn hashes(vm: &KeysVm, paths: &str) -> String {
+    vm.vm(&format!("for f in {paths}; do if [ -e \"$f\" ]; then sha256sum \"$f\"; else echo \"- $f\"; fi; done; ls -la /root/.ssh 2>/dev/null || true"))
+}
+
+#[test]
+fn hostile_homes_are_refused_and_nothing_outside_them_is_touched() {
+    if !require_root("hostile_homes_are_refused_and_nothing_outside_them_is_touched") {
+        return;
+    }
+    let mut keys = None;
+    // Four users exist before the agent starts, each home booby-trapped differently.
+    let vm = KeysVm::start("hostile", "", &[], |env| {
+        env.vm().run(
+            "mkdir -p /root/.ssh && echo 'root-key' > /root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys
+             for u in mallory1 mallory2 mallory3 honest; do useradd -m -p '*' $u; done
+             ln -s /root/.ssh /home/mallory1/.ssh
+             mkdir -p /home/mallory2/.ssh && ln -s /etc/shadow /home/mallory2/.ssh/authorized_keys && chown -hR mallory2: /home/mallory2/.ssh
+             chown root:root /home/mallory3",
+        );
+        let (k, p) = keypair_of(env.dir(), "honest", "ed25519");
+        let lines: Vec<String> = ["mallory1", "mallory2", "mallory3", "honest"]
+            .iter()
+            .map(|u| format!("{u}:{p}"))
+            .collect();
+        keys = Some((k, lines.join("\n")));
+        // The attribute is set after the traps (and before the agent starts).
+        let _ = &env;
+    });
+    let (key, lines) = keys.unwrap();
+    let before = hashes(&vm, "/etc/shadow /root/.ssh/authorized_keys /etc/passwd");
+    let t0 = std::time::Instant::now();
+    vm.set_keys(&lines);
+    assert!(
+        vm.wait_login(&key, "honest", true, Duration::from_secs(5))
+            .is_some(),
+        "the honest user is served:\n{}",
+        vm.dump()
+    );
+    for user in ["mallory1", "mallory2", "mallory3"] {
+        vm.env.agent().expect_line(
+            t0,
+            &["managed keys not written", user],
+            Duration::from_secs(5),
+        );
+    }
+    // Give the agent a few more passes (2 s checks) to try again, then compare.
+    std::thread::sleep(Duration::from_secs(5));
+    let after = hashes(&vm, "/etc/shadow /root/.ssh/authorized_keys /etc/passwd");
+    assert_eq!(before, after, "something outside the users' homes changed");
+    assert!(!vm.can_login(&key, "root"));
+    assert!(!vm.vm("cat /etc/shadow").contains("ssh-ed25519"));
+}
+
+#[test]
+fn existing_users_get_keys_but_are_never_deleted_and_removed_users_lose_sudo() {
+    if !require_root("existing_users_get_keys_but_are_never_deleted_and_removed_users_lose_sudo") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("existing", "deprovision = \"delete\"\n", &[], |env| {
+        env.vm().run("useradd -m -p '*' localuser && mkdir -p /home/localuser/.ssh && echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl own' > /home/localuser/.ssh/authorized_keys && chown -R localuser: /home/localuser/.ssh");
+        let (k1, p1) = keypair_of(env.dir(), "localuser", "ed25519");
+        let (k2, p2) = keypair_of(env.dir(), "newbie", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("localuser:{p1}\nnewbie:{p2}\n"),
+        );
+        keys = Some((k1, k2, p2));
+    });
+    let (k1, k2, p2) = keys.unwrap();
+    assert!(
+        vm.can_login(&k1, "localuser") && vm.can_login(&k2, "newbie"),
+        "{}",
+        vm.dump()
+    );
+    assert!(
+        vm.vm("getent group guest-agent-sudoers")
+            .contains("localuser")
+    );
+    // localuser leaves metadata: managed keys and sudo go, the account and its own key stay.
+    vm.set_keys(&format!("newbie:{p2}\n"));
+    assert!(
+        vm.wait_login(&k1, "localuser", false, Duration::from_secs(5))
+            .is_some()
+    );
+    assert!(
+        vm.vm("cat /home/localuser/.ssh/authorized_keys")
+            .contains(" own"),
+        "the user's own key stays"
+    );
+    let group = vm.vm("getent group guest-agent-sudoers");
+    assert!(
+        !group.contains("localuser") && group.contains("newbie"),
+        "{group}"
+    );
+    assert!(
+        vm.vm("getent passwd localuser").starts_with("localuser:"),
+        "never deleted: not ours"
+    );
+    // newbie (created by the agent) leaves with deprovision = delete: the account goes, the
+    // home stays. (All managed users at once: confirmed by the next answer, 5 s here.)
+    let t0 = std::time::Instant::now();
+    vm.set_keys("");
+    vm.env.agent().expect_line(
+        t0,
+        &["metadata accounts reconciled", "deleted=1"],
+        Duration::from_secs(15),
+    );
+    assert_eq!(
+        vm.env.vm().sh("getent passwd newbie").status.code(),
+        Some(2)
+    );
+    assert!(vm.vm("ls -d /home/newbie").contains("/home/newbie"));
+}
+
+#[test]
+fn removing_most_users_at_once_waits_for_a_second_answer() {
+    if !require_root("removing_most_users_at_once_waits_for_a_second_answer") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("mass", "", &[], |env| {
+        let mut lines = Vec::new();
+        let mut first = None;
+        for u in ["u1", "u2", "u3"] {
+            let (k, p) = keypair_of(env.dir(), u, "ed25519");
+            lines.push(format!("{u}:{p}"));
+            first.get_or_insert(k);
+        }
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &lines.join("\n"));
+        keys = first;
+    });
+    let key = keys.unwrap();
+    assert!(vm.can_login(&key, "u1"), "{}", vm.dump());
+    let t0 = std::time::Instant::now();
+    vm.set_keys("");
+    vm.env.agent().expect_line(
+        t0,
+        &["more than half the managed users"],
+        Duration::from_secs(3),
+    );
+    assert!(
+        vm.can_login(&key, "u1"),
+        "held until a second answer agrees"
+    );
+    // The next long-poll answer (timeout 5 s) agrees: applied.
+    let gone = vm.wait_login(&key, "u1", false, Duration::from_secs(15));
+    assert!(gone.is_some(), "{}", vm.dump());
+}
+
+#[test]
+fn turning_os_login_on_strips_managed_keys_and_sudo_but_keeps_users_own_keys() {
+    if !require_root("turning_os_login_on_strips_managed_keys_and_sudo_but_keeps_users_own_keys") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("strip", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "ivy", "ed25519");
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("ivy:{p}\n"));
+        keys = Some(k);
+    });
+    let key = keys.unwrap();
+    assert!(vm.can_login(&key, "ivy"), "{}", vm.dump());
+    vm.vm("echo 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ivy-own' >> /home/ivy/.ssh/authorized_keys");
+    vm.env
+        .emulator()
+        .set_attribute("instance", "enable-oslogin", "true");
+    // One managed user is all of them: held for a second answer (5 s long poll), then applied.
+    let file_clean = || {
+        !vm.vm("cat /home/ivy/.ssh/authorized_keys")
+            .contains("BEGIN guest-agent")
+    };
+    let t0 = std::time::Instant::now();
+    while !file_clean() && t0.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let file = vm.vm("cat /home/ivy/.ssh/authorized_keys");
+    assert!(
+        !file.contains("BEGIN guest-agent") && file.contains("ivy-own"),
+        "{file}\n{}",
+        vm.dump()
+    );
+    assert!(
+        !vm.vm("getent group guest-agent-sudoers || true")
+            .contains("ivy")
+    );
+    assert!(
+        vm.vm("getent passwd ivy").starts_with("ivy:"),
+        "the user stays"
+    );
+}
+
+#[test]
+fn keys_from_googles_agent_are_adopted_not_duplicated() {
+    if !require_root("keys_from_googles_agent_are_adopted_not_duplicated") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("adopt", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "jack", "ed25519");
+        env.vm().run(&format!(
+            "useradd -m -p '*' jack && mkdir -p /home/jack/.ssh && printf '%s\\n' '# user line' '{p} # Added by Google' > /home/jack/.ssh/authorized_keys && chown -R jack: /home/jack/.ssh"
+        ));
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("jack:{p}\n"));
+        keys = Some((k, p));
+    });
+    let (key, public) = keys.unwrap();
+    assert!(vm.can_login(&key, "jack"));
+    let file = vm.vm("cat /home/jack/.ssh/authorized_keys");
+    let blob = public.split_whitespace().nth(1).unwrap();
+    assert_eq!(
+        file.matches(blob).count(),
+        1,
+        "adopted, not duplicated:\n{file}"
+    );
+    assert!(file.contains("# user line"));
+}
+
+#[test]
+fn cloud_init_user_data_users_get_keys_and_sudo() {
+    if !require_root("cloud_init_user_data_users_get_keys_and_sudo") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("userdata", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "yc", "ed25519");
+        let user_data = format!(
+            "#cloud-config\nusers:\n  - name: yc-user\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    shell: /bin/bash\n    ssh_authorized_keys:\n      - {p}\n"
+        );
+        env.emulator()
+            .set_attribute("instance", "user-data", &user_data);
+        keys = Some(k);
+    });
+    let key = keys.unwrap();
+    let out = vm.ssh(&key, "yc-user", "sudo -n id -u");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+}
