@@ -174,9 +174,15 @@ pub struct AccountsConfig {
     /// `keep`: a user removed from metadata loses the managed keys and the groups, the account
     /// and home stay. `delete`: accounts the agent created are deleted too (home kept).
     pub deprovision: String,
-    /// How often the managed files are compared with what they should be (self-healing), and
-    /// the longest an expired key can outlive its `expireOn`.
+    /// How often the managed files are compared with what they should be (self-healing).
     pub check_interval_secs: u64,
+    /// Create each user with this command instead of the batch (`newusers` + `chpasswd -e`
+    /// for all new users at once): an absolute program and its arguments, `{user}` replaced by
+    /// the name, as the incumbents' `useradd_cmd`. The password field is set to `*` afterwards
+    /// either way. Empty: the batch.
+    pub useradd_cmd: String,
+    /// Delete an account (`deprovision = "delete"`), `{user}` replaced by the name.
+    pub userdel_cmd: String,
 }
 
 impl Default for AccountsConfig {
@@ -188,6 +194,8 @@ impl Default for AccountsConfig {
             extra_groups: Vec::new(),
             deprovision: "keep".into(),
             check_interval_secs: 30,
+            useradd_cmd: String::new(),
+            userdel_cmd: "/usr/sbin/userdel {user}".into(),
         }
     }
 }
@@ -360,6 +368,19 @@ impl Config {
                 &format!("{:?}", a.deprovision),
                 "must be \"keep\" or \"delete\"",
             );
+        }
+        for (key, template) in [
+            ("accounts.useradd_cmd", &a.useradd_cmd),
+            ("accounts.userdel_cmd", &a.userdel_cmd),
+        ] {
+            let empty_ok = key == "accounts.useradd_cmd" && template.is_empty();
+            if !empty_ok && (!template.starts_with('/') || !template.contains("{user}")) {
+                return invalid(
+                    key,
+                    &format!("{template:?}"),
+                    "must start with an absolute program path and contain {user}",
+                );
+            }
         }
         if !(1..=3600).contains(&a.check_interval_secs) {
             return invalid(

@@ -439,3 +439,28 @@ fn cloud_init_user_data_users_get_keys_and_sudo() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
 }
+
+#[test]
+fn a_configured_useradd_template_creates_the_users() {
+    if !require_root("a_configured_useradd_template_creates_the_users") {
+        return;
+    }
+    let mut key = None;
+    let config = "useradd_cmd = \"/usr/sbin/useradd -m -s /bin/sh -c made-by-template {user}\"\n";
+    let vm = KeysVm::start("template", config, &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "kate", "ed25519");
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("kate:{p}\n"));
+        key = Some(k);
+    });
+    assert!(vm.can_login(key.as_ref().unwrap(), "kate"), "{}", vm.dump());
+    let entry = vm.vm("getent passwd kate");
+    assert!(
+        entry.contains(":made-by-template:") && entry.trim_end().ends_with(":/bin/sh"),
+        "{entry}"
+    );
+    assert!(
+        vm.vm("getent shadow kate").starts_with("kate:*:"),
+        "password field still *"
+    );
+}

@@ -31,8 +31,28 @@ pub struct Tools {
     pub chpasswd: PathBuf,
     pub groupadd: PathBuf,
     pub gpasswd: PathBuf,
-    pub userdel: PathBuf,
+    /// Per-user creation template (`accounts.useradd_cmd`); empty: the batch.
+    pub useradd_cmd: String,
+    /// Deletion template (`accounts.userdel_cmd`).
+    pub userdel_cmd: String,
     pub timeout: Duration,
+}
+
+/// A command template with `{user}` replaced, split on blanks: (program, arguments).
+pub fn expand(template: &str, user: &str) -> Option<(PathBuf, Vec<String>)> {
+    let mut words = template
+        .split_whitespace()
+        .map(|w| w.replace("{user}", user));
+    let program = PathBuf::from(words.next()?);
+    Some((program, words.collect()))
+}
+
+fn run_template(tools: &Tools, template: &str, user: &str) -> Result<(), ApplyError> {
+    let Some((program, args)) = expand(template, user) else {
+        return Ok(());
+    };
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    check(&program, command::run(&program, &args, tools.timeout)?)
 }
 
 impl Default for Tools {
@@ -42,7 +62,8 @@ impl Default for Tools {
             chpasswd: "/usr/sbin/chpasswd".into(),
             groupadd: "/usr/sbin/groupadd".into(),
             gpasswd: "/usr/bin/gpasswd".into(),
-            userdel: "/usr/sbin/userdel".into(),
+            useradd_cmd: String::new(),
+            userdel_cmd: "/usr/sbin/userdel {user}".into(),
             timeout: Duration::from_secs(120),
         }
     }
@@ -123,10 +144,15 @@ pub fn create_users(
         ));
         lock.push_str(&format!("{n}:*\n"));
     }
-    check(
-        &tools.newusers,
-        command::run_with_input(&tools.newusers, &[], Some(batch.as_bytes()), tools.timeout)?,
-    )?;
+    if tools.useradd_cmd.is_empty() {
+        let out =
+            command::run_with_input(&tools.newusers, &[], Some(batch.as_bytes()), tools.timeout)?;
+        check(&tools.newusers, out)?;
+    } else {
+        for n in names {
+            run_template(tools, &tools.useradd_cmd, n)?;
+        }
+    }
     check(
         &tools.chpasswd,
         command::run_with_input(
@@ -150,10 +176,7 @@ pub fn create_users(
 /// Deletes accounts (the home stays).
 pub fn delete_users(tools: &Tools, names: &[String]) -> Result<(), ApplyError> {
     for n in names {
-        check(
-            &tools.userdel,
-            command::run(&tools.userdel, &[n.as_str()], tools.timeout)?,
-        )?;
+        run_template(tools, &tools.userdel_cmd, n)?;
     }
     Ok(())
 }
@@ -303,4 +326,17 @@ pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyErr
         0o600,
         Some((user.uid, user.gid)),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+
+    #[test]
+    fn templates_expand_the_user_in_every_word() {
+        let (p, a) = expand("/usr/sbin/useradd -m -c {user}-acct {user}", "alice").unwrap();
+        assert_eq!(p.to_str(), Some("/usr/sbin/useradd"));
+        assert_eq!(a, ["-m", "-c", "alice-acct", "alice"]);
+        assert!(expand("", "alice").is_none());
+    }
 }

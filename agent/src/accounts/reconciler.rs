@@ -96,6 +96,11 @@ impl Reconciler for AccountsReconciler {
         let spawned_before = crate::host::command::SPAWNED.load(Ordering::Relaxed);
         let now = now_unix();
         let check = Duration::from_secs(a.check_interval_secs);
+        let tools = Tools {
+            useradd_cmd: a.useradd_cmd.clone(),
+            userdel_cmd: a.userdel_cmd.clone(),
+            ..self.tools.clone()
+        };
         let oslogin = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
 
         let desired = desired_keys(snapshot, now, a.allow_root);
@@ -138,12 +143,9 @@ impl Reconciler for AccountsReconciler {
             tracing::warn!(users = ?p.held, "metadata would remove more than half the managed users at once; waiting for a second answer that agrees");
         }
         let mut errors = Vec::new();
-        if let Err(e) = apply::create_users(
-            &self.tools,
-            &p.create,
-            &self.paths.passwd,
-            &self.paths.homes,
-        ) {
+        if let Err(e) =
+            apply::create_users(&tools, &p.create, &self.paths.passwd, &self.paths.homes)
+        {
             errors.push(format!("creating {:?}: {e}", p.create));
         } else if !p.create.is_empty() {
             tracing::info!(users = p.create.len(), "metadata users created");
@@ -184,9 +186,7 @@ impl Reconciler for AccountsReconciler {
             } else {
                 wanted.keys().cloned().collect()
             };
-            if let Err(e) =
-                apply::set_group_members(&self.tools, &groups, group, &members, &managed)
-            {
+            if let Err(e) = apply::set_group_members(&tools, &groups, group, &members, &managed) {
                 errors.push(format!("group {group}: {e}"));
             }
         }
@@ -202,7 +202,7 @@ impl Reconciler for AccountsReconciler {
         if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
             errors.push(format!("sudoers: {e}"));
         }
-        if let Err(e) = apply::delete_users(&self.tools, &p.delete) {
+        if let Err(e) = apply::delete_users(&tools, &p.delete) {
             errors.push(format!("deleting {:?}: {e}", p.delete));
         }
         let next_expiry = desired

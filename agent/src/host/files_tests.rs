@@ -148,3 +148,33 @@ fn remove_and_read_optional() {
     assert!(remove_if_exists(&path).unwrap());
     assert!(!path.exists());
 }
+
+#[test]
+fn a_symlink_planted_at_the_temporary_name_is_never_followed() {
+    let dir = TempDir::new("plant");
+    let victim = dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    // Predict the first temporary name by seeding this thread's generator, and plant a link
+    // there (what a hostile user could do in a directory they own).
+    fastrand::seed(7);
+    let predicted = format!(".authorized_keys.tmp-{:016x}", fastrand::u64(..));
+    symlink(&victim, dir.join(&predicted)).unwrap();
+    fastrand::seed(7);
+    let d = DirFd::open(&dir.0).unwrap();
+    assert!(write_atomic_at(&d, OsStr::new("authorized_keys"), b"keys\n", 0o600, None).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "precious\n",
+        "the link was followed"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("authorized_keys")).unwrap(),
+        "keys\n"
+    );
+    assert!(
+        std::fs::symlink_metadata(dir.join(&predicted))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
