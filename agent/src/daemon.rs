@@ -77,10 +77,12 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     )));
     let _oslogin_task = AbortOnDrop(tokio::spawn(oslogin.clone().run()));
     let answers = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reread = Arc::new(tokio::sync::Notify::new());
     let watcher = AbortOnDrop(tokio::spawn(watcher::run(
         config_rx.clone(),
         snapshot_tx,
         answers.clone(),
+        reread.clone(),
     )));
     let reconcilers: Vec<Box<dyn reconcile::Reconciler>> = vec![
         Box::new(reconcile::ChangeLog::default()),
@@ -93,6 +95,7 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
             config_rx,
             Default::default(),
             answers,
+            reread,
         )),
     ];
     let reconciler = AbortOnDrop(tokio::spawn(reconcile::run(

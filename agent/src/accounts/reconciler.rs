@@ -51,6 +51,8 @@ pub struct AccountsReconciler {
     tools: Tools,
     /// The watcher's count of good answers (a held mass removal needs a later one).
     answers: Arc<AtomicU64>,
+    /// Asks the watcher for a fresh answer (to confirm a held removal quickly).
+    reread: Arc<tokio::sync::Notify>,
     next_pass: Option<Instant>,
     /// Rejections already logged (each once, while it stays in metadata).
     logged: HashSet<String>,
@@ -68,12 +70,14 @@ impl AccountsReconciler {
         config: watch::Receiver<Arc<Config>>,
         paths: Paths,
         answers: Arc<AtomicU64>,
+        reread: Arc<tokio::sync::Notify>,
     ) -> Self {
         AccountsReconciler {
             config,
             paths,
             tools: Tools::default(),
             answers,
+            reread,
             next_pass: None,
             logged: HashSet::new(),
         }
@@ -208,11 +212,13 @@ impl Reconciler for AccountsReconciler {
         let next_expiry = desired
             .next_expiry_unix
             .map(|t| Duration::from_secs((t - now).max(0) as u64 + 1));
-        // A held removal is confirmed by the next answer of the service: look again soon.
+        // A held removal is confirmed by a later answer of the service: ask for one now and
+        // look again in a moment.
         let check = if p.held.is_empty() {
             check
         } else {
-            check.min(Duration::from_secs(2))
+            self.reread.notify_one();
+            check.min(Duration::from_millis(300))
         };
         self.next_pass = Some(Instant::now() + next_expiry.map_or(check, |e| e.min(check)));
         let spawned = crate::host::command::SPAWNED.load(Ordering::Relaxed) - spawned_before;

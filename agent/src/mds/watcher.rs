@@ -61,13 +61,17 @@ impl Episode {
 }
 
 /// Runs until the task is dropped. `answers` counts the good answers (changed or not), so a
-/// reconciler can tell a later answer from a re-run on the same one.
+/// reconciler can tell a later answer from a re-run on the same one; `reread` asks for one
+/// at once (the long poll in flight is dropped and the tree read without waiting), which is
+/// how a reconciler gets a second opinion before a large removal.
 pub async fn run(
     mut config: watch::Receiver<Arc<Config>>,
     tx: SnapshotSender,
     answers: Arc<std::sync::atomic::AtomicU64>,
+    reread: Arc<tokio::sync::Notify>,
 ) {
     let mut etag: Option<String> = None;
+    let mut read_now = false;
     let mut episode = Episode::default();
     let mut churn = Episode::default();
     loop {
@@ -88,10 +92,19 @@ pub async fn run(
         };
         // Polls with these settings until the configuration changes.
         loop {
-            let wait = etag.as_deref().map(|e| (e, m.watch_timeout_secs));
+            let wait = etag
+                .as_deref()
+                .filter(|_| !read_now)
+                .map(|e| (e, m.watch_timeout_secs));
+            read_now = false;
             let started = Instant::now();
             let result = tokio::select! {
                 r = client.tree(wait) => r,
+                () = reread.notified(), if wait.is_some() => {
+                    tracing::debug!("a fresh read of the metadata was asked for");
+                    read_now = true;
+                    continue;
+                }
                 changed = config.changed() => {
                     if changed.is_err() {
                         return; // the daemon is shutting down

@@ -35,18 +35,24 @@ impl OsLogin {
                 let local = |me: &OsLogin| (mtime(&me.paths.passwd), mtime(&me.paths.group));
                 let mut seen = local(&me);
                 loop {
-                    tokio::select! {
-                        () = me.cache_dirty().notified() => tokio::time::sleep(CACHE_DEBOUNCE).await,
+                    let local_changed = tokio::select! {
+                        () = me.cache_dirty().notified() => {
+                            tokio::time::sleep(CACHE_DEBOUNCE).await;
+                            false
+                        }
                         () = tokio::time::sleep(LOCAL_CHECK) => {
                             let now = local(&me);
                             if now == seen {
                                 continue;
                             }
                             seen = now;
+                            true
+                        }
+                    };
+                    if me.is_enabled() {
+                        if local_changed {
                             tracing::info!("local accounts changed; rewriting the directory cache");
                         }
-                    }
-                    if me.is_enabled() {
                         me.write_cache().await;
                     }
                 }
