@@ -2,8 +2,9 @@
 //!
 //! It runs inside every process that looks a user up, so it is small, never panics across the
 //! C boundary, starts no thread and never touches the network: it reads the directory cache
-//! file the daemon writes (mapped, validated once per version, a hash-table probe per lookup) and,
-//! on a miss, asks the daemon on its local socket within 100 ms. Only the `_nss_guestagent_*`
+//! file the daemon writes (mapped, its header checked once per version in O(1), a self-checking
+//! hash-table probe per lookup) and, on a miss, asks the daemon on its local socket within
+//! 100 ms. Only the `_nss_guestagent_*`
 //! functions are exported; their signatures and status codes are glibc's (`nss.h`).
 #![deny(
     clippy::unwrap_used,

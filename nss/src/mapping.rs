@@ -1,5 +1,6 @@
-//! The cache file, mapped read-only and validated once per mapping; the file is looked at
-//! again (one `stat`) at most once per recheck interval, read on the coarse monotonic clock.
+//! The cache file, mapped read-only; opening it checks the header and section bounds only
+//! (O(1): [`Cache::parse`]), each lookup checks what it reads. The file is looked at again (one
+//! `stat`) at most once per recheck interval, read on the coarse monotonic clock.
 
 use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -45,7 +46,7 @@ impl Drop for Mmap {
     }
 }
 
-/// A mapping and the validated view over it.
+/// A mapping and the view over it (header and sections checked).
 struct Loaded {
     // Declared before `map`: dropped first, so the view never outlives the bytes.
     cache: Cache<'static>,
@@ -91,7 +92,7 @@ impl Mapping {
         }
     }
 
-    /// The validated cache, if the file is there and valid. The borrow ends with the lock
+    /// The cache, if the file is there and opens. The borrow ends with the lock
     /// that guards `self`, so nothing read from the mapping outlives a remapping.
     pub fn cache<'s>(&'s self) -> Option<&'s Cache<'s>> {
         self.loaded.as_ref().map(|l| &l.cache)
@@ -132,7 +133,8 @@ fn stat(path: &CStr) -> Option<Stamp> {
     Some(Stamp::of(&st))
 }
 
-/// Opens, maps and validates the file; the stamp is that of the file actually opened.
+/// Opens and maps the file and checks its header and sections (not its records: lookups
+/// check what they read); the stamp is that of the file actually opened.
 fn load(src: &Source<'_>) -> (Option<Stamp>, Option<Loaded>) {
     let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY;
     // SAFETY: path is NUL-terminated.
@@ -164,8 +166,8 @@ fn load(src: &Source<'_>) -> (Option<Stamp>, Option<Loaded>) {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ,
-            // Validation reads every page at once: fault them in one go.
-            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            // No MAP_POPULATE: a lookup touches a few pages of the file, not all of them.
+            libc::MAP_PRIVATE,
             fd.as_raw_fd(),
             0,
         )

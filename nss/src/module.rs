@@ -161,7 +161,7 @@ impl Module {
             return Err(Status::NotFound);
         }
         if self.socket_disabled() {
-            // Cache only: a valid cache that does not know the name is a definite answer.
+            // Cache only: a cache that opens and does not serve the name is a definite answer.
             return Err(if floor.is_some() {
                 Status::NotFound
             } else {
@@ -304,12 +304,15 @@ impl Module {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).gr_pos = 0;
     }
 
-    /// The next user of the enumeration (cache only); the position only moves on success, so
-    /// glibc's retry after ERANGE gets the same entry.
+    /// The next user of the enumeration (cache only; entries a corrupt file cannot serve are
+    /// skipped); the position only moves on success, so glibc's retry after ERANGE gets the
+    /// same entry.
     pub fn getpwent(&self, out: &mut MaybeUninit<passwd>, arena: &mut Arena) -> Status {
         let mut st = self.state();
-        let pos = st.pw_pos;
-        let Some(p) = st.map.cache().and_then(|c| c.user_at(pos)) else {
+        let found = st.map.cache().and_then(|c| {
+            (st.pw_pos..c.user_count()).find_map(|pos| c.user_at(pos).map(|p| (pos, p)))
+        });
+        let Some((pos, p)) = found else {
             return Status::NotFound;
         };
         let status: Status = fill::passwd(&pw_data(&p), out, arena).into();
@@ -319,11 +322,13 @@ impl Module {
         status
     }
 
-    /// The next group of the enumeration (cache only).
+    /// The next group of the enumeration (cache only, as users).
     pub fn getgrent(&self, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
         let mut st = self.state();
-        let pos = st.gr_pos;
-        let Some(g) = st.map.cache().and_then(|c| c.group_at(pos)) else {
+        let found = st.map.cache().and_then(|c| {
+            (st.gr_pos..c.group_count()).find_map(|pos| c.group_at(pos).map(|g| (pos, g)))
+        });
+        let Some((pos, g)) = found else {
             return Status::NotFound;
         };
         let status: Status =

@@ -1,12 +1,17 @@
 //! The directory cache file: OS Login users and groups, written by the daemon, read by the NSS
 //! module inside every process that looks a user up.
 //!
-//! The file is binary, little-endian, and read in place (mmap) with no allocation:
-//! [`Cache::parse`] checks every offset, length, name, index and hash slot once, in O(n), after
-//! which every lookup by name or id is a probe of an open-addressing hash table (a slot, then
-//! the record and its strings: O(1), whatever the number of users) that cannot go out of
-//! bounds. The file is world-readable (0644) and holds nothing secret: names, ids, gecos, home,
-//! shell and group memberships.
+//! The file is binary, little-endian, and read in place (mmap) with no allocation. Opening it
+//! is O(1): [`Cache::parse`] checks the header and the bounds of the sections only, as every
+//! process that looks a user up pays for it. Every lookup by name or id is then a probe of an
+//! open-addressing hash table (a slot, then the record and its strings: O(1), whatever the
+//! number of users) that checks what it reads as it goes: every offset and length is read
+//! through a bounds check, a probe visits each slot at most once, a slot is only followed to
+//! the start of a record of its kind, and a record is only returned when it matches the query
+//! (its name or id is the one asked) and follows every rule below; anything else is a miss.
+//! [`Cache::validate_all`] checks every record, index entry and slot, in O(n): the writer runs
+//! it on what it wrote. The file is world-readable (0644) and holds nothing secret: names, ids,
+//! gecos, home, shell and group memberships.
 //!
 //! ```text
 //! header (HEADER_LEN = 104 bytes)
@@ -39,7 +44,8 @@
 //!
 //! The builder lays sections out in this order: header, the four hash tables (8-byte aligned:
 //! a slot never straddles a cache line), user records, group records, name indexes, words,
-//! strings; the reader only requires every section to be in bounds.
+//! strings; the reader only requires every section to be in bounds, after the header, and
+//! aligned (hash tables to 8 bytes, record arrays, indexes and words to 4).
 //!
 //! Ids below `min_id` (never below 1: root is never served) are neither written nor accepted.
 //! Names follow [`crate::names::is_valid_name`]; gecos, home and shell hold no `:`, newline,
@@ -465,14 +471,24 @@ pub struct Passwd<'a> {
     pub home: &'a [u8],
     pub shell: &'a [u8],
     groups_raw: &'a [u8],
+    /// The cache's min_id: supplementary gids below it (only a corrupt file has them) are
+    /// skipped, so a lookup need not read the word area unless the groups are asked for.
+    min_id: u32,
 }
 
 impl<'a> Passwd<'a> {
-    /// Supplementary gids (without the primary gid).
+    /// Supplementary gids (without the primary gid); never one below min_id.
     pub fn groups(&self) -> impl Iterator<Item = u32> + 'a {
+        let min_id = self.min_id;
         self.groups_raw
             .chunks_exact(4)
             .filter_map(|c| c.try_into().ok().map(u32::from_le_bytes))
+            .filter(move |&g| g >= min_id)
+    }
+
+    /// Whether every supplementary gid is at least min_id (as in a valid file).
+    fn groups_ok(&self) -> bool {
+        self.groups().count() == self.groups_raw.len() / 4
     }
 }
 
@@ -508,14 +524,16 @@ struct Table<'a> {
 
 impl<'a> Table<'a> {
     /// The occupied slots on the probe path starting at `hash`, as (key, record offset), up to
-    /// the first empty slot and never more than every slot once.
+    /// the first empty slot and never more than every slot once (a table with no empty slot,
+    /// which only corruption makes, still ends). The slot count is a power of two (checked by
+    /// [`Cache::parse`]).
     fn probe(self, hash: u32) -> impl Iterator<Item = (u32, usize)> + 'a {
         let slots = self.slots;
         let n = slots.len() / SLOT;
         let mask = n.wrapping_sub(1);
         (0..n).map_while(move |k| {
-            let at = ((hash as usize).wrapping_add(k) & mask) * SLOT;
-            let slot = slots.get(at..at + SLOT)?;
+            let at = ((hash as usize).wrapping_add(k) & mask).checked_mul(SLOT)?;
+            let slot = slots.get(at..at.checked_add(SLOT)?)?;
             let off = u32_at(slot, 4)?;
             (off != 0).then_some((u32_at(slot, 0)?, off as usize))
         })
@@ -535,7 +553,8 @@ impl<'a> Table<'a> {
     }
 }
 
-/// A validated view over the bytes of a cache file.
+/// A view over the bytes of a cache file whose header and section bounds are checked (see
+/// [`Cache::parse`]); records are checked as they are read.
 #[derive(Debug, Clone, Copy)]
 pub struct Cache<'a> {
     bytes: &'a [u8],
@@ -555,12 +574,24 @@ pub struct Cache<'a> {
     strings: &'a [u8],
 }
 
-/// `len` bytes at the offset stored at `field` in the header.
-fn section(bytes: &[u8], field: usize, len: Option<usize>) -> Result<&[u8], CacheError> {
+/// `len` bytes at the offset stored at `field` in the header: after the header, in the file,
+/// and starting at a multiple of `align`.
+fn section(
+    bytes: &[u8],
+    field: usize,
+    len: Option<usize>,
+    align: usize,
+) -> Result<&[u8], CacheError> {
     let off = u32_at(bytes, field).ok_or(CacheError::Truncated)? as usize;
     let end = len.and_then(|l| off.checked_add(l));
-    end.and_then(|end| bytes.get(off..end))
-        .ok_or(CacheError::Corrupt("section out of bounds"))
+    let s = end
+        .filter(|_| off >= HEADER_LEN)
+        .and_then(|end| bytes.get(off..end))
+        .ok_or(CacheError::Corrupt("section out of bounds"))?;
+    if !off.is_multiple_of(align) {
+        return Err(CacheError::Corrupt("section not aligned"));
+    }
+    Ok(s)
 }
 
 fn header_u32(bytes: &[u8], off: usize) -> Result<u32, CacheError> {
@@ -580,14 +611,24 @@ fn table(
         return Err(CacheError::Corrupt("hash table size"));
     }
     Ok(Table {
-        slots: section(bytes, field, slots.checked_mul(SLOT))?,
+        slots: section(bytes, field, slots.checked_mul(SLOT), SLOT)?,
     })
 }
 
+/// Whether `off` is where one of the `count` records of `size` bytes from `base` starts.
+fn record_start(off: usize, base: usize, size: usize, count: usize) -> bool {
+    off.checked_sub(base)
+        .is_some_and(|d| d.is_multiple_of(size) && d / size < count)
+}
+
 impl<'a> Cache<'a> {
-    /// Checks the header and every record, string reference, index and hash slot. After `Ok`,
-    /// every lookup stays in bounds and finds every record; arbitrary bytes give `Err`, never a
-    /// panic.
+    /// Checks the header and that every section (record arrays, name indexes, hash tables,
+    /// words, strings) lies in the file after the header, aligned, with slot counts that fit
+    /// the record counts: O(1), whatever the size of the file. Records, slots and index
+    /// entries are checked as lookups and enumeration read them: whatever a corrupt file
+    /// holds, they stay in bounds, end, and return only entries that follow the rules and match
+    /// the query (or nothing). Arbitrary bytes give `Err` or such a view, never a panic. See
+    /// [`Cache::validate_all`] for the check of the whole file.
     pub fn parse(bytes: &'a [u8]) -> Result<Cache<'a>, CacheError> {
         if bytes.len() < HEADER_LEN {
             return Err(CacheError::Truncated);
@@ -616,11 +657,11 @@ impl<'a> Cache<'a> {
         let group_count = header_u32(bytes, 24)? as usize;
         let generated_at_unix = u64_at(bytes, 32).ok_or(CacheError::Truncated)?;
         // The record arrays are in bounds as a whole (records are then read one by one).
-        section(bytes, 40, user_count.checked_mul(USER_REC))?;
-        section(bytes, 44, group_count.checked_mul(GROUP_REC))?;
+        section(bytes, 40, user_count.checked_mul(USER_REC), 4)?;
+        section(bytes, 44, group_count.checked_mul(GROUP_REC), 4)?;
         let words_count = header_u32(bytes, 88)? as usize;
         let strings_len = header_u32(bytes, 96)? as usize;
-        let cache = Cache {
+        Ok(Cache {
             bytes,
             min_id,
             generated_at_unix,
@@ -628,30 +669,36 @@ impl<'a> Cache<'a> {
             group_count,
             users_off: header_u32(bytes, 40)? as usize,
             groups_off: header_u32(bytes, 44)? as usize,
-            user_name_idx: section(bytes, 48, user_count.checked_mul(4))?,
-            group_name_idx: section(bytes, 52, group_count.checked_mul(4))?,
+            user_name_idx: section(bytes, 48, user_count.checked_mul(4), 4)?,
+            group_name_idx: section(bytes, 52, group_count.checked_mul(4), 4)?,
             user_names: table(bytes, 56, 60, user_count)?,
             user_uids: table(bytes, 56, 64, user_count)?,
             group_names: table(bytes, 68, 72, group_count)?,
             group_gids: table(bytes, 68, 76, group_count)?,
-            words: section(bytes, 84, words_count.checked_mul(4))?,
-            strings: section(bytes, 92, Some(strings_len))?,
-        };
+            words: section(bytes, 84, words_count.checked_mul(4), 4)?,
+            strings: section(bytes, 92, Some(strings_len), 1)?,
+        })
+    }
+
+    /// Checks every record, string reference, index entry and hash slot, in O(n): after `Ok`,
+    /// every record follows the rules, is found by name and by id through the hash tables,
+    /// and is listed once by enumeration, in name order. For the writer (right after writing)
+    /// and tests; readers need only [`Cache::parse`].
+    pub fn validate_all(&self) -> Result<(), CacheError> {
         // One pass over the string area stands for a check of every field in it.
-        if !is_safe_field(cache.strings) {
+        if !is_safe_field(self.strings) {
             return Err(CacheError::Corrupt(
                 "string area holds ':', a newline or NUL",
             ));
         }
-        cache.check_records()?;
-        cache.check_indexes()?;
-        Ok(cache)
+        self.check_records()?;
+        self.check_indexes()
     }
 
-    /// Every record: in bounds, ids at least min_id, valid names, and found through both of
-    /// its kind's hash tables at its own offset. As each table holds exactly as many entries as
-    /// there are records, that makes every slot point at a distinct record under that record's
-    /// key, and names and ids unique (a duplicate would find the other record first).
+    /// Every record: in bounds, following the rules, and found through both of its kind's
+    /// hash tables at its own offset. As each table holds exactly as many entries as there are
+    /// records, that makes every slot point at a distinct record under that record's key, and
+    /// names and ids unique (a duplicate would find the other record first).
     fn check_records(&self) -> Result<(), CacheError> {
         let bad_table = CacheError::Corrupt("hash table");
         for t in [self.user_names, self.user_uids] {
@@ -666,47 +713,23 @@ impl<'a> Cache<'a> {
         }
         for i in 0..self.user_count {
             let off = self.users_off + i * USER_REC;
-            let p = self
-                .user_record(off)
-                .ok_or(CacheError::Corrupt("user record out of bounds"))?;
-            if p.uid < self.min_id || p.gid < self.min_id || p.groups().any(|g| g < self.min_id) {
+            let p = self.checked_user(off)?;
+            if !p.groups_ok() {
                 return Err(CacheError::Corrupt("user id below min_id"));
             }
-            if !is_valid_name_bytes(p.name) {
-                return Err(CacheError::Corrupt("invalid user name"));
-            }
-            if self.find_name(self.user_names, 8, p.name) != Some(off)
-                || find_id(self.user_uids, p.uid) != Some(off)
+            if self.find_user_by_name(p.name) != Some(off)
+                || self.find_user_by_uid(p.uid) != Some(off)
             {
                 return Err(CacheError::Corrupt("user hash table"));
             }
         }
         for i in 0..self.group_count {
             let off = self.groups_off + i * GROUP_REC;
-            let g = self
-                .group_record(off)
-                .ok_or(CacheError::Corrupt("group record out of bounds"))?;
-            if g.gid < self.min_id {
-                return Err(CacheError::Corrupt("gid below min_id"));
-            }
-            if !is_valid_name_bytes(g.name) {
-                return Err(CacheError::Corrupt("invalid group name"));
-            }
-            if self.find_name(self.group_names, 4, g.name) != Some(off)
-                || find_id(self.group_gids, g.gid) != Some(off)
+            let g = self.checked_group(off)?;
+            if self.find_group_by_name(g.name) != Some(off)
+                || self.find_group_by_gid(g.gid) != Some(off)
             {
                 return Err(CacheError::Corrupt("group hash table"));
-            }
-            // members() skips references out of bounds: count them to see none was skipped.
-            let mut n = 0;
-            for m in g.members() {
-                if !is_valid_name_bytes(m) {
-                    return Err(CacheError::Corrupt("invalid group member"));
-                }
-                n += 1;
-            }
-            if n != g.member_count() {
-                return Err(CacheError::Corrupt("group member out of bounds"));
             }
         }
         Ok(())
@@ -715,31 +738,21 @@ impl<'a> Cache<'a> {
     /// Every name index entry points at a record of its kind, and names strictly increase (so
     /// each record is listed once).
     fn check_indexes(&self) -> Result<(), CacheError> {
-        let entry_ok = |off: usize, base: usize, rec: usize, count: usize| {
-            off >= base && (off - base).is_multiple_of(rec) && (off - base) / rec < count
-        };
         let bad = CacheError::Corrupt("index");
         let kinds = [
-            (
-                self.user_name_idx,
-                self.users_off,
-                USER_REC,
-                self.user_count,
-                8,
-            ),
-            (
-                self.group_name_idx,
-                self.groups_off,
-                GROUP_REC,
-                self.group_count,
-                4,
-            ),
+            (self.user_name_idx, self.user_count, 8),
+            (self.group_name_idx, self.group_count, 4),
         ];
-        for (idx, base, rec, count, name_at) in kinds {
+        for (idx, count, name_at) in kinds {
             let mut prev: Option<&[u8]> = None;
             for i in 0..count {
                 let off = u32_at(idx, i * 4).ok_or(bad)? as usize;
-                if !entry_ok(off, base, rec, count) {
+                let ok = if name_at == 8 {
+                    self.is_user(off)
+                } else {
+                    self.is_group(off)
+                };
+                if !ok {
                     return Err(bad);
                 }
                 let name = self.name_at(off, name_at).ok_or(bad)?;
@@ -750,6 +763,16 @@ impl<'a> Cache<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Whether a user record starts at `off`.
+    fn is_user(&self, off: usize) -> bool {
+        record_start(off, self.users_off, USER_REC, self.user_count)
+    }
+
+    /// Whether a group record starts at `off`.
+    fn is_group(&self, off: usize) -> bool {
+        record_start(off, self.groups_off, GROUP_REC, self.group_count)
     }
 
     fn string(&self, rec: &[u8], at: usize) -> Option<&'a [u8]> {
@@ -766,6 +789,7 @@ impl<'a> Cache<'a> {
         self.words.get(first..first.checked_add(len)?)
     }
 
+    /// The user record at `off`, its references in bounds (nothing else checked).
     fn user_record(&self, off: usize) -> Option<Passwd<'a>> {
         let rec = self.bytes.get(off..off.checked_add(USER_REC)?)?;
         Some(Passwd {
@@ -776,9 +800,11 @@ impl<'a> Cache<'a> {
             home: self.string(rec, 24)?,
             shell: self.string(rec, 32)?,
             groups_raw: self.word_slice(rec, 40, 1)?,
+            min_id: self.min_id,
         })
     }
 
+    /// The group record at `off`, its references in bounds (nothing else checked).
     fn group_record(&self, off: usize) -> Option<Group<'a>> {
         let rec = self.bytes.get(off..off.checked_add(GROUP_REC)?)?;
         Some(Group {
@@ -789,60 +815,154 @@ impl<'a> Cache<'a> {
         })
     }
 
+    /// The user record at `off` if it follows the rules a lookup relies on: references in
+    /// bounds, uid and gid at least min_id, a valid name, fields free of `:`, newline, CR, NUL.
+    /// (Supplementary gids below min_id are skipped by [`Passwd::groups`], not read here.)
+    fn checked_user(&self, off: usize) -> Result<Passwd<'a>, CacheError> {
+        let p = self
+            .user_record(off)
+            .ok_or(CacheError::Corrupt("user record out of bounds"))?;
+        if p.uid < self.min_id || p.gid < self.min_id {
+            return Err(CacheError::Corrupt("user id below min_id"));
+        }
+        if !is_valid_name_bytes(p.name) {
+            return Err(CacheError::Corrupt("invalid user name"));
+        }
+        if !(is_safe_field(p.gecos) && is_safe_field(p.home) && is_safe_field(p.shell)) {
+            return Err(CacheError::Corrupt(
+                "user field holds ':', a newline or NUL",
+            ));
+        }
+        Ok(p)
+    }
+
+    /// The group record at `off` if it follows every rule: references in bounds (members'
+    /// too), gid at least min_id, valid names (members' too).
+    fn checked_group(&self, off: usize) -> Result<Group<'a>, CacheError> {
+        let g = self
+            .group_record(off)
+            .ok_or(CacheError::Corrupt("group record out of bounds"))?;
+        if g.gid < self.min_id {
+            return Err(CacheError::Corrupt("gid below min_id"));
+        }
+        if !is_valid_name_bytes(g.name) {
+            return Err(CacheError::Corrupt("invalid group name"));
+        }
+        // members() skips references out of bounds: count them to see none was skipped.
+        let mut n = 0;
+        for m in g.members() {
+            if !is_valid_name_bytes(m) {
+                return Err(CacheError::Corrupt("invalid group member"));
+            }
+            n += 1;
+        }
+        if n != g.member_count() {
+            return Err(CacheError::Corrupt("group member out of bounds"));
+        }
+        Ok(g)
+    }
+
     /// The name of the record at `off` (users' name reference is at 8, groups' at 4).
     fn name_at(&self, off: usize, at: usize) -> Option<&'a [u8]> {
         let rec = self.bytes.get(off..off.checked_add(at + 8)?)?;
         self.string(rec, at)
     }
 
-    /// The offset of the record named `name` in name table `t` (name reference at `at`).
-    fn find_name(&self, t: Table<'a>, at: usize, name: &[u8]) -> Option<usize> {
+    /// The id of the record at `off` (the first word of both kinds).
+    fn id_at(&self, off: usize) -> Option<u32> {
+        u32_at(self.bytes, off)
+    }
+
+    /// The offset of the first user record on `name`'s probe path that is named `name`.
+    fn find_user_by_name(&self, name: &[u8]) -> Option<usize> {
         let h = name_hash(name);
-        t.probe(h)
-            .find(|&(key, off)| key == h && self.name_at(off, at) == Some(name))
+        self.user_names
+            .probe(h)
+            .find(|&(key, off)| key == h && self.is_user(off) && self.name_at(off, 8) == Some(name))
             .map(|(_, off)| off)
     }
 
-    pub fn user_by_name(&self, name: &[u8]) -> Option<Passwd<'a>> {
-        self.user_record(self.find_name(self.user_names, 8, name)?)
+    /// The offset of the first user record on `uid`'s probe path whose uid is `uid`.
+    fn find_user_by_uid(&self, uid: u32) -> Option<usize> {
+        self.user_uids
+            .probe(id_hash(uid))
+            .find(|&(key, off)| key == uid && self.is_user(off) && self.id_at(off) == Some(uid))
+            .map(|(_, off)| off)
     }
 
+    /// The offset of the first group record on `name`'s probe path that is named `name`.
+    fn find_group_by_name(&self, name: &[u8]) -> Option<usize> {
+        let h = name_hash(name);
+        self.group_names
+            .probe(h)
+            .find(|&(key, off)| {
+                key == h && self.is_group(off) && self.name_at(off, 4) == Some(name)
+            })
+            .map(|(_, off)| off)
+    }
+
+    /// The offset of the first group record on `gid`'s probe path whose gid is `gid`.
+    fn find_group_by_gid(&self, gid: u32) -> Option<usize> {
+        self.group_gids
+            .probe(id_hash(gid))
+            .find(|&(key, off)| key == gid && self.is_group(off) && self.id_at(off) == Some(gid))
+            .map(|(_, off)| off)
+    }
+
+    /// The user named `name`: a record with that very name, following the rules, or None.
+    pub fn user_by_name(&self, name: &[u8]) -> Option<Passwd<'a>> {
+        self.checked_user(self.find_user_by_name(name)?).ok()
+    }
+
+    /// The user with uid `uid` (never below min_id), following the rules, or None.
     pub fn user_by_uid(&self, uid: u32) -> Option<Passwd<'a>> {
         if uid < self.min_id {
             return None;
         }
-        self.user_record(find_id(self.user_uids, uid)?)
+        self.checked_user(self.find_user_by_uid(uid)?).ok()
     }
 
+    /// The group named `name`: a record with that very name, following the rules, or None.
     pub fn group_by_name(&self, name: &[u8]) -> Option<Group<'a>> {
-        self.group_record(self.find_name(self.group_names, 4, name)?)
+        self.checked_group(self.find_group_by_name(name)?).ok()
     }
 
+    /// The group with gid `gid` (never below min_id), following the rules, or None.
     pub fn group_by_gid(&self, gid: u32) -> Option<Group<'a>> {
         if gid < self.min_id {
             return None;
         }
-        self.group_record(find_id(self.group_gids, gid)?)
+        self.checked_group(self.find_group_by_gid(gid)?).ok()
     }
 
+    /// Number of user records (in a corrupt file, some may not be served).
     pub fn user_count(&self) -> usize {
         self.user_count
     }
 
+    /// Number of group records (in a corrupt file, some may not be served).
     pub fn group_count(&self) -> usize {
         self.group_count
     }
 
-    /// The `i`th user in name order (enumeration).
+    /// The `i`th user in name order (enumeration); None past the end, or when the entry or
+    /// its record is corrupt (later entries may still be there).
     pub fn user_at(&self, i: usize) -> Option<Passwd<'a>> {
-        let off = u32_at(self.user_name_idx, i.checked_mul(4)?)?;
-        self.user_record(off as usize)
+        let off = u32_at(self.user_name_idx, i.checked_mul(4)?)? as usize;
+        if !self.is_user(off) {
+            return None;
+        }
+        self.checked_user(off).ok()
     }
 
-    /// The `i`th group in name order (enumeration).
+    /// The `i`th group in name order (enumeration); None past the end, or when the entry or
+    /// its record is corrupt (later entries may still be there).
     pub fn group_at(&self, i: usize) -> Option<Group<'a>> {
-        let off = u32_at(self.group_name_idx, i.checked_mul(4)?)?;
-        self.group_record(off as usize)
+        let off = u32_at(self.group_name_idx, i.checked_mul(4)?)? as usize;
+        if !self.is_group(off) {
+            return None;
+        }
+        self.checked_group(off).ok()
     }
 
     /// Ids below this are never served.
@@ -853,13 +973,6 @@ impl<'a> Cache<'a> {
     pub fn generated_at_unix(&self) -> u64 {
         self.generated_at_unix
     }
-}
-
-/// The offset of the record with id `id` in id table `t` (the slot's key is the id).
-fn find_id(t: Table<'_>, id: u32) -> Option<usize> {
-    t.probe(id_hash(id))
-        .find(|&(key, _)| key == id)
-        .map(|(_, off)| off)
 }
 
 #[cfg(test)]

@@ -259,7 +259,14 @@ impl Directory {
             });
         }
         skipped.sort();
-        (builder.build(), skipped)
+        let bytes = builder.build();
+        // The module only checks what each lookup reads: check everything once, here.
+        if let Err(e) =
+            guest_agent_wire::cache::Cache::parse(&bytes).and_then(|c| c.validate_all().map(|()| c))
+        {
+            tracing::error!(error = ?e, "the directory cache just built does not validate; this is a bug");
+        }
+        (bytes, skipped)
     }
 }
 
@@ -322,6 +329,7 @@ mod tests {
             vec!["user bob".to_string(), "user carol".to_string()]
         );
         let c = Cache::parse(&bytes).unwrap();
+        c.validate_all().unwrap();
         let alice = c.user_by_name(b"alice").unwrap();
         assert_eq!(alice.uid, 200001);
         assert_eq!(alice.gecos, b"alice@example.com");

@@ -486,6 +486,37 @@ fn cache_changes_and_bad_files_are_followed() {
 }
 
 #[test]
+fn a_corrupt_record_is_a_miss_and_skipped_by_enumeration() {
+    let f = fixture("corrupt", UNSET);
+    let cache = f.dir.path("cache");
+    let mut bytes = std::fs::read(&cache).unwrap();
+    // bob, the second record in name order: a uid below min_id (the file still opens).
+    let users = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
+    bytes[users + 48..users + 52].copy_from_slice(&5u32.to_le_bytes());
+    std::fs::write(format!("{cache}.tmp"), &bytes).unwrap();
+    std::fs::rename(format!("{cache}.tmp"), &cache).unwrap();
+    let mut pw = Pw::new(1024);
+    assert_eq!(getpwnam(&f.module, "alice", &mut pw), Status::Success);
+    assert_eq!(f.server.count(), 0);
+    assert_eq!(getpwnam(&f.module, "bob", &mut pw), Status::NotFound);
+    assert_eq!(getpwuid(&f.module, 5002, &mut pw), Status::NotFound);
+    assert_eq!(f.server.count(), 2, "bob asked from the socket");
+    let mut names = vec![];
+    f.module.setpwent();
+    loop {
+        let mut arena = pw.arena();
+        match f.module.getpwent(&mut pw.out, &mut arena) {
+            Status::Success => names.push(pw.name()),
+            s => {
+                assert_eq!(s, Status::NotFound);
+                break;
+            }
+        }
+    }
+    assert_eq!(names, ["alice", "carol"]);
+}
+
+#[test]
 fn files_not_owned_by_root_are_refused_when_required() {
     let dir = TempDir::new("owner");
     let cache = dir.path("cache");

@@ -45,10 +45,17 @@ impl Rng {
     }
 }
 
+/// The cheap parse and the full check: what the old, O(n), parse was.
+fn full(bytes: &[u8]) -> Result<Cache<'_>, CacheError> {
+    let c = Cache::parse(bytes)?;
+    c.validate_all()?;
+    Ok(c)
+}
+
 #[test]
 fn round_trip() {
     let bytes = sample();
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     assert_eq!((c.user_count(), c.group_count()), (3, 3));
     assert_eq!((c.min_id(), c.generated_at_unix()), (1000, 1_700_000_000));
     let a = c.user_by_name(b"alice").unwrap();
@@ -89,7 +96,7 @@ fn round_trip() {
 fn empty_cache() {
     let bytes = CacheBuilder::new(1000, 0).build();
     assert_eq!(bytes.len(), HEADER_LEN);
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     assert_eq!((c.user_count(), c.group_count()), (0, 0));
     assert!(c.user_by_name(b"a").is_none());
     assert!(c.user_by_uid(1000).is_none());
@@ -109,7 +116,7 @@ fn lookups_at_100k_users() {
         b.add_group(group(&format!("g{g}"), 2_000_000 + g, &["u1", "u2"]));
     }
     let bytes = b.build();
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     assert_eq!(c.user_count(), n as usize);
     for i in (0..n).step_by(997).chain([0, n - 1]) {
         let uid = 1000 + (i * 7919) % n;
@@ -161,7 +168,7 @@ fn duplicates_low_ids_and_bad_entries_are_dropped() {
     b.add_group(group("wheel", 10, &[]));
     b.add_group(group("a:b", 7002, &[]));
     let bytes = b.build();
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     let names: Vec<&[u8]> = (0..c.user_count())
         .map(|i| c.user_at(i).unwrap().name)
         .collect();
@@ -177,7 +184,7 @@ fn duplicates_low_ids_and_bad_entries_are_dropped() {
     let mut b = CacheBuilder::new(0, 0);
     b.add_user(user("root", 0, &[]));
     let bytes = b.build();
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     assert_eq!((c.min_id(), c.user_count()), (1, 0));
 }
 
@@ -194,6 +201,7 @@ fn every_truncation_is_refused() {
                 Ok(c) => exercise(&c),
                 Err(e) => assert_ne!(e, CacheError::Truncated, "len {len}"),
             }
+            assert!(full(&cut).is_err(), "len {len}");
         }
     }
     let mut longer = bytes.clone();
@@ -201,31 +209,109 @@ fn every_truncation_is_refused() {
     assert_eq!(Cache::parse(&longer).err(), Some(CacheError::Truncated));
 }
 
-/// Everything a reader can do with a parsed cache; none of it may panic.
+/// A user as served: following every rule of the format.
+fn assert_servable_user(c: &Cache<'_>, p: &Passwd<'_>) {
+    assert!(p.uid >= c.min_id() && p.gid >= c.min_id());
+    assert!(p.groups().all(|g| g >= c.min_id()));
+    assert!(is_valid_name_bytes(p.name));
+    assert!(is_safe_field(p.gecos) && is_safe_field(p.home) && is_safe_field(p.shell));
+}
+
+/// A group as served: following every rule of the format.
+fn assert_servable_group(c: &Cache<'_>, g: &Group<'_>) {
+    assert!(g.gid >= c.min_id());
+    assert!(is_valid_name_bytes(g.name));
+    assert_eq!(g.members().count(), g.member_count());
+    assert!(g.members().all(is_valid_name_bytes));
+}
+
+/// Every lookup by that name or id: nothing, or an entry by that very name or id.
+fn lookups_match_the_query(c: &Cache<'_>, name: &[u8], id: u32) {
+    if let Some(p) = c.user_by_name(name) {
+        assert_eq!(p.name, name);
+        assert_servable_user(c, &p);
+    }
+    if let Some(p) = c.user_by_uid(id) {
+        assert_eq!(p.uid, id);
+        assert_servable_user(c, &p);
+    }
+    if let Some(g) = c.group_by_name(name) {
+        assert_eq!(g.name, name);
+        assert_servable_group(c, &g);
+    }
+    if let Some(g) = c.group_by_gid(id) {
+        assert_eq!(g.gid, id);
+        assert_servable_group(c, &g);
+    }
+}
+
+/// Everything a reader can do with a cache that passed the cheap parse: none of it may panic,
+/// and whatever it returns follows the rules and matches the query. If the full check passes
+/// too, every record is also found by name, by id and by enumeration.
 fn exercise(c: &Cache<'_>) {
     for i in 0..c.user_count() + 1 {
         if let Some(p) = c.user_at(i) {
-            assert!(p.uid >= c.min_id());
-            assert!(is_valid_name_bytes(p.name));
-            assert_eq!(c.user_by_name(p.name).map(|q| q.uid), Some(p.uid));
-            assert!(c.user_by_uid(p.uid).is_some());
-            let _ = p.groups().count();
+            assert_servable_user(c, &p);
+            lookups_match_the_query(c, p.name, p.uid);
         }
     }
     for i in 0..c.group_count() + 1 {
         if let Some(g) = c.group_at(i) {
-            assert_eq!(g.members().count(), g.member_count());
-            assert!(c.group_by_name(g.name).is_some());
-            assert!(c.group_by_gid(g.gid).is_some());
+            assert_servable_group(c, &g);
+            lookups_match_the_query(c, g.name, g.gid);
         }
     }
-    for name in [&b"alice"[..], b"zoe", b"demo", b"", b"\xff"] {
-        let _ = c.user_by_name(name);
-        let _ = c.group_by_name(name);
+    let names = [
+        &b"alice"[..],
+        b"bob.smith",
+        b"zoe",
+        b"demo",
+        b"admins",
+        b"",
+        b"\xff",
+    ];
+    let ids = [
+        0,
+        1,
+        999,
+        1000,
+        5001,
+        5002,
+        5003,
+        7000,
+        7001,
+        7002,
+        u32::MAX,
+    ];
+    for (name, id) in names.iter().zip(ids.iter().cycle()) {
+        lookups_match_the_query(c, name, *id);
     }
-    for id in [0, 1, 999, 1000, 5001, 7000, u32::MAX] {
-        let _ = c.user_by_uid(id);
-        let _ = c.group_by_gid(id);
+    for id in ids {
+        lookups_match_the_query(c, b"x", id);
+    }
+    if c.validate_all().is_ok() {
+        exercise_valid(c);
+    }
+}
+
+/// What a fully valid cache guarantees on top: every record served, by every way in.
+fn exercise_valid(c: &Cache<'_>) {
+    assert!(c.user_at(c.user_count()).is_none() && c.group_at(c.group_count()).is_none());
+    for i in 0..c.user_count() {
+        let p = c.user_at(i).unwrap();
+        assert_eq!(c.user_by_name(p.name), Some(p));
+        assert_eq!(c.user_by_uid(p.uid), Some(p));
+        if i > 0 {
+            assert!(c.user_at(i - 1).unwrap().name < p.name);
+        }
+    }
+    for i in 0..c.group_count() {
+        let g = c.group_at(i).unwrap();
+        assert_eq!(c.group_by_name(g.name), Some(g));
+        assert_eq!(c.group_by_gid(g.gid), Some(g));
+        if i > 0 {
+            assert!(c.group_at(i - 1).unwrap().name < g.name);
+        }
     }
 }
 
@@ -233,7 +319,7 @@ fn exercise(c: &Cache<'_>) {
 fn random_corruption_never_panics() {
     let good = sample();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    let (mut ok, mut err) = (0, 0);
+    let (mut ok, mut err, mut opened) = (0, 0, 0);
     for _ in 0..30_000 {
         let mut bytes = good.clone();
         for _ in 0..1 + rng.below(4) {
@@ -245,16 +331,19 @@ fn random_corruption_never_panics() {
                 _ => rng.next() as u8,
             };
         }
-        match Cache::parse(&bytes) {
-            Ok(c) => {
-                ok += 1;
-                exercise(&c);
-            }
+        if let Ok(c) = Cache::parse(&bytes) {
+            opened += 1;
+            exercise(&c);
+        }
+        match full(&bytes) {
+            Ok(_) => ok += 1,
             Err(_) => err += 1,
         }
     }
-    // Flips in names and gecos keep some files valid; most are caught.
+    // Flips in names and gecos keep some files valid; most are caught by the full check, and
+    // only those in the header (a fifth of the file) by the cheap one.
     assert!(ok > 0 && err > 0, "ok {ok} err {err}");
+    assert!(opened > ok && opened < 30_000, "opened {opened} ok {ok}");
 }
 
 #[test]
@@ -273,7 +362,17 @@ fn random_bodies_behind_a_valid_header_are_refused_or_safe() {
         if let Ok(c) = Cache::parse(&bytes) {
             exercise(&c);
         }
-        let _ = Cache::parse(&bytes[..rng.below(bytes.len())]);
+        let cut = &bytes[..rng.below(bytes.len())];
+        assert!(Cache::parse(cut).is_err());
+        // With the header's length patched to match, sections past the end are caught.
+        if cut.len() >= HEADER_LEN {
+            let mut cut = cut.to_vec();
+            let len = cut.len() as u32;
+            set_u32(&mut cut, 80, len);
+            if let Ok(c) = Cache::parse(&cut) {
+                exercise(&c);
+            }
+        }
     }
 }
 
@@ -293,13 +392,18 @@ fn bad_headers() {
     let mut b = good.clone();
     b[16..20].copy_from_slice(&0u32.to_le_bytes());
     assert!(Cache::parse(&b).is_err());
-    // Raising min_id above the stored ids makes the file invalid, not partly served.
+    // Raising min_id above the stored ids makes the file invalid, and nothing of it served.
     let mut b = good;
     b[16..20].copy_from_slice(&6000u32.to_le_bytes());
     assert_eq!(
-        Cache::parse(&b).err(),
+        full(&b).err(),
         Some(CacheError::Corrupt("user id below min_id"))
     );
+    let c = Cache::parse(&b).unwrap();
+    assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
+    assert!((0..3).all(|i| c.user_at(i).is_none()));
+    assert_eq!(c.group_by_gid(7000).unwrap().name, b"demo");
+    exercise(&c);
 }
 
 fn header(bytes: &[u8], field: usize) -> usize {
@@ -352,7 +456,7 @@ fn tables_are_half_empty_powers_of_two_holding_every_record_once() {
             b.add_group(group(&format!("g{i}"), 1000 + i as u32, &[]));
         }
         let bytes = b.build();
-        Cache::parse(&bytes).unwrap();
+        exercise_valid(&full(&bytes).unwrap());
         for (slots, off) in tables(&bytes) {
             assert_eq!(slots, slots_for(n));
             assert!(
@@ -382,7 +486,7 @@ fn colliding_keys_wrap_around_the_table() {
         b.add_group(group(&names[i], ids[i], &[]));
     }
     let bytes = b.build();
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     for (slots, off) in tables(&bytes) {
         assert_eq!(slots, 8);
         let used: Vec<usize> = (0..8).filter(|&i| slot(&bytes, off, i).1 != 0).collect();
@@ -413,7 +517,9 @@ fn every_byte_change_in_a_hash_table_is_refused() {
                     continue;
                 }
                 b[at] = v;
-                assert!(Cache::parse(&b).is_err(), "byte {at} = {v}");
+                assert!(full(&b).is_err(), "byte {at} = {v}");
+                // Opened anyway, the file serves nothing wrong.
+                exercise(&Cache::parse(&b).unwrap());
             }
         }
     }
@@ -429,7 +535,12 @@ fn corrupt_tables_are_refused() {
     let empty: Vec<usize> = (0..slots)
         .filter(|&i| slot(&good, uids, i).1 == 0)
         .collect();
-    let table_err = |b: &[u8]| Cache::parse(b).err();
+    let table_err = |b: &[u8]| {
+        if let Ok(c) = Cache::parse(b) {
+            exercise(&c);
+        }
+        full(b).err()
+    };
     let user_table = Some(CacheError::Corrupt("user hash table"));
 
     // An entry moved off its probe path (from its home to an empty slot) is not found.
@@ -524,7 +635,211 @@ fn an_empty_table_may_have_slots() {
     set_u32(&mut bytes, 76, (end + 4 * SLOT) as u32);
     let len = bytes.len() as u32;
     set_u32(&mut bytes, 80, len);
-    let c = Cache::parse(&bytes).unwrap();
+    let c = full(&bytes).unwrap();
     assert!(c.group_by_gid(5001).is_none() && c.group_by_name(b"alice").is_none());
     assert_eq!(c.user_by_uid(5001).unwrap().name, b"alice");
+}
+
+#[test]
+fn opening_checks_the_header_and_sections_only() {
+    let good = sample();
+    // A body of zeros behind a valid header opens (nothing in it is read) and serves nothing.
+    let mut b = good.clone();
+    b[HEADER_LEN..].fill(0);
+    let c = Cache::parse(&b).unwrap();
+    assert!(c.validate_all().is_err());
+    assert_eq!((c.user_count(), c.group_count()), (3, 3));
+    assert!((0..4).all(|i| c.user_at(i).is_none() && c.group_at(i).is_none()));
+    assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
+    assert!(c.group_by_name(b"demo").is_none() && c.group_by_gid(7000).is_none());
+    exercise(&c);
+
+    // Sections: after the header, in the file, aligned.
+    let aligned = Some(CacheError::Corrupt("section not aligned"));
+    let out = Some(CacheError::Corrupt("section out of bounds"));
+    for (field, delta, want) in [
+        (60, 4, aligned), // a hash table: 8 bytes
+        (76, 4, aligned),
+        (40, 2, aligned), // user records, indexes, words: 4 bytes
+        (44, 1, aligned),
+        (48, 2, aligned),
+        (84, 2, aligned),
+    ] {
+        let mut b = good.clone();
+        let off = header(&b, field) as u32;
+        set_u32(&mut b, field, off + delta);
+        assert_eq!(Cache::parse(&b).err(), want, "field {field}");
+    }
+    for field in [40, 44, 48, 52, 60, 64, 72, 76, 84, 92] {
+        let mut b = good.clone();
+        set_u32(&mut b, field, 0);
+        assert_eq!(Cache::parse(&b).err(), out, "field {field}");
+        let mut b = good.clone();
+        set_u32(&mut b, field, good.len() as u32 + 8);
+        assert_eq!(Cache::parse(&b).err(), out, "field {field}");
+    }
+    // Counts too large for the file.
+    for field in [20, 24, 88, 96] {
+        let mut b = good.clone();
+        set_u32(&mut b, field, u32::MAX);
+        assert!(Cache::parse(&b).is_err(), "field {field}");
+    }
+    // The string area is not scanned at open: a NUL in it is found by the full check, and
+    // refused by the lookups that read it.
+    let mut b = good.clone();
+    let strings = header(&b, 92);
+    let home = strings + find(&b[strings..], b"/home/alice");
+    b[home + 1] = 0;
+    let c = Cache::parse(&b).unwrap();
+    assert_eq!(
+        c.validate_all().err(),
+        Some(CacheError::Corrupt(
+            "string area holds ':', a newline or NUL"
+        ))
+    );
+    assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
+    assert_eq!(c.user_by_name(b"zoe").unwrap().uid, 5003);
+    exercise(&c);
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> usize {
+    hay.windows(needle.len()).position(|w| w == needle).unwrap()
+}
+
+#[test]
+fn a_corrupt_record_hides_only_itself() {
+    let good = sample();
+    let (users, groups) = (header(&good, 40), header(&good, 44));
+    // Name order: alice, bob.smith, zoe; admins, demo, empty.
+    let (alice, bob, zoe) = (users, users + USER_REC, users + 2 * USER_REC);
+    let (admins, demo) = (groups, groups + GROUP_REC);
+    let mut b = good.clone();
+    set_u32(&mut b, alice + 12, u32::MAX); // name length
+    set_u32(&mut b, bob + 4, 5); // gid below min_id
+    set_u32(&mut b, zoe + 40, u32::MAX); // first supplementary gid
+    set_u32(&mut b, demo + 12, u32::MAX - 1); // first member
+    let c = Cache::parse(&b).unwrap();
+    assert!(c.validate_all().is_err());
+    assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
+    assert!(c.user_by_name(b"bob.smith").is_none() && c.user_by_uid(5002).is_none());
+    assert!(c.user_by_name(b"zoe").is_none() && c.user_by_uid(5003).is_none());
+    assert!((0..3).all(|i| c.user_at(i).is_none()));
+    assert!(c.group_by_name(b"demo").is_none() && c.group_by_gid(7000).is_none());
+    assert!(c.group_at(1).is_none());
+    assert_eq!(c.group_at(0).unwrap().name, b"admins");
+    assert_eq!(c.group_by_gid(7001).unwrap().name, b"admins");
+    assert_eq!(c.group_at(2).unwrap().name, b"empty");
+    exercise(&c);
+
+    // Each alone: the others are still served, and enumeration goes on past it.
+    for (at, v) in [(alice + 12, u32::MAX), (alice + 16, 1 << 30), (bob, 999)] {
+        let mut b = good.clone();
+        set_u32(&mut b, at, v);
+        let c = Cache::parse(&b).unwrap();
+        assert!(c.validate_all().is_err());
+        let served: Vec<&[u8]> = (0..3)
+            .filter_map(|i| c.user_at(i))
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(served.len(), 2, "{at} = {v}");
+        for name in served {
+            assert_eq!(c.user_by_name(name).unwrap().name, name);
+        }
+        assert_eq!(c.group_by_name(b"admins").unwrap().gid, 7001);
+        exercise(&c);
+    }
+
+    // A record renamed (in its string reference) to another valid name, or given another's
+    // uid: lookups of either name or uid return only a record that has it.
+    let mut b = good.clone();
+    b[bob + 8..bob + 16].copy_from_slice(&good[zoe + 8..zoe + 16]);
+    set_u32(&mut b, alice, 5003);
+    let c = Cache::parse(&b).unwrap();
+    assert!(c.validate_all().is_err());
+    exercise(&c);
+    assert!(c.user_by_name(b"bob.smith").is_none());
+    assert_eq!(c.user_by_uid(5001), None);
+
+    // A supplementary gid below min_id is never handed out (the user still is).
+    let mut b = good.clone();
+    let words = header(&good, 84);
+    let first = header(&good, zoe + 40);
+    assert_eq!(u32_at(&good, words + 4 * first), Some(7000));
+    set_u32(&mut b, words + 4 * first, 0);
+    let c = Cache::parse(&b).unwrap();
+    assert_eq!(
+        c.validate_all().err(),
+        Some(CacheError::Corrupt("user id below min_id"))
+    );
+    assert_eq!(
+        c.user_by_name(b"zoe").unwrap().groups().collect::<Vec<_>>(),
+        [7001]
+    );
+    exercise(&c);
+    let _ = admins;
+}
+
+#[test]
+fn corrupt_tables_end_every_probe_and_return_no_wrong_entry() {
+    let good = sample();
+    let [(slots, names), (_, uids), (gslots, gnames), (_, gids)] = tables(&good);
+    let (users, groups) = (header(&good, 40), header(&good, 44));
+    // Every slot full, all pointing at alice under other keys: no empty slot ends the probes.
+    let mut b = good.clone();
+    for i in 0..slots {
+        set_u32(&mut b, uids + i * SLOT, 5002 + (i as u32 % 2)); // bob's and zoe's uids
+        set_u32(&mut b, uids + i * SLOT + 4, users as u32);
+        set_u32(&mut b, names + i * SLOT, name_hash(b"zoe"));
+        set_u32(&mut b, names + i * SLOT + 4, users as u32);
+    }
+    for i in 0..gslots {
+        set_u32(&mut b, gids + i * SLOT, 7000);
+        set_u32(
+            &mut b,
+            gids + i * SLOT + 4,
+            (groups + GROUP_REC * (i % 3)) as u32 + 4,
+        );
+        set_u32(&mut b, gnames + i * SLOT, name_hash(b"demo"));
+        set_u32(
+            &mut b,
+            gnames + i * SLOT + 4,
+            (groups + GROUP_REC * 2) as u32,
+        );
+    }
+    let c = Cache::parse(&b).unwrap();
+    assert!(c.validate_all().is_err());
+    for uid in [5001, 5002, 5003, 5004] {
+        assert!(c.user_by_uid(uid).is_none(), "{uid}");
+    }
+    for name in [&b"alice"[..], b"zoe", b"bob.smith", b"nobody"] {
+        assert!(c.user_by_name(name).is_none());
+    }
+    for gid in [7000, 7001, 7002, 7003] {
+        assert!(c.group_by_gid(gid).is_none(), "{gid}");
+    }
+    assert!(c.group_by_name(b"demo").is_none() && c.group_by_name(b"empty").is_none());
+    // Enumeration does not go through the tables.
+    assert_eq!(c.user_at(2).unwrap().name, b"zoe");
+    assert_eq!(c.group_at(1).unwrap().name, b"demo");
+    exercise(&c);
+}
+
+#[test]
+fn opening_a_large_cache_reads_none_of_its_records() {
+    let mut b = CacheBuilder::new(1000, 1);
+    for i in 0..100_000u32 {
+        b.add_user(user(&format!("u{i}"), 1000 + i, &[]));
+    }
+    let mut bytes = b.build();
+    // Corrupt every record but the first: opening still succeeds, and the first is served.
+    let users = header(&bytes, 40);
+    for i in 1..100_000 {
+        set_u32(&mut bytes, users + i * USER_REC + 12, u32::MAX);
+    }
+    let c = Cache::parse(&bytes).unwrap();
+    assert!(c.validate_all().is_err());
+    let first = c.user_at(0).unwrap();
+    assert_eq!(c.user_by_uid(first.uid).unwrap().name, first.name);
+    assert_eq!(c.user_by_name(first.name).unwrap().uid, first.uid);
+    assert!(c.user_at(1).is_none() && c.user_by_name(b"u99999").is_none());
 }
