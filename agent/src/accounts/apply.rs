@@ -1,4 +1,4 @@
-//! The side effects of a plan: accounts created in one batch (`newusers` + `chpasswd -e`),
+//! The side effects of a plan: accounts created in one pass over the account files,
 //! managed keys blocks written safely inside users' homes, group memberships set in one call
 //! per group, accounts deleted. Blocking: run from the reconciler's thread.
 //!
@@ -19,6 +19,7 @@ use nix::sys::stat::{Mode, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, fchown};
 
 use super::authorized_keys::render;
+use crate::host::accountdb::{self, AccountDbError, AccountFiles};
 use crate::host::command::{self, CommandError};
 use crate::host::files::{self, DirFd, FileError};
 use crate::host::home::{self, HomePaths};
@@ -27,7 +28,6 @@ use crate::host::passwd::{GroupEntry, PasswdEntry};
 /// The shadow tools the agent runs.
 #[derive(Debug, Clone)]
 pub struct Tools {
-    pub newusers: PathBuf,
     pub chpasswd: PathBuf,
     pub groupadd: PathBuf,
     pub gpasswd: PathBuf,
@@ -58,7 +58,6 @@ fn run_template(tools: &Tools, template: &str, user: &str) -> Result<(), ApplyEr
 impl Default for Tools {
     fn default() -> Self {
         Tools {
-            newusers: "/usr/sbin/newusers".into(),
             chpasswd: "/usr/sbin/chpasswd".into(),
             groupadd: "/usr/sbin/groupadd".into(),
             gpasswd: "/usr/bin/gpasswd".into(),
@@ -94,6 +93,8 @@ pub enum ApplyError {
     Link { path: PathBuf, user: String },
     #[error(transparent)]
     File(#[from] FileError),
+    #[error(transparent)]
+    AccountDb(#[from] AccountDbError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -113,56 +114,40 @@ fn check(tool: &Path, out: command::Output) -> Result<(), ApplyError> {
     }
 }
 
-/// A password nobody knows, for the moment between `newusers` and `chpasswd -e`.
-fn throwaway_password() -> String {
-    let mut bytes = [0u8; 24];
-    let filled = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if filled.is_err() {
-        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Creates `names` in one `newusers` run (user private group, home under /home, bash), sets
-/// their password field to `*` in one `chpasswd -e` run (key logins work with and without
-/// PAM; no password login), and fills each new home from the skeleton.
+/// Creates `names`: by default all at once by writing the account files directly
+/// ([`accountdb::add_users`]: user private group, `/home/NAME`, bash, password field `*` so key
+/// logins work with and without PAM and no password works), then each home from the skeleton;
+/// with `accounts.useradd_cmd`, one command per user, then `chpasswd -e` sets `*` for all in one
+/// run, and homes the command left empty are filled from the skeleton.
 pub fn create_users(
     tools: &Tools,
     names: &[String],
-    passwd: &Path,
+    files: &AccountFiles,
     homes: &HomePaths,
 ) -> Result<(), ApplyError> {
     if names.is_empty() {
         return Ok(());
     }
-    let mut batch = String::new();
-    let mut lock = String::new();
-    for n in names {
-        batch.push_str(&format!(
-            "{n}:{}:::{n}:/home/{n}:/bin/bash\n",
-            throwaway_password()
-        ));
-        lock.push_str(&format!("{n}:*\n"));
-    }
     if tools.useradd_cmd.is_empty() {
-        let out =
-            command::run_with_input(&tools.newusers, &[], Some(batch.as_bytes()), tools.timeout)?;
-        check(&tools.newusers, out)?;
-    } else {
-        for n in names {
-            run_template(tools, &tools.useradd_cmd, n)?;
+        for a in accountdb::add_users(files, names)? {
+            if let Err(err) = home::create_home(homes, Path::new(&a.home), a.uid, a.uid) {
+                tracing::warn!(user = %a.name, error = %err, "cannot create the home");
+            }
         }
+        return Ok(());
     }
-    check(
+    for n in names {
+        run_template(tools, &tools.useradd_cmd, n)?;
+    }
+    let lock: String = names.iter().map(|n| format!("{n}:*\n")).collect();
+    let out = command::run_with_input(
         &tools.chpasswd,
-        command::run_with_input(
-            &tools.chpasswd,
-            &["-e"],
-            Some(lock.as_bytes()),
-            tools.timeout,
-        )?,
+        &["-e"],
+        Some(lock.as_bytes()),
+        tools.timeout,
     )?;
-    let entries = crate::host::passwd::parse_passwd(&crate::host::passwd::read(passwd));
+    check(&tools.chpasswd, out)?;
+    let entries = crate::host::passwd::parse_passwd(&crate::host::passwd::read(&files.passwd));
     for n in names {
         if let Some(e) = entries.iter().find(|e| &e.name == n)
             && let Err(err) = home::populate_home(homes, Path::new(&e.home), e.uid, e.gid)

@@ -19,6 +19,7 @@ use super::keys::desired_keys;
 use super::plan::{Inputs, plan};
 use super::state::AccountsState;
 use crate::config::Config;
+use crate::host::accountdb::AccountFiles;
 use crate::host::home::HomePaths;
 use crate::host::{passwd, sudoers};
 use crate::mds::Snapshot;
@@ -80,6 +81,16 @@ impl AccountsReconciler {
             reread,
             next_pass: None,
             logged: HashSet::new(),
+        }
+    }
+}
+
+impl AccountsReconciler {
+    fn account_files(&self) -> AccountFiles {
+        AccountFiles {
+            passwd: self.paths.passwd.clone(),
+            group: self.paths.group.clone(),
+            ..Default::default()
         }
     }
 }
@@ -148,7 +159,7 @@ impl Reconciler for AccountsReconciler {
         }
         let mut errors = Vec::new();
         if let Err(e) =
-            apply::create_users(&tools, &p.create, &self.paths.passwd, &self.paths.homes)
+            apply::create_users(&tools, &p.create, &self.account_files(), &self.paths.homes)
         {
             errors.push(format!("creating {:?}: {e}", p.create));
         } else if !p.create.is_empty() {

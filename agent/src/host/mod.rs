@@ -6,6 +6,7 @@
 //! of each paths struct gives the real system paths, so tests never touch the host's /etc.
 //! All of it is blocking: async callers use `spawn_blocking`.
 
+pub mod accountdb;
 pub mod command;
 pub mod files;
 pub mod home;
