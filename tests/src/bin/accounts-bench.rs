@@ -493,7 +493,7 @@ fn measure(
     let seen = |needle: &str| agent.wait_for_line(t0, &[needle], Duration::ZERO);
     let phases = match (seen("metadata received"), seen("metadata users created")) {
         (Some(received), Some(created)) => format!(
-            "metadata in {}, then newusers + chpasswd -e + homes {}, then keys, groups, \
+            "metadata in {}, then accounts and homes {}, then keys, groups, \
              sudoers {}",
             fmt_d(received.saturating_duration_since(t0)),
             fmt_d(created.saturating_duration_since(received)),
