@@ -64,6 +64,7 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     );
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
+    let received = snapshot_rx.clone();
     let (first_pass_tx, mut first_pass_rx) = oneshot::channel();
 
     let oslogin = OsLogin::new(config_rx.clone(), oslogin::service::Paths::default());
@@ -128,12 +129,21 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
             }
             () = &mut deadline, if !ready => {
                 ready = true;
-                tracing::warn!(
-                    after_secs = startup_deadline.as_secs(),
-                    "metadata not received within the startup deadline; telling systemd we are \
-                     ready anyway and carrying on in the background"
-                );
-                notify::ready("running: metadata service not answering yet, retrying");
+                if received.borrow().is_some() {
+                    tracing::warn!(
+                        after_secs = startup_deadline.as_secs(),
+                        "metadata received but the first reconcile is still running at the \
+                         startup deadline; telling systemd we are ready and finishing it"
+                    );
+                    notify::ready("running: applying the first metadata");
+                } else {
+                    tracing::warn!(
+                        after_secs = startup_deadline.as_secs(),
+                        "metadata not received within the startup deadline; telling systemd we \
+                         are ready anyway and carrying on in the background"
+                    );
+                    notify::ready("running: metadata service not answering yet, retrying");
+                }
             }
             _ = sighup.recv() => match source.load() {
                 Ok(new) => {
