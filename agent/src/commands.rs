@@ -1,9 +1,11 @@
 //! The helpers sshd runs. They print what sshd needs on stdout, the reason for an empty
 //! answer on stderr (sshd logs it), and exit 0: an empty answer is a refusal, not an error.
+//! They ask the daemon; when it is not running they ask the metadata service themselves
+//! (profile and live authorization, same deadline, fail closed, no side effects).
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent_wire::proto::{Answer, Request, SOCKET_PATH};
 
@@ -11,7 +13,7 @@ use crate::client::{self, ClientError};
 use crate::config::Config;
 use crate::mds::{ClientSettings, GceClient, query_escape};
 use crate::oslogin::authorize::{Decision, Policy, ask};
-use crate::oslogin::profile::parse_single_user;
+use crate::oslogin::profile::{OsUser, parse_single_user};
 
 /// Everything a helper run does fits in this (sshd waits far longer, a person does not).
 pub const HELPER_DEADLINE: Duration = Duration::from_millis(4500);
@@ -20,19 +22,41 @@ fn say(user: &str, why: &str) {
     eprintln!("guest-agent: {user}: {why}");
 }
 
+/// What a helper asks for.
+enum Question<'a> {
+    Keys { fingerprint: Option<&'a str> },
+    Principals { cert: &'a str },
+}
+
 /// `guest-agent authorized-keys USER [FINGERPRINT]`
 /// (sshd: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`).
 pub fn authorized_keys(config: &Config, user: &str, fingerprint: Option<&str>) -> ExitCode {
+    let fingerprint =
+        fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
+    run(config, user, Question::Keys { fingerprint })
+}
+
+/// `guest-agent authorized-principals USER CERT`
+/// (sshd: `AuthorizedPrincipalsCommand /usr/bin/guest-agent authorized-principals %u %k`).
+pub fn authorized_principals(config: &Config, user: &str, cert: &str) -> ExitCode {
+    run(config, user, Question::Principals { cert })
+}
+
+fn run(config: &Config, user: &str, question: Question) -> ExitCode {
     let start = Instant::now();
     if !guest_agent_wire::names::is_valid_name(user) {
         say(user, "not a valid user name");
         return ExitCode::SUCCESS;
     }
-    let fingerprint =
-        fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
-    let request = Request::AuthorizedKeys {
-        user: user.to_owned(),
-        fingerprint: fingerprint.map(str::to_owned),
+    let request = match &question {
+        Question::Keys { fingerprint } => Request::AuthorizedKeys {
+            user: user.to_owned(),
+            fingerprint: fingerprint.map(str::to_owned),
+        },
+        Question::Principals { cert } => Request::AuthorizedPrincipals {
+            user: user.to_owned(),
+            cert: cert.to_string(),
+        },
     };
     let answer = match client::ask(Path::new(SOCKET_PATH), &request, HELPER_DEADLINE) {
         Ok(a) => a,
@@ -44,15 +68,16 @@ pub fn authorized_keys(config: &Config, user: &str, fingerprint: Option<&str>) -
             direct(
                 config,
                 user,
+                &question,
                 HELPER_DEADLINE.saturating_sub(start.elapsed()),
             )
         }
         Err(e) => Answer::Unavailable(e.to_string()),
     };
     match answer {
-        Answer::Ok(keys) => {
-            for k in keys {
-                println!("{k}");
+        Answer::Ok(lines) => {
+            for l in lines {
+                println!("{l}");
             }
         }
         Answer::NotFound => say(user, "not an OS Login user (or OS Login is off)"),
@@ -66,10 +91,8 @@ pub fn authorized_keys(config: &Config, user: &str, fingerprint: Option<&str>) -
     ExitCode::SUCCESS
 }
 
-/// The decision without the daemon: the profile and a live login authorization, straight
-/// from the metadata service, within `budget`. Fails closed; no side effects (no home, no
-/// sudo rule: those are the daemon's).
-fn direct(config: &Config, user: &str, budget: Duration) -> Answer {
+/// The decision without the daemon, within `budget`.
+fn direct(config: &Config, user: &str, question: &Question, budget: Duration) -> Answer {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -83,25 +106,47 @@ fn direct(config: &Config, user: &str, budget: Duration) -> Answer {
     let floor = config.oslogin.min_id;
     runtime.block_on(async {
         let work = async {
-            let v = match client
-                .get_json::<serde_json::Value>(&format!(
-                    "oslogin/users?username={}",
-                    query_escape(user)
-                ))
-                .await
-            {
+            // For a certificate, what it must carry is checked before asking anything.
+            let cert_id = match question {
+                Question::Keys { .. } => None,
+                Question::Principals { cert } => match crate::oslogin::certificate::parse(cert) {
+                    Ok(info) => {
+                        let now = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        if !info.is_valid_at(now) || !info.principals.iter().any(|p| p == user) {
+                            return Answer::Denied(
+                                "certificate not valid now or not for this user".into(),
+                            );
+                        }
+                        match info.fingerprint {
+                            Some(id) => Some(id),
+                            None => {
+                                return Answer::Denied(
+                                    "the certificate carries no OS Login id".into(),
+                                );
+                            }
+                        }
+                    }
+                    Err(why) => return Answer::Denied(format!("certificate unreadable: {why}")),
+                },
+            };
+            let path = format!("oslogin/users?username={}", query_escape(user));
+            let v = match client.get_json::<serde_json::Value>(&path).await {
                 Ok(v) => v,
                 Err(e) if e.is_not_found() => return Answer::NotFound,
                 Err(e) => return Answer::Unavailable(e.to_string()),
             };
             let now = crate::oslogin::service::now_usec();
-            let Ok(profile) = parse_single_user(&v, floor, now) else {
-                return Answer::NotFound;
+            let profile: OsUser = match parse_single_user(&v, floor, now) {
+                Ok(p) if p.username == user => p,
+                _ => return Answer::NotFound,
             };
-            if profile.username != user {
-                return Answer::NotFound;
-            }
-            match ask(&client, &profile.email, Policy::Login, None).await {
+            match ask(&client, &profile.email, Policy::Login, cert_id.as_deref()).await {
+                Decision::Allowed if cert_id.is_some() => {
+                    Answer::Ok(vec![profile.username.clone()])
+                }
                 Decision::Allowed => Answer::Ok(
                     profile
                         .keys

@@ -137,6 +137,15 @@ pub struct OsLoginConfig {
     pub command_user: String,
     /// Create the home directory (from /etc/skel) at the first authorized login.
     pub create_home: bool,
+    /// The file sshd's `TrustedUserCAKeys` points at (the CAs that sign OS Login
+    /// certificates), a regular file replaced atomically.
+    pub ca_file: String,
+    /// How often the CA keys are fetched (`oslogin/certificates`): a rotation reaches the file
+    /// within this.
+    pub ca_refresh_secs: u64,
+    /// When fetching fails, the last good CA keys stay trusted this long (counted from the
+    /// last successful fetch, the file's mtime across restarts), then the file is emptied.
+    pub ca_max_stale_secs: u64,
 }
 
 impl Default for OsLoginConfig {
@@ -155,6 +164,9 @@ impl Default for OsLoginConfig {
             helper_path: "/usr/bin/guest-agent".into(),
             command_user: "nobody".into(),
             create_home: true,
+            ca_file: "/etc/ssh/guest-agent/trusted-ca.pub".into(),
+            ca_refresh_secs: 60,
+            ca_max_stale_secs: 3600,
         }
     }
 }
@@ -345,6 +357,27 @@ impl Config {
                 "oslogin.helper_path",
                 &format!("{:?}", o.helper_path),
                 "must be an absolute path without blanks",
+            );
+        }
+        if !o.ca_file.starts_with('/') || o.ca_file.contains(char::is_whitespace) {
+            return invalid(
+                "oslogin.ca_file",
+                &format!("{:?}", o.ca_file),
+                "must be an absolute path without blanks",
+            );
+        }
+        if !(1..=3600).contains(&o.ca_refresh_secs) {
+            return invalid(
+                "oslogin.ca_refresh_secs",
+                &o.ca_refresh_secs,
+                "must be between 1 and 3600",
+            );
+        }
+        if !(60..=7 * 86_400).contains(&o.ca_max_stale_secs) {
+            return invalid(
+                "oslogin.ca_max_stale_secs",
+                &o.ca_max_stale_secs,
+                "must be between 60 and 604800",
             );
         }
         if !guest_agent_wire::names::is_valid_name(&o.command_user) {

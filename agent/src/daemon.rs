@@ -132,8 +132,8 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
                 if received.borrow().is_some() {
                     tracing::warn!(
                         after_secs = startup_deadline.as_secs(),
-                        "metadata received but the first reconcile is still running at the \
-                         startup deadline; telling systemd we are ready and finishing it"
+                        "metadata received but the first reconcile has not succeeded by the \
+                         startup deadline; telling systemd we are ready and carrying on"
                     );
                     notify::ready("running: applying the first metadata");
                 } else {

@@ -38,6 +38,14 @@ enum Command {
         /// sshd's %f (the offered key's fingerprint).
         fingerprint: Option<String>,
     },
+    /// sshd's AuthorizedPrincipalsCommand: print USER as the principal if the certificate
+    /// carries an OS Login id and the login role is granted now. sshd_config (before the keys
+    /// command): `AuthorizedPrincipalsCommand /usr/bin/guest-agent authorized-principals %u %k`.
+    AuthorizedPrincipals {
+        user: String,
+        /// sshd's %k (the certificate, base64).
+        certificate: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -63,6 +71,9 @@ fn main() -> ExitCode {
         }
         Command::AuthorizedKeys { user, fingerprint } => {
             guest_agent::commands::authorized_keys(&config, &user, fingerprint.as_deref())
+        }
+        Command::AuthorizedPrincipals { user, certificate } => {
+            guest_agent::commands::authorized_principals(&config, &user, &certificate)
         }
         Command::Run => {
             // The daemon must never ask itself through the NSS module (it answers the socket

@@ -67,9 +67,23 @@ impl Handler {
                     .authorized_keys(&user, fingerprint.as_deref(), connection.as_deref())
                     .await
             }
-            Request::AuthorizedPrincipals { .. } | Request::Token { .. } => {
-                Answer::Error("not supported by this version".into())
+            Request::AuthorizedPrincipals { user, cert } => {
+                if !self.may_ask_logins(peer) {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        "refused a login question from an unprivileged process"
+                    );
+                    return Answer::Denied(
+                        "only root and the AuthorizedKeysCommandUser may ask".into(),
+                    );
+                }
+                let connection = peer.pid.and_then(ssh_connection);
+                self.oslogin
+                    .authorized_principals(&user, &cert, connection.as_deref())
+                    .await
             }
+            Request::Token { .. } => Answer::Error("not supported by this version".into()),
         }
     }
 }

@@ -31,9 +31,78 @@ fn valid_keys(user: &OsUser) -> Vec<String> {
 }
 
 impl OsLogin {
+    /// The live decision for a login of `name` (with a certificate's OS Login id when
+    /// `cert_id` is given): the login role now (or the grace period), the admin role's sudo
+    /// rule, the home at the first login. `Ok` carries the user and whether it is an admin.
+    async fn decide_login(
+        &self,
+        name: &str,
+        cert_id: Option<&str>,
+        connection: Option<&str>,
+    ) -> Result<(Arc<OsUser>, bool), Answer> {
+        if !self.is_enabled() {
+            tracing::info!(decision = "none", reason = "OS Login is off");
+            return Err(Answer::NotFound);
+        }
+        let user = self.user(name).await.inspect_err(|answer| {
+            tracing::info!(decision = "deny", reason = "no such OS Login user", answer = ?answer);
+        })?;
+        let cfg = self.config();
+        let o = &cfg.oslogin;
+        let client = self
+            .client()
+            .map_err(Answer::Unavailable)?
+            .with_timeout(Duration::from_millis(o.authorize_timeout_ms));
+        let reuse = Duration::from_secs(o.decision_reuse_secs);
+        let (login, admin) = tokio::join!(
+            self.authorizer.decide(
+                &client,
+                &user.email,
+                Policy::Login,
+                cert_id,
+                connection,
+                reuse
+            ),
+            self.authorizer.decide(
+                &client,
+                &user.email,
+                Policy::AdminLogin,
+                cert_id,
+                connection,
+                reuse
+            ),
+        );
+        let grace = Duration::from_secs(o.grace_period_secs);
+        match &login {
+            Decision::Allowed => {}
+            Decision::Denied => {
+                tracing::info!(email = %user.email, decision = "deny", reason = "login role not granted");
+                self.update_admin(&user.username, &Decision::Denied).await;
+                return Err(Answer::Denied("login role not granted".into()));
+            }
+            Decision::Unavailable(why)
+                if self
+                    .authorizer
+                    .within_grace(&user.email, Policy::Login, grace) =>
+            {
+                tracing::warn!(email = %user.email, decision = "allow", reason = "grace period", error = %why,
+                    "metadata service unavailable; allowed by the grace period");
+            }
+            Decision::Unavailable(why) => {
+                tracing::warn!(email = %user.email, decision = "deny", reason = "metadata service unavailable", error = %why);
+                return Err(Answer::Unavailable(why.clone()));
+            }
+        }
+        self.update_admin(&user.username, &admin).await;
+        if o.create_home {
+            self.ensure_home(&user).await;
+        }
+        Ok((user, matches!(admin, Decision::Allowed)))
+    }
+
     /// Keys for `name` if the login role is granted now. `fingerprint` (sshd's `%f`) lets the
-    /// daemon notice a key registered since the last sync; `connection` (sshd's `%C`) lets
-    /// the two runs of one login share one decision.
+    /// daemon notice a key registered since the last sync; `connection` lets the two runs of
+    /// one login share one decision.
     pub async fn authorized_keys(
         &self,
         name: &str,
@@ -46,58 +115,10 @@ impl OsLogin {
             fingerprint = fingerprint.unwrap_or("-")
         );
         let _enter = span.enter();
-        if !self.is_enabled() {
-            tracing::info!(decision = "none", reason = "OS Login is off");
-            return Answer::NotFound;
-        }
-        let mut user = match self.user(name).await {
+        let (mut user, admin) = match self.decide_login(name, None, connection).await {
             Ok(u) => u,
-            Err(answer) => {
-                tracing::info!(decision = "deny", reason = "no such OS Login user", answer = ?answer);
-                return answer;
-            }
+            Err(a) => return a,
         };
-        let cfg = self.config();
-        let o = &cfg.oslogin;
-        let client = match self.client() {
-            Ok(c) => c.with_timeout(Duration::from_millis(o.authorize_timeout_ms)),
-            Err(e) => return Answer::Unavailable(e),
-        };
-        let reuse = Duration::from_secs(o.decision_reuse_secs);
-        let (login, admin) = tokio::join!(
-            self.authorizer
-                .decide(&client, &user.email, Policy::Login, None, connection, reuse),
-            self.authorizer.decide(
-                &client,
-                &user.email,
-                Policy::AdminLogin,
-                None,
-                connection,
-                reuse
-            ),
-        );
-        let grace = Duration::from_secs(o.grace_period_secs);
-        match &login {
-            Decision::Allowed => {}
-            Decision::Denied => {
-                tracing::info!(email = %user.email, decision = "deny", reason = "login role not granted");
-                self.update_admin(&user.username, &Decision::Denied).await;
-                return Answer::Denied("login role not granted".into());
-            }
-            Decision::Unavailable(why)
-                if self
-                    .authorizer
-                    .within_grace(&user.email, Policy::Login, grace) =>
-            {
-                tracing::warn!(email = %user.email, decision = "allow", reason = "grace period", error = %why,
-                    "metadata service unavailable; allowed by the grace period");
-            }
-            Decision::Unavailable(why) => {
-                tracing::warn!(email = %user.email, decision = "deny", reason = "metadata service unavailable", error = %why);
-                return Answer::Unavailable(why.clone());
-            }
-        }
-        self.update_admin(&user.username, &admin).await;
         let mut keys = valid_keys(&user);
         // A key registered since the last sync: refresh this one profile.
         if let Some(fp) = fingerprint
@@ -115,12 +136,53 @@ impl OsLogin {
                 keys = valid_keys(&user);
             }
         }
-        if o.create_home {
-            self.ensure_home(&user).await;
-        }
-        tracing::info!(email = %user.email, decision = "allow", keys = keys.len(),
-            admin = matches!(admin, Decision::Allowed), "login authorized");
+        tracing::info!(email = %user.email, decision = "allow", keys = keys.len(), admin, "login authorized");
         Answer::Ok(keys)
+    }
+
+    /// The principal (the user's own name) for a certificate login of `name`, if the
+    /// certificate carries an OS Login id, is within its validity, names `name` among its
+    /// principals, and `authorize?policy=login&fingerprint=ID` succeeds now. sshd has already
+    /// checked the CA signature against TrustedUserCAKeys.
+    pub async fn authorized_principals(
+        &self,
+        name: &str,
+        cert: &str,
+        connection: Option<&str>,
+    ) -> Answer {
+        let span = tracing::info_span!("login", user = name, method = "certificate");
+        let _enter = span.enter();
+        let info = match super::certificate::parse(cert) {
+            Ok(i) => i,
+            Err(why) => {
+                tracing::info!(decision = "deny", reason = %why, "certificate refused");
+                return Answer::Denied(format!("certificate unreadable: {why}"));
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let refuse = |why: &str| {
+            tracing::info!(decision = "deny", reason = why, key_id = %info.key_id, ca = %info.ca_fingerprint, "certificate refused");
+            Answer::Denied(why.to_owned())
+        };
+        let Some(id) = info.fingerprint.as_deref() else {
+            return refuse("the certificate carries no OS Login id (fingerprint@google.com)");
+        };
+        if !info.is_valid_at(now) {
+            return refuse("the certificate is outside its validity period");
+        }
+        if !info.principals.iter().any(|p| p == name) {
+            return refuse("the certificate does not name this user");
+        }
+        match self.decide_login(name, Some(id), connection).await {
+            Ok((user, admin)) => {
+                tracing::info!(email = %user.email, decision = "allow", key_id = %info.key_id, admin, "certificate login authorized");
+                Answer::Ok(vec![user.username.clone()])
+            }
+            Err(a) => a,
+        }
     }
 
     /// Adds or removes the sudo rule for `user` from an adminLogin decision (unchanged when

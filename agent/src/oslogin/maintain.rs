@@ -29,6 +29,7 @@ fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
 impl OsLogin {
     /// Runs the sync loop and the cache writer until the task is dropped.
     pub async fn run(self: Arc<Self>) {
+        let _ca = AbortOnDrop(tokio::spawn(super::trusted_ca::run(self.clone())));
         let writer = {
             let me = self.clone();
             tokio::spawn(async move {
@@ -196,6 +197,14 @@ impl OsLogin {
             Ok(Err(e)) => tracing::error!(error = %e, "cannot update the sudo rules"),
             Err(e) => tracing::error!(error = %e, "sudoers task failed"),
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

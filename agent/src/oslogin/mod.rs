@@ -1,6 +1,7 @@
 //! OS Login: access follows the cloud's identity and roles.
 
 pub mod authorize;
+pub mod certificate;
 pub mod directory;
 mod effects;
 pub mod login;
@@ -9,3 +10,4 @@ pub mod profile;
 pub mod reconciler;
 pub mod service;
 pub mod sync;
+pub mod trusted_ca;

@@ -91,7 +91,7 @@ impl OsLoginReconciler {
             principals_command: format!("{} authorized-principals %u %k", o.helper_path),
             keys_command: format!("{} authorized-keys %u %f", o.helper_path),
             command_user: o.command_user.clone(),
-            trusted_ca_file: None,
+            trusted_ca_file: Some(cfg.oslogin.ca_file.clone().into()),
             ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
         }
     }
@@ -113,8 +113,12 @@ impl OsLoginReconciler {
         if changed {
             tracing::info!(path = %self.paths.nsswitch.file.display(), "nsswitch.conf: guestagent added");
         }
-        // The service first: by the time sshd runs our helper, the socket answers.
+        // The service first: by the time sshd runs our helper, the socket answers; and the CA
+        // file exists before sshd is told about it.
         self.service.set_enabled(true);
+        if let Some(ca) = &settings.trusted_ca_file {
+            super::trusted_ca::ensure_exists(ca).map_err(anyhow::Error::msg)?;
+        }
         let report = sshd::apply::enable(&self.paths.sshd, settings)?;
         tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
         Ok(())
@@ -135,6 +139,13 @@ impl OsLoginReconciler {
         let was_enabled = std::mem::replace(&mut state.enabled, false);
         self.save_state(&state)?;
         self.service.clear()?;
+        let ca = std::path::PathBuf::from(&self.config.borrow().oslogin.ca_file);
+        if ca.exists() {
+            files::remove_if_exists(&ca)?;
+            if let Some(dir) = ca.parent() {
+                let _ = std::fs::remove_dir(dir); // only when empty: ours
+            }
+        }
         if was_enabled || !report.changed.is_empty() {
             tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login disabled");
         }

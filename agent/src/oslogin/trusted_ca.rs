@@ -1,0 +1,185 @@
+//! The trusted-CA file sshd's `TrustedUserCAKeys` reads: the keys of `oslogin/certificates`,
+//! one per line, in a regular file replaced atomically (root 0644). Unlike the incumbents'
+//! FIFO, sshd never blocks on it, and logins do not wait on the metadata service for it.
+//!
+//! Fetched every `oslogin.ca_refresh_secs` while OS Login is on. A failed fetch keeps the last
+//! good keys for at most `oslogin.ca_max_stale_secs` after the last success (the file's mtime
+//! counts across restarts), then empties the file: a CA that may have been revoked is not
+//! trusted forever. An explicit empty list empties it at once. Invalid keys are skipped.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ssh_key::PublicKey;
+
+use super::service::OsLogin;
+use crate::host::files;
+
+/// The file's content from an `oslogin/certificates` answer; `Err` when the answer has the
+/// wrong shape (then nothing changes).
+pub fn content(answer: &serde_json::Value) -> Result<(String, usize), String> {
+    let list = match answer.get("trustedCertificateAuthorities") {
+        None | Some(serde_json::Value::Null) => return Ok((String::new(), 0)),
+        Some(serde_json::Value::Array(l)) => l,
+        Some(_) => return Err("trustedCertificateAuthorities is not an array".into()),
+    };
+    let mut out = String::new();
+    let mut skipped = 0;
+    for ca in list {
+        let key = ca
+            .get("publicKey")
+            .and_then(|k| k.as_str())
+            .map(str::trim)
+            .unwrap_or("");
+        match PublicKey::from_openssh(key) {
+            Ok(parsed) if !key.contains(['\n', '\r']) => {
+                let line = parsed.to_openssh().unwrap_or_else(|_| key.to_owned());
+                out.push_str(&line);
+                out.push('\n');
+            }
+            _ => skipped += 1,
+        }
+    }
+    Ok((out, skipped))
+}
+
+fn age(path: &Path) -> Option<Duration> {
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok()?;
+    SystemTime::now().duration_since(modified).ok()
+}
+
+fn write(path: &Path, text: &str) -> Result<bool, String> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    files::write_atomic(path, text.as_bytes(), 0o644, None).map_err(|e| e.to_string())
+}
+
+/// Makes sure the file exists (empty at first), so sshd finds it from the start.
+pub fn ensure_exists(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        Ok(())
+    } else {
+        write(path, "").map(|_| ())
+    }
+}
+
+/// One refresh: fetch, then write or age out.
+pub async fn refresh(service: &OsLogin) {
+    let cfg = service.config();
+    let o = &cfg.oslogin;
+    let path = Path::new(&o.ca_file).to_owned();
+    let fetched = match service.client() {
+        Ok(c) => c
+            .get_json::<serde_json::Value>("oslogin/certificates")
+            .await
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e),
+    };
+    let result = fetched.and_then(|answer| content(&answer));
+    let path2 = path.clone();
+    let max = Duration::from_secs(o.ca_max_stale_secs);
+    let outcome = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        match result {
+            Ok((text, skipped)) => {
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        "trusted CA keys that are not valid public keys were skipped"
+                    );
+                }
+                // Rewritten even when unchanged, so the mtime records the last good fetch.
+                let changed = write_touching(&path2, &text)?;
+                Ok(if changed {
+                    format!("updated ({} keys)", text.lines().count())
+                } else {
+                    String::new()
+                })
+            }
+            Err(why) => match age(&path2) {
+                Some(a)
+                    if a > max
+                        && std::fs::metadata(&path2)
+                            .map(|m| m.len() > 0)
+                            .unwrap_or(false) =>
+                {
+                    write(&path2, "")?;
+                    Err(format!(
+                        "{why}; the CA keys are older than the limit and were removed from {}",
+                        path2.display()
+                    ))
+                }
+                _ => Err(format!("{why}; keeping the last good CA keys")),
+            },
+        }
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    match outcome {
+        Ok(msg) if !msg.is_empty() => {
+            tracing::info!(path = %path.display(), "trusted CA file {msg}")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "trusted CA keys not refreshed")
+        }
+    }
+}
+
+/// Writes `text`; when the content is already right, only refreshes the mtime.
+fn write_touching(path: &Path, text: &str) -> Result<bool, String> {
+    let changed = write(path, text)?;
+    if !changed {
+        let now = nix::sys::time::TimeSpec::from(std::time::Duration::from_secs(
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        ));
+        let _ = nix::sys::stat::utimensat(
+            None,
+            path,
+            &now,
+            &now,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        );
+    }
+    Ok(changed)
+}
+
+/// Runs until dropped: a refresh every `ca_refresh_secs` while OS Login is on.
+pub async fn run(service: Arc<OsLogin>) {
+    loop {
+        let cfg = service.config();
+        if service.is_enabled() {
+            refresh(&service).await;
+        }
+        tokio::time::sleep(Duration::from_secs(cfg.oslogin.ca_refresh_secs)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca";
+
+    #[test]
+    fn the_file_holds_the_valid_keys_and_an_empty_list_empties_it() {
+        let (text, skipped) = content(&json!({"trustedCertificateAuthorities": [{"publicKey": KEY}, {"publicKey": "junk"}, {}]})).unwrap();
+        assert_eq!(text, format!("{KEY}\n"));
+        assert_eq!(skipped, 2);
+        assert_eq!(
+            content(&json!({"trustedCertificateAuthorities": []}))
+                .unwrap()
+                .0,
+            ""
+        );
+        assert_eq!(content(&json!({})).unwrap().0, "");
+        assert!(content(&json!({"trustedCertificateAuthorities": "x"})).is_err());
+    }
+}
