@@ -1,0 +1,240 @@
+//! OS Login certificates end to end: the emulator's CA signs short-lived user certificates;
+//! sshd trusts the CA through the agent's file and maps certificates to users through the
+//! AuthorizedPrincipalsCommand. Needs root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
+use guest_agent_e2e::require_root;
+use serde_json::json;
+
+/// alice (login role) with a registered key; a second key of hers is only ever used with a
+/// certificate, so a login with it proves the certificate path.
+fn start(tag: &str) -> (OsLoginVm, PathBuf, String) {
+    let mut cert_key = None;
+    let vm = OsLoginVm::start(tag, "ca_refresh_secs = 1\n", |env| {
+        let (_, registered) = keypair(env.dir(), "alice");
+        let (k, p) = keypair(env.dir(), "alice-cert-only");
+        env.emulator().ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("alice", 200001, &registered, true, false).to_string()),
+        );
+        cert_key = Some((k, p));
+    });
+    let (k, p) = cert_key.unwrap();
+    wait_for_ca(&vm);
+    (vm, k, p)
+}
+
+fn ca_keys(vm: &OsLoginVm) -> Vec<String> {
+    let a = vm.env.emulator().ok("GET", "/ca", None).json();
+    a["public_keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until the agent's CA file holds the emulator's current CA key.
+fn wait_for_ca(vm: &OsLoginVm) -> Duration {
+    let want = ca_keys(vm);
+    let blob = want[0].split_whitespace().nth(1).unwrap().to_owned();
+    let t0 = Instant::now();
+    loop {
+        let file = vm
+            .env
+            .vm()
+            .read("/etc/ssh/guest-agent/trusted-ca.pub")
+            .unwrap_or_default();
+        if file.contains(&blob) {
+            return t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(70),
+            "CA file never got the key: {file:?}\n{}",
+            vm.env.agent().dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Has the emulator sign `public` for alice, written where ssh finds it for `key`.
+fn sign(vm: &OsLoginVm, key: &Path, public: &str, valid_after_offset: i64) {
+    let body = json!({"username": "alice", "public_key": public, "validity_secs": 3600, "valid_after_offset_secs": valid_after_offset});
+    let cert = vm
+        .env
+        .emulator()
+        .ok("POST", "/ca/sign", Some(&body.to_string()))
+        .json()["certificate"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(format!("{}-cert.pub", key.display()), format!("{cert}\n")).unwrap();
+}
+
+#[test]
+fn certificate_logins_follow_the_ca_the_validity_and_the_role() {
+    if !require_root("certificate_logins_follow_the_ca_the_validity_and_the_role") {
+        return;
+    }
+    let (vm, key, public) = start("cert");
+    // sshd's effective config: the principals command is in effect (listed before the keys
+    // command, OpenSSH < 9.4 drops it otherwise), and the CA file is trusted.
+    let t = vm
+        .env
+        .vm()
+        .run("/usr/sbin/sshd -T -f /etc/ssh/sshd_config -C user=alice,host=h,addr=127.0.0.1");
+    assert!(
+        t.contains("authorizedprincipalscommand /srv/guest-agent authorized-principals %u %k"),
+        "{t}"
+    );
+    assert!(
+        t.contains("trustedusercakeys /etc/ssh/guest-agent/trusted-ca.pub"),
+        "{t}"
+    );
+
+    // Without a certificate the unregistered key is refused.
+    assert!(!vm.ssh(&key, "alice", "true").status.success());
+    sign(&vm, &key, &public, 0);
+    let out = vm.ssh(&key, "alice", "id -un");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        vm.env.agent().dump(),
+        vm.sshd().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+
+    // Expired (valid two hours ago for one hour): refused.
+    sign(&vm, &key, &public, -7200);
+    assert!(
+        !vm.ssh(&key, "alice", "true").status.success(),
+        "expired certificate accepted"
+    );
+
+    // Signed by another CA, with a plausible extension: refused.
+    let dir = vm.env.dir().to_owned();
+    let other = dir.join("other-ca");
+    let keygen = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        other.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_file(format!("{}-cert.pub", key.display()));
+    keygen(&[
+        "-q",
+        "-s",
+        other.to_str().unwrap(),
+        "-I",
+        "alice@example.com",
+        "-n",
+        "alice",
+        "-V",
+        "-5m:+1h",
+        "-O",
+        "extension:fingerprint@google.com=forged",
+        &format!("{}.pub", key.display()),
+    ]);
+    assert!(
+        !vm.ssh(&key, "alice", "true").status.success(),
+        "a foreign CA was trusted"
+    );
+
+    // A valid certificate again, then the role revoked: refused at the next login.
+    sign(&vm, &key, &public, 0);
+    assert!(vm.ssh(&key, "alice", "true").status.success());
+    vm.env.emulator().ok(
+        "PUT",
+        "/oslogin/users/alice/roles",
+        Some(r#"{"login": false, "admin": false}"#),
+    );
+    assert!(
+        !vm.ssh(&key, "alice", "true").status.success(),
+        "revoked role"
+    );
+}
+
+#[test]
+fn a_ca_rotation_reaches_the_file_and_old_certificates_stop_working() {
+    if !require_root("a_ca_rotation_reaches_the_file_and_old_certificates_stop_working") {
+        return;
+    }
+    let (vm, key, public) = start("rotate");
+    sign(&vm, &key, &public, 0);
+    assert!(vm.ssh(&key, "alice", "true").status.success());
+    let old_cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
+    vm.env.emulator().ok("POST", "/ca/rotate", None);
+    let took = wait_for_ca(&vm);
+    assert!(
+        took < Duration::from_secs(60),
+        "rotation reached the file after {took:?}"
+    );
+    // The new CA's certificate works; the old one no longer does.
+    sign(&vm, &key, &public, 0);
+    assert!(
+        vm.ssh(&key, "alice", "true").status.success(),
+        "{}",
+        vm.sshd().dump()
+    );
+    std::fs::write(format!("{}-cert.pub", key.display()), old_cert).unwrap();
+    assert!(
+        !vm.ssh(&key, "alice", "true").status.success(),
+        "the old CA is still trusted"
+    );
+}
+
+#[test]
+fn with_the_service_down_the_ca_file_keeps_its_keys_until_they_are_too_old() {
+    if !require_root("with_the_service_down_the_ca_file_keeps_its_keys_until_they_are_too_old") {
+        return;
+    }
+    let (vm, key, public) = start("castale");
+    sign(&vm, &key, &public, 0);
+    let read = || {
+        vm.env
+            .vm()
+            .read("/etc/ssh/guest-agent/trusted-ca.pub")
+            .unwrap_or_default()
+    };
+    let before = read();
+    assert!(!before.is_empty());
+    vm.env.emulator().add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "status", "code": 503}, "count": null}));
+    std::thread::sleep(Duration::from_secs(3)); // three failed refreshes
+    assert_eq!(read(), before, "the last good keys stay");
+    // The login itself fails closed: no live decision.
+    assert!(!vm.ssh(&key, "alice", "true").status.success());
+    // Keys older than the limit (1 h by default) are removed at the next failed refresh.
+    vm.env
+        .vm()
+        .run("touch -d '2 hours ago' /etc/ssh/guest-agent/trusted-ca.pub");
+    let t0 = Instant::now();
+    while !read().is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "stale CA keys still trusted:\n{}",
+            vm.env.agent().dump()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The service is back: the keys return.
+    vm.env.emulator().clear_faults();
+    wait_for_ca(&vm);
+}
