@@ -164,3 +164,121 @@ fn direct(config: &Config, user: &str, question: &Question, budget: Duration) ->
             .unwrap_or_else(|_| Answer::Unavailable("deadline".into()))
     })
 }
+
+/// `guest-agent token [--account NAME] [--format raw|json|header]`: a valid token for local
+/// tools, from the daemon (root and members of `tokens.group`), or fetched directly by root
+/// when the daemon is not running. Exit 1 with the reason otherwise.
+pub fn token(config: &Config, account: &str, format: &str) -> ExitCode {
+    let fail = |why: &str| {
+        eprintln!("guest-agent token: {why}");
+        ExitCode::FAILURE
+    };
+    if !matches!(format, "raw" | "json" | "header") {
+        return fail("--format must be raw, json or header");
+    }
+    let request = Request::Token {
+        account: account.to_owned(),
+        format: format.to_owned(),
+    };
+    match client::ask(Path::new(SOCKET_PATH), &request, HELPER_DEADLINE) {
+        Ok(Answer::Ok(lines)) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(Answer::NotFound) => fail(&format!(
+            "no token is kept for account {account:?} (see tokens.accounts)"
+        )),
+        Ok(Answer::Denied(why)) => fail(&format!("refused: {why}")),
+        Ok(Answer::Unavailable(why)) => fail(&format!("unavailable: {why}")),
+        Ok(Answer::Error(why)) => fail(&why),
+        Err(ClientError::NoDaemon(e)) => {
+            if !nix::unistd::geteuid().is_root() {
+                return fail(&format!(
+                    "the daemon is not running ({e}) and only root may fetch a token directly"
+                ));
+            }
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return fail("cannot start a runtime");
+            };
+            match runtime.block_on(crate::tokens::fetch(config, account)) {
+                Ok(t) => match t.format(format) {
+                    Some(line) => {
+                        println!("{line}");
+                        ExitCode::SUCCESS
+                    }
+                    None => fail("bad format"),
+                },
+                Err(e) => fail(&format!("cannot fetch a token: {e}")),
+            }
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `guest-agent identity [--json]`: the service account's email and scopes, and the
+/// instance's id, name and zone, straight from the metadata service.
+pub fn identity(config: &Config, json: bool) -> ExitCode {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return ExitCode::FAILURE;
+    };
+    let Ok(settings) = ClientSettings::from_config(&config.metadata) else {
+        eprintln!("guest-agent identity: bad metadata.base_url");
+        return ExitCode::FAILURE;
+    };
+    let client = GceClient::new(settings);
+    let fields = [
+        ("email", "instance/service-accounts/default/email"),
+        ("scopes", "instance/service-accounts/default/scopes"),
+        ("instance_id", "instance/id"),
+        ("name", "instance/name"),
+        ("zone", "instance/zone"),
+    ];
+    let values: Vec<(&str, Result<String, String>)> = runtime.block_on(async {
+        let mut out = Vec::new();
+        for (key, path) in fields {
+            let v = match client.get_text(path).await {
+                Ok(v) => Ok(v.trim().to_owned()),
+                Err(e) if e.is_not_found() => Ok(String::new()),
+                Err(e) => Err(e.to_string()),
+            };
+            out.push((key, v));
+        }
+        out
+    });
+    if let Some((key, Err(e))) = values.iter().find(|(_, v)| v.is_err()) {
+        eprintln!("guest-agent identity: cannot read {key}: {e}");
+        return ExitCode::FAILURE;
+    }
+    let get = |k: &str| {
+        values
+            .iter()
+            .find(|(key, _)| *key == k)
+            .and_then(|(_, v)| v.clone().ok())
+            .unwrap_or_default()
+    };
+    let scopes: Vec<String> = get("scopes")
+        .lines()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if json {
+        let v = serde_json::json!({"email": get("email"), "scopes": scopes, "instance_id": get("instance_id"), "name": get("name"), "zone": get("zone")});
+        println!("{v}");
+    } else {
+        println!("service account: {}", get("email"));
+        println!("scopes:          {}", scopes.join(" "));
+        println!("instance id:     {}", get("instance_id"));
+        println!("name:            {}", get("name"));
+        println!("zone:            {}", get("zone"));
+    }
+    ExitCode::SUCCESS
+}

@@ -39,6 +39,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub oslogin: OsLoginConfig,
     pub accounts: AccountsConfig,
+    pub tokens: TokensConfig,
 }
 
 /// `[metadata]`: how the agent talks to the metadata service.
@@ -208,6 +209,30 @@ impl Default for AccountsConfig {
             check_interval_secs: 30,
             useradd_cmd: String::new(),
             userdel_cmd: "/usr/sbin/userdel {user}".into(),
+        }
+    }
+}
+
+/// `[tokens]`: service-account tokens kept fresh for local tools (`guest-agent token`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokensConfig {
+    pub enabled: bool,
+    /// Service accounts to keep a token for.
+    pub accounts: Vec<String>,
+    /// `gce`, `ec2`, or `auto` (GCE first, EC2 when the GCE endpoint does not serve tokens).
+    pub flavor: String,
+    /// Members of this group may read tokens (root always may).
+    pub group: String,
+}
+
+impl Default for TokensConfig {
+    fn default() -> Self {
+        TokensConfig {
+            enabled: true,
+            accounts: vec!["default".into()],
+            flavor: "auto".into(),
+            group: "guest-agent-token".into(),
         }
     }
 }
@@ -421,6 +446,35 @@ impl Config {
                 &a.check_interval_secs,
                 "must be between 1 and 3600",
             );
+        }
+        let t = &self.tokens;
+        if !matches!(t.flavor.as_str(), "auto" | "gce" | "ec2") {
+            return invalid(
+                "tokens.flavor",
+                &format!("{:?}", t.flavor),
+                "must be \"auto\", \"gce\" or \"ec2\"",
+            );
+        }
+        if !guest_agent_wire::names::is_valid_name(&t.group) {
+            return invalid(
+                "tokens.group",
+                &format!("{:?}", t.group),
+                "must be a valid group name",
+            );
+        }
+        for a in &t.accounts {
+            if a.is_empty()
+                || a.len() > 256
+                || !a
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"@.-_".contains(&b))
+            {
+                return invalid(
+                    "tokens.accounts",
+                    &format!("{a:?}"),
+                    "must be a service-account name or email",
+                );
+            }
         }
         let d = &self.daemon;
         if !(1..=600).contains(&d.startup_deadline_secs) {

@@ -68,12 +68,23 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     let (first_pass_tx, mut first_pass_rx) = oneshot::channel();
 
     let oslogin = OsLogin::new(config_rx.clone(), oslogin::service::Paths::default());
+    let tokens = Arc::new(crate::tokens::TokenKeeper::default());
+    let _token_tasks: Vec<AbortOnDrop<()>> = if config_rx.borrow().tokens.enabled {
+        let accounts = config_rx.borrow().tokens.accounts.clone();
+        accounts
+            .into_iter()
+            .map(|a| AbortOnDrop(tokio::spawn(tokens.clone().keep(config_rx.clone(), a))))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let listener = socket::bind(Path::new(SOCKET_PATH))
         .with_context(|| format!("cannot listen on {SOCKET_PATH}"))?;
     let _socket = AbortOnDrop(tokio::spawn(socket::serve(
         listener,
         Arc::new(socket::Handler {
             oslogin: oslogin.clone(),
+            tokens: tokens.clone(),
         }),
     )));
     let _oslogin_task = AbortOnDrop(tokio::spawn(oslogin.clone().run()));

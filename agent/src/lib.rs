@@ -13,6 +13,7 @@ pub mod notify;
 pub mod oslogin;
 pub mod reconcile;
 pub mod socket;
+pub mod tokens;
 
 /// Set in the daemon's environment: the NSS module then answers from its cache only and never
 /// asks the daemon's socket (no recursion when the daemon itself looks a user up).

@@ -46,6 +46,21 @@ enum Command {
         /// sshd's %k (the certificate, base64).
         certificate: String,
     },
+    /// Print a valid service-account token (root and members of tokens.group).
+    Token {
+        /// The service account.
+        #[arg(long, default_value = "default")]
+        account: String,
+        /// raw (the token), json ({"access_token","expires_in","token_type"}) or header
+        /// ("Authorization: Bearer ...").
+        #[arg(long, default_value = "raw")]
+        format: String,
+    },
+    /// Print the service account's email and scopes and the instance's id, name and zone.
+    Identity {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -75,6 +90,10 @@ fn main() -> ExitCode {
         Command::AuthorizedPrincipals { user, certificate } => {
             guest_agent::commands::authorized_principals(&config, &user, &certificate)
         }
+        Command::Token { account, format } => {
+            guest_agent::commands::token(&config, &account, &format)
+        }
+        Command::Identity { json } => guest_agent::commands::identity(&config, json),
         Command::Run => {
             // The daemon must never ask itself through the NSS module (it answers the socket
             // the module would ask). Set before any thread exists.

@@ -26,6 +26,21 @@ const MAX_CONNECTIONS: usize = 256;
 /// What answers requests.
 pub struct Handler {
     pub oslogin: Arc<OsLogin>,
+    pub tokens: Arc<crate::tokens::TokenKeeper>,
+}
+
+/// Whether process `pid` has group `gid` (primary or supplementary), from /proc.
+fn process_in_group(pid: i32, gid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status.lines().any(|l| {
+        let ids = |prefix: &str| {
+            l.strip_prefix(prefix)
+                .map(|rest| rest.split_whitespace().any(|g| g.parse() == Ok(gid)))
+        };
+        ids("Gid:").or_else(|| ids("Groups:")).unwrap_or(false)
+    })
 }
 
 /// Who is asking (from SO_PEERCRED).
@@ -42,6 +57,38 @@ impl Handler {
         }
         let user = self.oslogin.config().oslogin.command_user.clone();
         matches!(nix::unistd::User::from_name(&user), Ok(Some(u)) if u.uid.as_raw() == peer.uid)
+    }
+
+    /// A token for root and members of `tokens.group` only.
+    fn token(&self, account: &str, format: &str, peer: Peer) -> Answer {
+        let cfg = self.oslogin.config();
+        let t = &cfg.tokens;
+        let allowed = peer.uid == 0 || {
+            let groups = crate::host::passwd::parse_group(&crate::host::passwd::read(
+                std::path::Path::new("/etc/group"),
+            ));
+            let gid = groups.iter().find(|g| g.name == t.group).map(|g| g.gid);
+            matches!((gid, peer.pid), (Some(gid), Some(pid)) if process_in_group(pid, gid))
+        };
+        if !allowed {
+            tracing::warn!(uid = peer.uid, pid = peer.pid, %account, "refused a token to a process outside the token group");
+            return Answer::Denied(format!(
+                "tokens are for root and members of the group {}",
+                t.group
+            ));
+        }
+        if !t.enabled || !t.accounts.iter().any(|a| a == account) {
+            return Answer::NotFound;
+        }
+        match self.tokens.get(account) {
+            Some(token) => match token.format(format) {
+                Some(line) => Answer::Ok(vec![line]),
+                None => Answer::Error("format must be raw, json or header".into()),
+            },
+            None => Answer::Unavailable(
+                "no valid token yet (the metadata service has not given one)".into(),
+            ),
+        }
     }
 
     pub async fn answer(&self, request: Request, peer: Peer) -> Answer {
@@ -83,7 +130,7 @@ impl Handler {
                     .authorized_principals(&user, &cert, connection.as_deref())
                     .await
             }
-            Request::Token { .. } => Answer::Error("not supported by this version".into()),
+            Request::Token { account, format } => self.token(&account, &format, peer),
         }
     }
 }
