@@ -719,6 +719,35 @@ chmod 600 /home/localuser/.ssh/authorized_keys"
         "",
     ));
 
+    // 3b. `guest-agent token` served by the daemon, beside a plain HTTP fetch of the same
+    // token from the metadata service (curl, one request).
+    let (tok, tok_codes) = time_in_vm(vm, KEY_RUNS, false, AGENT, &["token"])?;
+    let token_url =
+        "http://169.254.169.254/computeMetadata/v1/instance/service-accounts/default/token";
+    let (curl, curl_codes) = time_in_vm(
+        vm,
+        KEY_RUNS,
+        false,
+        "/usr/bin/curl",
+        &["-sf", "-H", "Metadata-Flavor: Google", token_url],
+    )?;
+    if tok_codes.iter().chain(&curl_codes).any(|c| *c != 0) {
+        return Err(format!("token runs failed: {tok_codes:?} {curl_codes:?}"));
+    }
+    let (tok, curl) = (Stats::new(tok), Stats::new(curl));
+    rows.push(row(
+        "   guest-agent token (daemon) / curl from the metadata service",
+        format!(
+            "median {} / {}, p99 {} / {}",
+            fmt_d(tok.median()),
+            fmt_d(curl.median()),
+            fmt_d(tok.p99()),
+            fmt_d(curl.p99())
+        ),
+        "",
+        "",
+    ));
+
     // 4. The service hanging.
     eprintln!("login-bench: 4/4 with the OS Login endpoints hanging ...");
     emu.add_fault(json!({"path_prefix": OSLOGIN_PREFIX, "kind": {"kind": "hang"}, "count": null}));
