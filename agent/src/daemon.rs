@@ -21,6 +21,7 @@ use guest_agent_wire::proto::SOCKET_PATH;
 
 use crate::mds::watcher;
 use crate::oslogin::{self, service::OsLogin};
+use crate::task::AbortOnDrop;
 use crate::{notify, reconcile, socket};
 
 /// Where the configuration comes from, for reloads.
@@ -175,12 +176,4 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     notify::stopping();
     drop((watcher, reconciler));
     Ok(())
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

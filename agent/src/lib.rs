@@ -13,6 +13,7 @@ pub mod notify;
 pub mod oslogin;
 pub mod reconcile;
 pub mod socket;
+pub mod task;
 pub mod tokens;
 
 /// Set in the daemon's environment: the NSS module then answers from its cache only and never

@@ -98,7 +98,7 @@ impl Handler {
             Request::GroupByName(n) => self.oslogin.group(Miss::GroupName(n)).await,
             Request::GroupByGid(g) => self.oslogin.group(Miss::Gid(g)).await,
             Request::GroupsOfUser(n) => self.oslogin.groups_of(&n).await,
-            Request::AuthorizedKeys { user, fingerprint } => {
+            Request::AuthorizedKeys { .. } | Request::AuthorizedPrincipals { .. } => {
                 if !self.may_ask_logins(peer) {
                     tracing::warn!(
                         uid = peer.uid,
@@ -110,25 +110,20 @@ impl Handler {
                     );
                 }
                 let connection = peer.pid.and_then(ssh_connection);
-                self.oslogin
-                    .authorized_keys(&user, fingerprint.as_deref(), connection.as_deref())
-                    .await
-            }
-            Request::AuthorizedPrincipals { user, cert } => {
-                if !self.may_ask_logins(peer) {
-                    tracing::warn!(
-                        uid = peer.uid,
-                        pid = peer.pid,
-                        "refused a login question from an unprivileged process"
-                    );
-                    return Answer::Denied(
-                        "only root and the AuthorizedKeysCommandUser may ask".into(),
-                    );
+                let connection = connection.as_deref();
+                match request {
+                    Request::AuthorizedKeys { user, fingerprint } => {
+                        self.oslogin
+                            .authorized_keys(&user, fingerprint.as_deref(), connection)
+                            .await
+                    }
+                    Request::AuthorizedPrincipals { user, cert } => {
+                        self.oslogin
+                            .authorized_principals(&user, &cert, connection)
+                            .await
+                    }
+                    _ => Answer::Error("unexpected request".into()),
                 }
-                let connection = peer.pid.and_then(ssh_connection);
-                self.oslogin
-                    .authorized_principals(&user, &cert, connection.as_deref())
-                    .await
             }
             Request::Token { account, format } => self.token(&account, &format, peer),
         }

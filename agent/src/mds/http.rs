@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::MdsError;
+use crate::task::AbortOnDrop;
 
 /// Where the metadata service is: plain `http://HOST[:PORT]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,14 +178,6 @@ pub async fn exchange(
             url: url(),
             after: deadline,
         })?
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

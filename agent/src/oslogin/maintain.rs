@@ -9,6 +9,7 @@ use super::authorize::{Decision, Policy, ask};
 use super::service::{OsLogin, lock, now_usec};
 use super::sync::{Listing, list_all};
 use crate::mds::watcher::Episode;
+use crate::task::AbortOnDrop;
 
 /// Changes are written to the cache at most this often (a burst of misses is one write).
 const CACHE_DEBOUNCE: Duration = Duration::from_millis(100);
@@ -197,14 +198,6 @@ impl OsLogin {
             Ok(Err(e)) => tracing::error!(error = %e, "cannot update the sudo rules"),
             Err(e) => tracing::error!(error = %e, "sudoers task failed"),
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
