@@ -23,13 +23,16 @@ pub fn stopping() {
 }
 
 /// The interval at which to send WATCHDOG=1 (half of `WATCHDOG_USEC`), when systemd asked.
+/// As sd_watchdog_enabled(3): `WATCHDOG_PID`, when set, must be this process (the sd-notify
+/// crate also requires it to be set, which systemd does but other supervisors may not).
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        Some(Duration::from_micros(usec) / 2)
-    } else {
-        None
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
     }
+    (usec > 0).then(|| Duration::from_micros(usec) / 2)
 }
 
 pub fn watchdog() {

@@ -400,3 +400,28 @@ fn sigterm_exits_zero_within_two_seconds() {
         .unwrap_or_default();
     assert!(msgs.iter().any(|m| m == "STOPPING=1"), "{msgs:?}");
 }
+
+#[test]
+fn the_watchdog_is_fed_when_systemd_asks() {
+    if !require_root("the_watchdog_is_fed_when_systemd_asks") {
+        return;
+    }
+    let mut env = TestEnv::with_emulator("wdog", None);
+    let start = Instant::now();
+    env.start_agent(AgentOptions {
+        config: String::new(),
+        env: vec![("WATCHDOG_USEC".into(), "400000".into())],
+    });
+    env.wait_ready(start, Duration::from_secs(5));
+    // Half the interval (200 ms): several pings within a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let pings = env
+        .notify
+        .as_mut()
+        .map(|n| n.messages())
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| *m == "WATCHDOG=1")
+        .count();
+    assert!(pings >= 3, "{pings} WATCHDOG=1 in 1.2 s");
+}
