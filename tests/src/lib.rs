@@ -7,6 +7,7 @@
 //! line and return.
 
 pub mod accounts;
+pub mod bench;
 pub mod bins;
 pub mod emulator;
 pub mod env;
