@@ -11,6 +11,7 @@ use guest_agent_wire::proto::{Answer, Request, SOCKET_PATH};
 
 use crate::client::{self, ClientError};
 use crate::config::Config;
+use crate::daemon::ConfigSource;
 use crate::mds::{ClientSettings, GceClient, query_escape};
 use crate::oslogin::authorize::{Decision, Policy, ask};
 use crate::oslogin::profile::{OsUser, parse_single_user};
@@ -30,7 +31,7 @@ enum Question<'a> {
 
 /// `guest-agent authorized-keys USER [FINGERPRINT]`
 /// (sshd: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`).
-pub fn authorized_keys(config: &Config, user: &str, fingerprint: Option<&str>) -> ExitCode {
+pub fn authorized_keys(config: &ConfigSource, user: &str, fingerprint: Option<&str>) -> ExitCode {
     let fingerprint =
         fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
     run(config, user, Question::Keys { fingerprint })
@@ -38,11 +39,11 @@ pub fn authorized_keys(config: &Config, user: &str, fingerprint: Option<&str>) -
 
 /// `guest-agent authorized-principals USER CERT`
 /// (sshd: `AuthorizedPrincipalsCommand /usr/bin/guest-agent authorized-principals %u %k`).
-pub fn authorized_principals(config: &Config, user: &str, cert: &str) -> ExitCode {
+pub fn authorized_principals(config: &ConfigSource, user: &str, cert: &str) -> ExitCode {
     run(config, user, Question::Principals { cert })
 }
 
-fn run(config: &Config, user: &str, question: Question) -> ExitCode {
+fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
     let start = Instant::now();
     if !guest_agent_wire::names::is_valid_name(user) {
         say(user, "not a valid user name");
@@ -65,12 +66,15 @@ fn run(config: &Config, user: &str, question: Question) -> ExitCode {
                 user,
                 &format!("daemon not running ({e}); asking the metadata service directly"),
             );
-            direct(
-                config,
-                user,
-                &question,
-                HELPER_DEADLINE.saturating_sub(start.elapsed()),
-            )
+            match config.load() {
+                Ok(config) => direct(
+                    &config,
+                    user,
+                    &question,
+                    HELPER_DEADLINE.saturating_sub(start.elapsed()),
+                ),
+                Err(e) => Answer::Error(format!("cannot decide without the daemon: {e}")),
+            }
         }
         Err(e) => Answer::Unavailable(e.to_string()),
     };

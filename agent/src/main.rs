@@ -72,6 +72,17 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| config::DEFAULT_PATH.into()),
         explicit: cli.config.is_some(),
     };
+    // The helpers sshd runs ask the daemon and read the configuration only when they must
+    // decide alone (daemon down): a broken file then never costs a login the daemon can serve.
+    match &cli.command {
+        Command::AuthorizedKeys { user, fingerprint } => {
+            return guest_agent::commands::authorized_keys(&source, user, fingerprint.as_deref());
+        }
+        Command::AuthorizedPrincipals { user, certificate } => {
+            return guest_agent::commands::authorized_principals(&source, user, certificate);
+        }
+        _ => {}
+    }
     let config = match source.load() {
         Ok(c) => c,
         Err(e) => {
@@ -84,12 +95,7 @@ fn main() -> ExitCode {
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
-        Command::AuthorizedKeys { user, fingerprint } => {
-            guest_agent::commands::authorized_keys(&config, &user, fingerprint.as_deref())
-        }
-        Command::AuthorizedPrincipals { user, certificate } => {
-            guest_agent::commands::authorized_principals(&config, &user, &certificate)
-        }
+        Command::AuthorizedKeys { .. } | Command::AuthorizedPrincipals { .. } => ExitCode::SUCCESS, // handled above
         Command::Token { account, format } => {
             guest_agent::commands::token(&config, &account, &format)
         }
