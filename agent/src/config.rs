@@ -189,6 +189,10 @@ pub struct AccountsConfig {
     pub deprovision: String,
     /// How often the managed files are compared with what they should be (self-healing).
     pub check_interval_secs: u64,
+    /// While cloud-init is provisioning this boot (`/run/cloud-init/status.json` without
+    /// `result.json`), wait up to this long before touching accounts, so the two never race on
+    /// the same account. 0: do not wait.
+    pub cloud_init_wait_secs: u64,
     /// Create each user with this command instead of the batch (`newusers` + `chpasswd -e`
     /// for all new users at once): an absolute program and its arguments, `{user}` replaced by
     /// the name, as the incumbents' `useradd_cmd`. The password field is set to `*` afterwards
@@ -207,6 +211,7 @@ impl Default for AccountsConfig {
             extra_groups: Vec::new(),
             deprovision: "keep".into(),
             check_interval_secs: 30,
+            cloud_init_wait_secs: 120,
             useradd_cmd: String::new(),
             userdel_cmd: "/usr/sbin/userdel {user}".into(),
         }
@@ -439,6 +444,13 @@ impl Config {
                     "must start with an absolute program path and contain {user}",
                 );
             }
+        }
+        if a.cloud_init_wait_secs > 3600 {
+            return invalid(
+                "accounts.cloud_init_wait_secs",
+                &a.cloud_init_wait_secs,
+                "must be between 0 and 3600",
+            );
         }
         if !(1..=3600).contains(&a.check_interval_secs) {
             return invalid(

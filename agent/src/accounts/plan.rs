@@ -38,6 +38,8 @@ pub struct Inputs<'a> {
     pub local: &'a BTreeSet<String>,
     pub state: &'a AccountsState,
     pub delete_released: bool,
+    /// Accounts never deleted whoever created them (cloud-init's default user).
+    pub protected: &'a BTreeSet<String>,
     /// The watcher's answer counter now.
     pub answer: u64,
 }
@@ -89,7 +91,7 @@ pub fn plan(i: &Inputs) -> Plan {
     let delete: Vec<String> = if i.delete_released {
         released
             .iter()
-            .filter(|u| state.created.contains(*u))
+            .filter(|u| state.created.contains(*u) && !i.protected.contains(*u))
             .cloned()
             .collect()
     } else {
@@ -146,6 +148,7 @@ mod tests {
             local: &names(&["root", "bob"]),
             state: &AccountsState::default(),
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 1,
         });
         assert_eq!(p.create, vec!["alice"]);
@@ -176,6 +179,7 @@ mod tests {
             local: &local,
             state: &state,
             delete_released: false,
+            protected: &BTreeSet::new(),
             answer: 5,
         });
         assert_eq!(keep.released, names(&["alice"]));
@@ -188,10 +192,24 @@ mod tests {
             local: &local,
             state: &state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 5,
         });
         assert_eq!(del.delete, vec!["alice"]);
         assert!(!del.state.created.contains("alice"));
+        // cloud-init's default user is never deleted, even when the agent created it.
+        let adopted = plan(&Inputs {
+            wanted: &w,
+            sudo: &sudo,
+            expired: &BTreeSet::new(),
+            local: &local,
+            state: &state,
+            delete_released: true,
+            protected: &names(&["alice"]),
+            answer: 5,
+        });
+        assert_eq!(adopted.released, names(&["alice"]));
+        assert!(adopted.delete.is_empty());
         // bob was not created by us: released, never deleted.
         let w = wanted(&["carol"]);
         let state = AccountsState {
@@ -206,6 +224,7 @@ mod tests {
             local: &local,
             state: &state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 5,
         });
         assert!(p.delete.is_empty());
@@ -228,6 +247,7 @@ mod tests {
             local: &local,
             state: &state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 7,
         });
         assert!(
@@ -244,6 +264,7 @@ mod tests {
             local: &local,
             state: &first.state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 7,
         });
         assert!(again.released.is_empty());
@@ -255,6 +276,7 @@ mod tests {
             local: &local,
             state: &again.state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 8,
         });
         assert_eq!(later.released, names(&["a", "b", "c", "d"]));
@@ -269,6 +291,7 @@ mod tests {
             local: &local,
             state: &first.state,
             delete_released: true,
+            protected: &BTreeSet::new(),
             answer: 8,
         });
         assert!(healed.released.is_empty() && healed.state.pending_removal.is_none());
@@ -289,6 +312,7 @@ mod tests {
             local: &names(&["a"]),
             state: &state,
             delete_released: false,
+            protected: &BTreeSet::new(),
             answer: 1,
         });
         assert_eq!(p.released, names(&["a"]));
@@ -310,6 +334,7 @@ mod tests {
             local: &names(&["a", "b"]),
             state: &state,
             delete_released: false,
+            protected: &BTreeSet::new(),
             answer: 1,
         });
         assert_eq!(p.released, names(&["b"]));

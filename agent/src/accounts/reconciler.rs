@@ -20,6 +20,7 @@ use super::plan::{Inputs, plan};
 use super::state::AccountsState;
 use crate::config::Config;
 use crate::host::accountdb::AccountFiles;
+use crate::host::cloud_init::{self, CloudInitPaths, Gate};
 use crate::host::home::HomePaths;
 use crate::host::{passwd, sudoers};
 use crate::mds::Snapshot;
@@ -32,6 +33,7 @@ pub struct Paths {
     pub group: PathBuf,
     pub sudoers: PathBuf,
     pub homes: HomePaths,
+    pub cloud_init: CloudInitPaths,
 }
 
 impl Default for Paths {
@@ -42,6 +44,7 @@ impl Default for Paths {
             group: "/etc/group".into(),
             sudoers: "/etc/sudoers.d/guest-agent-sudoers".into(),
             homes: HomePaths::default(),
+            cloud_init: CloudInitPaths::default(),
         }
     }
 }
@@ -57,6 +60,10 @@ pub struct AccountsReconciler {
     next_pass: Option<Instant>,
     /// Rejections already logged (each once, while it stays in metadata).
     logged: HashSet<String>,
+    /// When the first pass found cloud-init still provisioning (None: not waiting yet).
+    cloud_init_since: Option<Instant>,
+    /// cloud-init has finished (or the wait is over): accounts may be touched from now on.
+    cloud_init_done: bool,
 }
 
 fn now_unix() -> i64 {
@@ -81,11 +88,55 @@ impl AccountsReconciler {
             reread,
             next_pass: None,
             logged: HashSet::new(),
+            cloud_init_since: None,
+            cloud_init_done: false,
         }
     }
 }
 
 impl AccountsReconciler {
+    /// Whether cloud-init lets us touch accounts now; logs the wait once and its end.
+    fn cloud_init_allows(&mut self, limit: Duration) -> bool {
+        if self.cloud_init_done {
+            return true;
+        }
+        let since = self.cloud_init_since;
+        let waited = since.map_or(Duration::ZERO, |s| s.elapsed());
+        match cloud_init::gate(cloud_init::progress(&self.paths.cloud_init), waited, limit) {
+            Gate::Wait => {
+                if since.is_none() {
+                    tracing::info!(
+                        run_dir = %self.paths.cloud_init.run_dir.display(),
+                        limit_secs = limit.as_secs(),
+                        "cloud-init is provisioning; metadata accounts wait until it has finished"
+                    );
+                    self.cloud_init_since = Some(Instant::now());
+                }
+                self.next_pass = Some(Instant::now() + Duration::from_millis(500));
+                false
+            }
+            Gate::TimedOut => {
+                tracing::warn!(
+                    waited_secs = waited.as_secs(),
+                    "cloud-init has not finished within accounts.cloud_init_wait_secs; managing \
+                     metadata accounts now"
+                );
+                self.cloud_init_done = true;
+                true
+            }
+            Gate::Open => {
+                if since.is_some() {
+                    tracing::info!(
+                        waited_ms = waited.as_millis() as u64,
+                        "cloud-init finished; managing metadata accounts"
+                    );
+                }
+                self.cloud_init_done = true;
+                true
+            }
+        }
+    }
+
     fn account_files(&self) -> AccountFiles {
         AccountFiles {
             passwd: self.paths.passwd.clone(),
@@ -116,6 +167,9 @@ impl Reconciler for AccountsReconciler {
             userdel_cmd: a.userdel_cmd.clone(),
             ..self.tools.clone()
         };
+        if !self.cloud_init_allows(Duration::from_secs(a.cloud_init_wait_secs)) {
+            return Ok(());
+        }
         let oslogin = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
 
         let desired = desired_keys(snapshot, now, a.allow_root);
@@ -152,6 +206,7 @@ impl Reconciler for AccountsReconciler {
             local: &local_names,
             state: &state,
             delete_released: a.deprovision == "delete",
+            protected: &cloud_init::default_users(&self.paths.cloud_init),
             answer: self.answers.load(Ordering::SeqCst),
         });
         if !p.held.is_empty() && state.pending_removal.is_none() {
