@@ -6,6 +6,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod host;
 pub mod logging;
 pub mod mds;

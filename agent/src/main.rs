@@ -61,6 +61,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Explain why a login fails and what to do: metadata, OS Login, sshd, NSS, the user's
+    /// roles, keys and files, the CA file, a certificate, the daemon. Exit 0 when nothing
+    /// failed, 1 when a check failed, 78 for a bad config file. Run it as root.
+    Doctor {
+        /// The user who cannot log in.
+        user: Option<String>,
+        /// An OpenSSH user certificate (the KEY-cert.pub file) to check.
+        #[arg(long, value_name = "FILE")]
+        cert: Option<PathBuf>,
+        /// Machine-readable output: {"ok", "checks": [{"id", "status", "summary", "fix", "details"}]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +113,9 @@ fn main() -> ExitCode {
             guest_agent::commands::token(&config, &account, &format)
         }
         Command::Identity { json } => guest_agent::commands::identity(&config, json),
+        Command::Doctor { user, cert, json } => {
+            guest_agent::doctor::run(&config, &guest_agent::doctor::Options { user, cert, json })
+        }
         Command::Run => {
             // The daemon must never ask itself through the NSS module (it answers the socket
             // the module would ask). Set before any thread exists.

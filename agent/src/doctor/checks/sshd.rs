@@ -1,0 +1,179 @@
+//! sshd's effective configuration and the program it runs for keys.
+
+use serde_json::json;
+
+use super::{Check, Context};
+use crate::doctor::decide::UserKind;
+use crate::doctor::perms::helper_problems;
+use crate::doctor::sshd_scan::{effective_value, mismatches};
+use crate::host::sshd::{SshdSettings, directives};
+
+/// What the agent asks of sshd with this configuration (as the OS Login reconciler renders it).
+pub fn agent_settings(config: &crate::config::Config) -> SshdSettings {
+    let o = &config.oslogin;
+    SshdSettings {
+        principals_command: format!("{} authorized-principals %u %k", o.helper_path),
+        keys_command: format!("{} authorized-keys %u %f", o.helper_path),
+        command_user: o.command_user.clone(),
+        trusted_ca_file: Some(o.ca_file.clone().into()),
+        ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
+    }
+}
+
+pub fn sshd_config(cx: &Context) -> Check {
+    let Some(s) = &cx.facts.sshd else {
+        return Check::skip(
+            "sshd-config",
+            "not checked: `sshd -T` needs root (it reads the host keys)",
+        );
+    };
+    let main = s.paths.main_config.display().to_string();
+    if let Err(why) = &s.test {
+        let first = why.lines().next().unwrap_or("").to_owned();
+        return Check::fail(
+            "sshd-config",
+            format!("`sshd -t -f {main}` rejects the configuration: {first}"),
+            "fix what sshd names (run `sshd -t` to see it); sshd cannot start or reload until then",
+        )
+        .detail("sshd_t", why.clone());
+    }
+    let effective = match &s.effective {
+        Some(Ok(e)) => e,
+        Some(Err(why)) => {
+            return Check::fail(
+                "sshd-config",
+                format!("`sshd -T` failed: {why}"),
+                "run `sshd -T` by hand to see why",
+            );
+        }
+        None => return Check::skip("sshd-config", "`sshd -T` not run"),
+    };
+    let with_user = cx
+        .facts
+        .user
+        .as_ref()
+        .map(|u| format!(" for user={u},host=localhost,addr=127.0.0.1"))
+        .unwrap_or_default();
+    if cx.oslogin.on {
+        let expected = match directives(&agent_settings(cx.config)) {
+            Ok(d) => d,
+            Err(e) => {
+                return Check::fail(
+                    "sshd-config",
+                    format!("the [oslogin] settings cannot be written for sshd: {e}"),
+                    "fix oslogin.helper_path, command_user or ca_file in the agent's config",
+                );
+            }
+        };
+        let found = mismatches(effective, &expected, &s.lines);
+        let details: Vec<_> = found
+            .iter()
+            .map(|m| {
+                json!({"keyword": m.keyword, "expected": m.expected, "found": m.found,
+                       "winner": m.winner.as_ref().map(|w| w.place()),
+                       "ours": m.ours.as_ref().map(|o| o.place())})
+            })
+            .collect();
+        let Some(first) = found.first() else {
+            let place = s
+                .lines
+                .iter()
+                .find(|l| l.managed)
+                .map(|l| l.file.display().to_string())
+                .unwrap_or_default();
+            return Check::ok(
+                "sshd-config",
+                format!(
+                    "`sshd -T`{with_user} uses the agent's AuthorizedKeysCommand, \
+                     AuthorizedPrincipalsCommand, their user and TrustedUserCAKeys ({place})"
+                ),
+            );
+        };
+        // The headline: a foreign line that wins ("line order wrong") before its side effects.
+        let headline = found
+            .iter()
+            .find(|m| m.winner.as_ref().is_some_and(|w| !w.managed))
+            .unwrap_or(first);
+        let mut summary = headline.finding();
+        if found.len() > 1 {
+            summary.push_str(&format!(" (and {} more, see details)", found.len() - 1));
+        }
+        // One fix per offending line.
+        let mut blamed: Vec<String> = Vec::new();
+        let mut fixes: Vec<String> = Vec::new();
+        for m in std::iter::once(headline).chain(found.iter()) {
+            let key = m.culprit().map(|l| l.place()).unwrap_or(m.keyword.clone());
+            if !blamed.contains(&key) {
+                blamed.push(key);
+                fixes.push(m.fix(&s.paths.dropin));
+            }
+        }
+        return Check::fail("sshd-config", summary, fixes.join("; ")).detail("mismatches", details);
+    }
+    // OS Login off: sshd must read the users' own authorized_keys.
+    let akf = effective_value(effective, "authorizedkeysfile").unwrap_or("");
+    let reads_home = akf
+        .split_whitespace()
+        .any(|f| f.ends_with(".ssh/authorized_keys"));
+    if matches!(cx.kind, Some(UserKind::Metadata | UserKind::Local)) && !reads_home {
+        let winner = s
+            .lines
+            .iter()
+            .find(|l| l.keyword == "authorizedkeysfile")
+            .map(|l| format!(" (set at {})", l.place()))
+            .unwrap_or_default();
+        return Check::fail(
+            "sshd-config",
+            format!(
+                "AuthorizedKeysFile is `{akf}`{with_user}{winner}: sshd does not read \
+                 ~/.ssh/authorized_keys, where the agent writes metadata keys"
+            ),
+            "make AuthorizedKeysFile include .ssh/authorized_keys, then reload sshd",
+        );
+    }
+    Check::ok(
+        "sshd-config",
+        format!("`sshd -t` passes; OS Login off, AuthorizedKeysFile{with_user} is `{akf}`"),
+    )
+}
+
+pub fn helper_path(cx: &Context) -> Check {
+    let path = &cx.config.oslogin.helper_path;
+    if !cx.oslogin.on {
+        return Check::skip(
+            "helper-path",
+            format!("OS Login is off: sshd does not run {path}"),
+        );
+    }
+    let problems = helper_problems(&cx.facts.helper);
+    let resolved = cx
+        .facts
+        .helper
+        .first()
+        .map(|e| e.path.display().to_string())
+        .unwrap_or_default();
+    let check = match problems.first() {
+        None => Check::ok(
+            "helper-path",
+            format!(
+                "{path} and every directory above it are root-owned and not group/world-writable"
+            ),
+        ),
+        Some(p) => {
+            let fixes: Vec<String> = problems.iter().map(|p| p.fix.clone()).collect();
+            Check::fail(
+                "helper-path",
+                format!("{}: sshd refuses to run {path}", p.what),
+                fixes.join("; "),
+            )
+            .detail("offending", p.path.display().to_string())
+        }
+    };
+    check
+        .detail("path", path.clone())
+        .detail("resolved", resolved)
+        .detail(
+            "problems",
+            problems.iter().map(|p| p.what.clone()).collect::<Vec<_>>(),
+        )
+}
