@@ -85,15 +85,7 @@ impl OsLoginReconciler {
     }
 
     fn settings(&self) -> sshd::SshdSettings {
-        let cfg = self.config.borrow().clone();
-        let o = &cfg.oslogin;
-        sshd::SshdSettings {
-            principals_command: format!("{} authorized-principals %u %k", o.helper_path),
-            keys_command: format!("{} authorized-keys %u %f", o.helper_path),
-            command_user: o.command_user.clone(),
-            trusted_ca_file: Some(cfg.oslogin.ca_file.clone().into()),
-            ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
-        }
+        sshd_settings(&self.config.borrow())
     }
 
     fn enable(&mut self, settings: &sshd::SshdSettings) -> anyhow::Result<()> {
@@ -183,5 +175,17 @@ impl Reconciler for OsLoginReconciler {
                 }))
             }
         }
+    }
+}
+
+/// What OS Login asks of sshd with this configuration (also what `doctor` expects to find).
+pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
+    let o = &cfg.oslogin;
+    sshd::SshdSettings {
+        principals_command: format!("{} authorized-principals %u %k", o.helper_path),
+        keys_command: format!("{} authorized-keys %u %f", o.helper_path),
+        command_user: o.command_user.clone(),
+        trusted_ca_file: Some(o.ca_file.clone().into()),
+        ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
     }
 }

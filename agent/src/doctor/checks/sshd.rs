@@ -6,19 +6,7 @@ use super::{Check, Context};
 use crate::doctor::decide::UserKind;
 use crate::doctor::perms::helper_problems;
 use crate::doctor::sshd_scan::{effective_value, mismatches};
-use crate::host::sshd::{SshdSettings, directives};
-
-/// What the agent asks of sshd with this configuration (as the OS Login reconciler renders it).
-pub fn agent_settings(config: &crate::config::Config) -> SshdSettings {
-    let o = &config.oslogin;
-    SshdSettings {
-        principals_command: format!("{} authorized-principals %u %k", o.helper_path),
-        keys_command: format!("{} authorized-keys %u %f", o.helper_path),
-        command_user: o.command_user.clone(),
-        trusted_ca_file: Some(o.ca_file.clone().into()),
-        ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
-    }
-}
+use crate::host::sshd::directives;
 
 pub fn sshd_config(cx: &Context) -> Check {
     let Some(s) = &cx.facts.sshd else {
@@ -55,7 +43,7 @@ pub fn sshd_config(cx: &Context) -> Check {
         .map(|u| format!(" for user={u},host=localhost,addr=127.0.0.1"))
         .unwrap_or_default();
     if cx.oslogin.on {
-        let expected = match directives(&agent_settings(cx.config)) {
+        let expected = match directives(&crate::oslogin::reconciler::sshd_settings(cx.config)) {
             Ok(d) => d,
             Err(e) => {
                 return Check::fail(
