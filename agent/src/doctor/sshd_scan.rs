@@ -61,15 +61,7 @@ impl ConfigFs for RealFs {
 
 /// Keyword and value of an active line (sshd allows `Keyword value` and `Keyword=value`).
 fn split(line: &str) -> Option<(String, String)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let end = line
-        .find(|c: char| c.is_whitespace() || c == '=')
-        .unwrap_or(line.len());
-    let rest = line[end..].trim_start_matches(|c: char| c.is_whitespace() || c == '=');
-    Some((line[..end].to_ascii_lowercase(), rest.trim_end().to_owned()))
+    crate::host::sshd::keyword(line).map(|(k, v)| (k, v.trim_end().to_owned()))
 }
 
 /// The files an `Include` argument names, in the order sshd reads them (glob(3) sorts).

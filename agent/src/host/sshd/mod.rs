@@ -201,7 +201,7 @@ pub fn render(s: &SshdSettings, after_match: bool) -> Result<String, SshdError> 
 }
 
 /// The keyword and the arguments of an active (not comment, not blank) config line.
-fn keyword(line: &str) -> Option<(String, &str)> {
+pub fn keyword(line: &str) -> Option<(String, &str)> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return None;
