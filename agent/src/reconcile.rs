@@ -98,9 +98,10 @@ pub async fn run(
                     let _enter = span.enter();
                     if let Err(e) = r.reconcile(&snapshot) {
                         all_ok = false;
+                        // The cause is in the message too: `journalctl` shows only MESSAGE.
                         tracing::error!(
                             error = format!("{e:#}"),
-                            "reconcile failed; will retry on the next change"
+                            "reconcile failed: {e:#}; will retry on the next change"
                         );
                     }
                 }

@@ -163,7 +163,7 @@ pub async fn run(
                     if episode.failure(e.kind()) {
                         tracing::warn!(
                             error = %e,
-                            "metadata service failing; keeping the last good metadata and \
+                            "metadata service failing ({e}); keeping the last good metadata and \
                              retrying with backoff"
                         );
                     } else {

@@ -71,7 +71,7 @@ impl OsLogin {
                     }
                     Err(e) => {
                         if failures.failure("sync") {
-                            tracing::warn!(error = %e, "OS Login directory sync failed; keeping the last good directory");
+                            tracing::warn!(error = %e, "OS Login directory sync failed ({e}); keeping the last good directory");
                         }
                     }
                 }
