@@ -238,3 +238,26 @@ fn with_the_service_down_the_ca_file_keeps_its_keys_until_they_are_too_old() {
     vm.env.emulator().clear_faults();
     wait_for_ca(&vm);
 }
+
+/// With the production refresh period (60 s), the CA file is filled as soon as OS Login is
+/// turned on, not a period later (found by the demo: certificate logins failed for the first
+/// minute after OS Login came on).
+#[test]
+fn the_ca_file_is_filled_as_soon_as_os_login_comes_on() {
+    if !require_root("the_ca_file_is_filled_as_soon_as_os_login_comes_on") {
+        return;
+    }
+    let vm = OsLoginVm::start("ca-at-once", "", |env| {
+        let (_, registered) = keypair(env.dir(), "alice");
+        env.emulator().ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("alice", 200001, &registered, true, false).to_string()),
+        );
+    });
+    let took = wait_for_ca(&vm);
+    assert!(
+        took < Duration::from_secs(5),
+        "CA file filled {took:?} after OS Login came on (refresh period 60 s)"
+    );
+}

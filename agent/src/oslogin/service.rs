@@ -70,6 +70,8 @@ pub struct OsLogin {
     enabled: AtomicBool,
     lookups: Mutex<LookupHealth>,
     sync_requested: Notify,
+    /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
+    ca_requested: Notify,
     cache_dirty: Notify,
 }
 
@@ -116,6 +118,7 @@ impl OsLogin {
             enabled: AtomicBool::new(false),
             lookups: Mutex::new(LookupHealth::default()),
             sync_requested: Notify::new(),
+            ca_requested: Notify::new(),
             cache_dirty: Notify::new(),
         })
     }
@@ -137,12 +140,14 @@ impl OsLogin {
     /// Turned on or off by the reconciler (from `enable-oslogin`).
     pub fn set_enabled(&self, on: bool) {
         if self.enabled.swap(on, Ordering::SeqCst) != on && on {
-            self.sync_requested.notify_one();
+            self.request_sync();
         }
     }
 
+    /// Syncs the directory and fetches the CA keys now (OS Login turned on, SIGUSR1).
     pub fn request_sync(&self) {
         self.sync_requested.notify_one();
+        self.ca_requested.notify_one();
     }
 
     pub(super) fn local(&self) -> LocalAccounts {
@@ -447,6 +452,10 @@ impl OsLogin {
 
     pub(super) fn sync_requested(&self) -> &Notify {
         &self.sync_requested
+    }
+
+    pub(super) fn ca_requested(&self) -> &Notify {
+        &self.ca_requested
     }
 
     pub(super) fn cache_dirty(&self) -> &Notify {

@@ -149,14 +149,18 @@ fn write_touching(path: &Path, text: &str) -> Result<bool, String> {
     Ok(changed)
 }
 
-/// Runs until dropped: a refresh every `ca_refresh_secs` while OS Login is on.
+/// Runs until dropped: a refresh every `ca_refresh_secs` while OS Login is on, and at once
+/// when OS Login is turned on (the file must not stay empty until the next period).
 pub async fn run(service: Arc<OsLogin>) {
     loop {
         let cfg = service.config();
         if service.is_enabled() {
             refresh(&service).await;
         }
-        tokio::time::sleep(Duration::from_secs(cfg.oslogin.ca_refresh_secs)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(cfg.oslogin.ca_refresh_secs)) => {}
+            () = service.ca_requested().notified() => {}
+        }
     }
 }
 
