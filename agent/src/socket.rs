@@ -4,12 +4,22 @@
 //! Anyone may look users and groups up (what `getent` shows anyway). Login questions
 //! (authorized keys, principals) are answered only to root and to the configured
 //! AuthorizedKeysCommandUser, checked with SO_PEERCRED. Every connection is bounded: one
-//! request line of at most `MAX_REQUEST` bytes, read within 5 s, at most 256 connections at
-//! once.
+//! request line of at most `MAX_REQUEST` bytes, read within 5 s (the whole line, however
+//! slowly it trickles in), the answer written within 5 s.
+//!
+//! Hostile local users: peers other than root and the AuthorizedKeysCommandUser ("privileged"
+//! below) share [`MAX_CONNECTIONS`] connections, at most [`MAX_CONNECTIONS_PER_UID`] each;
+//! privileged peers have [`MAX_PRIVILEGED_CONNECTIONS`] of their own, so a flood never keeps
+//! root's lookups or sshd's login questions out. Lookups of unprivileged peers that would go
+//! to the metadata service spend a token bucket per uid ([`LOOKUP_BURST`], refilled at
+//! [`LOOKUP_REFILL_PER_SEC`]); beyond it the answer is `UNAVAIL` at once, and names already
+//! in the directory (or known not to exist) are still answered. Refusals and rate limiting
+//! are logged once per uid and kind per [`LOG_EVERY`], with the count of what was left out.
 
+use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -18,10 +28,26 @@ use tokio::sync::Semaphore;
 use guest_agent_wire::proto::{Answer, MAX_REQUEST, Request};
 
 use crate::oslogin::directory::Miss;
-use crate::oslogin::service::OsLogin;
+use crate::oslogin::service::{LOOKUP_GATE, LookupGate, OsLogin, lock};
 
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CONNECTIONS: usize = 256;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections open at once from unprivileged peers, all uids together.
+pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once from one unprivileged uid.
+pub const MAX_CONNECTIONS_PER_UID: usize = 32;
+/// Connections open at once from root and the AuthorizedKeysCommandUser.
+pub const MAX_PRIVILEGED_CONNECTIONS: usize = 64;
+/// Lookups reaching the metadata service an unprivileged uid may make at once...
+pub const LOOKUP_BURST: f64 = 20.0;
+/// ...and per second after that.
+pub const LOOKUP_REFILL_PER_SEC: f64 = 5.0;
+/// A refusal or rate limit is logged at most once per uid and kind in this period.
+pub const LOG_EVERY: Duration = Duration::from_secs(60);
+/// How long the AuthorizedKeysCommandUser's uid is remembered.
+const COMMAND_USER_TTL: Duration = Duration::from_secs(5);
+/// Buckets kept before full (idle) ones are forgotten.
+const MAX_BUCKETS: usize = 4096;
 
 /// What answers requests.
 pub struct Handler {
@@ -71,7 +97,6 @@ impl Handler {
             matches!((gid, peer.pid), (Some(gid), Some(pid)) if process_in_group(pid, gid))
         };
         if !allowed {
-            tracing::warn!(uid = peer.uid, pid = peer.pid, %account, "refused a token to a process outside the token group");
             return Answer::Denied(format!(
                 "tokens are for root and members of the group {}",
                 t.group
@@ -100,11 +125,6 @@ impl Handler {
             Request::GroupsOfUser(n) => self.oslogin.groups_of(&n).await,
             Request::AuthorizedKeys { .. } | Request::AuthorizedPrincipals { .. } => {
                 if !self.may_ask_logins(peer) {
-                    tracing::warn!(
-                        uid = peer.uid,
-                        pid = peer.pid,
-                        "refused a login question from an unprivileged process"
-                    );
                     return Answer::Denied(
                         "only root and the AuthorizedKeysCommandUser may ask".into(),
                     );
@@ -171,9 +191,184 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// What kind of thing was refused or limited (for the log, once per uid and kind).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Refusal {
+    Token,
+    LoginQuestion,
+    Lookups,
+    Connections,
+}
+
+impl Refusal {
+    fn message(self) -> &'static str {
+        match self {
+            Refusal::Token => "refused a token to a process outside the token group",
+            Refusal::LoginQuestion => "refused a login question from an unprivileged process",
+            Refusal::Lookups => {
+                "too many lookups reaching the metadata service from one user; answered \"unavailable\" without asking the service"
+            }
+            Refusal::Connections => "too many connections from one user; closed at once",
+        }
+    }
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(now: Instant) -> Bucket {
+        Bucket {
+            tokens: LOOKUP_BURST,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + secs * LOOKUP_REFILL_PER_SEC).min(LOOKUP_BURST);
+        self.at = now;
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Per-peer state shared by every connection: open connections, lookup budgets, what was
+/// logged.
+#[derive(Default)]
+struct Limits {
+    open: Mutex<HashMap<u32, usize>>,
+    buckets: Mutex<HashMap<u32, Bucket>>,
+    /// (uid, kind) -> (when last logged, how many since then were not).
+    logged: Mutex<HashMap<(u32, Refusal), (Instant, u64)>>,
+    command_user: Mutex<Option<(Instant, String, Option<u32>)>>,
+}
+
+impl Limits {
+    /// Whether `uid` is root or the AuthorizedKeysCommandUser (`user`).
+    fn privileged(&self, uid: u32, user: &str) -> bool {
+        if uid == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let mut cached = lock(&self.command_user);
+        let fresh = matches!(&*cached, Some((at, name, _)) if name == user && now.duration_since(*at) < COMMAND_USER_TTL);
+        if !fresh {
+            let found = match nix::unistd::User::from_name(user) {
+                Ok(Some(u)) => Some(u.uid.as_raw()),
+                _ => None,
+            };
+            *cached = Some((now, user.to_owned(), found));
+        }
+        matches!(&*cached, Some((_, _, Some(id))) if *id == uid)
+    }
+
+    /// One more connection of unprivileged `uid`, unless it has too many open.
+    fn open(self: &Arc<Self>, uid: u32) -> Option<OpenGuard> {
+        let mut open = lock(&self.open);
+        let n = open.entry(uid).or_insert(0);
+        if *n >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(OpenGuard {
+            limits: self.clone(),
+            uid,
+        })
+    }
+
+    /// Spends one lookup of `uid`'s budget.
+    fn take_lookup(&self, uid: u32) -> bool {
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&uid) {
+            buckets.retain(|_, b| {
+                b.refill(now);
+                b.tokens < LOOKUP_BURST
+            });
+        }
+        buckets
+            .entry(uid)
+            .or_insert_with(|| Bucket::full(now))
+            .take(now)
+    }
+
+    /// Logs `what` for `peer` unless it was logged for this uid less than [`LOG_EVERY`] ago.
+    fn note(&self, what: Refusal, peer: Peer) {
+        let now = Instant::now();
+        let mut logged = lock(&self.logged);
+        if logged.len() >= MAX_BUCKETS {
+            logged.retain(|_, (at, _)| now.duration_since(*at) < LOG_EVERY);
+        }
+        match logged.get_mut(&(peer.uid, what)) {
+            Some((at, left_out)) if now.duration_since(*at) < LOG_EVERY => *left_out += 1,
+            entry => {
+                let left_out = entry.map_or(0, |(_, n)| *n);
+                tracing::warn!(
+                    uid = peer.uid,
+                    pid = peer.pid,
+                    not_logged_since_last = left_out,
+                    "{} (logged once a minute per user)",
+                    what.message()
+                );
+                logged.insert((peer.uid, what), (now, 0));
+            }
+        }
+    }
+}
+
+/// An open connection of an unprivileged uid; counted until dropped.
+struct OpenGuard {
+    limits: Arc<Limits>,
+    uid: u32,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        let mut open = lock(&self.limits.open);
+        if let Some(n) = open.get_mut(&self.uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// The lookup budget of one unprivileged peer, consulted by the OS Login service before it
+/// asks the metadata service.
+struct PeerBudget {
+    limits: Arc<Limits>,
+    peer: Peer,
+}
+
+impl LookupGate for PeerBudget {
+    fn allow(&self) -> bool {
+        let ok = self.limits.take_lookup(self.peer.uid);
+        if !ok {
+            self.limits.note(Refusal::Lookups, self.peer);
+        }
+        ok
+    }
+}
+
 /// Serves until the task is dropped.
 pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let shared = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let privileged = Arc::new(Semaphore::new(MAX_PRIVILEGED_CONNECTIONS));
+    let limits = Arc::new(Limits::default());
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -183,40 +378,179 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream); // overloaded: the client sees a closed connection and moves on
+        let Ok(cred) = stream.peer_cred() else {
             continue;
         };
+        let peer = Peer {
+            uid: cred.uid(),
+            pid: cred.pid(),
+        };
+        let command_user = handler.oslogin.config().oslogin.command_user.clone();
+        let is_privileged = limits.privileged(peer.uid, &command_user);
+        // Overloaded: the client sees a closed connection and moves on (the NSS module
+        // answers "unavailable", the helpers fall back to asking the service themselves).
+        let (permit, guard) = if is_privileged {
+            let Ok(p) = privileged.clone().try_acquire_owned() else {
+                continue;
+            };
+            (p, None)
+        } else {
+            let Some(guard) = limits.open(peer.uid) else {
+                limits.note(Refusal::Connections, peer);
+                continue;
+            };
+            let Ok(p) = shared.clone().try_acquire_owned() else {
+                continue;
+            };
+            (p, Some(guard))
+        };
         let handler = handler.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(e) = connection(stream, &handler).await {
+            let _guard = guard;
+            if let Err(e) = connection(stream, peer, is_privileged, &handler, &limits).await {
                 tracing::debug!(error = %e, "socket connection ended badly");
             }
         });
     }
 }
 
-async fn connection(stream: UnixStream, handler: &Handler) -> std::io::Result<()> {
-    let cred = stream.peer_cred()?;
-    let peer = Peer {
-        uid: cred.uid(),
-        pid: cred.pid(),
-    };
+async fn connection(
+    stream: UnixStream,
+    peer: Peer,
+    privileged: bool,
+    handler: &Handler,
+    limits: &Arc<Limits>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
-    let mut reader = BufReader::new(read.take(MAX_REQUEST as u64));
+    let mut reader = BufReader::with_capacity(1024, read.take(MAX_REQUEST as u64));
     match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(e),
         Err(_) => return Ok(()), // slow client: dropped
     }
-    let answer = match line.strip_suffix('\n').map(Request::parse) {
-        Some(Ok(request)) => handler.answer(request, peer).await,
+    drop(reader);
+    let request = line.strip_suffix('\n').map(Request::parse);
+    let verb: String = line
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(32)
+        .collect();
+    let answer = match request {
+        Some(Ok(request)) => {
+            let refusal = match request {
+                Request::Token { .. } => Some(Refusal::Token),
+                Request::AuthorizedKeys { .. } | Request::AuthorizedPrincipals { .. } => {
+                    Some(Refusal::LoginQuestion)
+                }
+                _ => None,
+            };
+            let answer = if privileged {
+                handler.answer(request, peer).await
+            } else {
+                let gate: Arc<dyn LookupGate> = Arc::new(PeerBudget {
+                    limits: limits.clone(),
+                    peer,
+                });
+                LOOKUP_GATE.scope(gate, handler.answer(request, peer)).await
+            };
+            if let (Answer::Denied(_), Some(what)) = (&answer, refusal) {
+                limits.note(what, peer);
+            }
+            answer
+        }
         Some(Err(e)) => Answer::Error(e.to_string()),
         None => Answer::Error("request too long or not terminated".into()),
     };
-    tracing::debug!(uid = peer.uid, request = line.trim_end(), answer = ?answer, "socket request");
-    write.write_all(answer.encode().as_bytes()).await?;
+    // Neither the request (it may carry a certificate) nor the answer (it may carry a token)
+    // is logged: only what kind they were.
+    tracing::debug!(uid = peer.uid, verb = ?verb.trim_end(), answer = answer_kind(&answer), "socket request");
+    match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(answer.encode().as_bytes())).await {
+        Ok(r) => r?,
+        Err(_) => return Ok(()), // a client that does not read: dropped
+    }
     write.shutdown().await
+}
+
+fn answer_kind(a: &Answer) -> &'static str {
+    match a {
+        Answer::Ok(_) => "ok",
+        Answer::NotFound => "notfound",
+        Answer::Unavailable(_) => "unavailable",
+        Answer::Denied(_) => "denied",
+        Answer::Error(_) => "error",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bucket_gives_the_burst_then_refills_at_the_rate() {
+        let t0 = Instant::now();
+        let mut b = Bucket::full(t0);
+        let burst = (0..100).filter(|_| b.take(t0)).count();
+        assert_eq!(burst, LOOKUP_BURST as usize);
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+        // One second later: LOOKUP_REFILL_PER_SEC more (counting the 0.5 already refilled).
+        let later = t0 + Duration::from_millis(1100);
+        let more = (0..100).filter(|_| b.take(later)).count();
+        assert_eq!(more, LOOKUP_REFILL_PER_SEC as usize);
+        // Never more than the burst, however long idle.
+        let idle = t0 + Duration::from_secs(3600);
+        assert_eq!(
+            (0..100).filter(|_| b.take(idle)).count(),
+            LOOKUP_BURST as usize
+        );
+    }
+
+    #[test]
+    fn budgets_and_connection_counts_are_per_uid() {
+        let limits = Arc::new(Limits::default());
+        let spent = (0..100).filter(|_| limits.take_lookup(1000)).count();
+        assert_eq!(spent, LOOKUP_BURST as usize);
+        assert!(limits.take_lookup(1001), "another uid has its own budget");
+        let guards: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
+            .map(|_| limits.open(1000).expect("under the cap"))
+            .collect();
+        assert!(limits.open(1000).is_none());
+        assert!(limits.open(1001).is_some());
+        drop(guards);
+        assert!(limits.open(1000).is_some(), "closing gives the slots back");
+        assert!(
+            lock(&limits.open).get(&1000).is_none(),
+            "no entry left behind"
+        );
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_uid_and_kind_and_counted() {
+        let limits = Limits::default();
+        let peer = Peer {
+            uid: 1000,
+            pid: None,
+        };
+        for _ in 0..50 {
+            limits.note(Refusal::Token, peer);
+        }
+        limits.note(Refusal::LoginQuestion, peer);
+        let logged = lock(&limits.logged);
+        assert_eq!(logged.get(&(1000, Refusal::Token)).map(|e| e.1), Some(49));
+        assert_eq!(
+            logged.get(&(1000, Refusal::LoginQuestion)).map(|e| e.1),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn root_is_privileged_and_an_unknown_command_user_matches_nobody() {
+        let limits = Limits::default();
+        assert!(limits.privileged(0, "no-such-user-here"));
+        assert!(!limits.privileged(1000, "no-such-user-here"));
+    }
 }

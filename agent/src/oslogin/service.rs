@@ -28,6 +28,18 @@ const LOOKUP_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// already given up on it, so later lookups are answered at once rather than queued behind it.
 const LOOKUP_SLOW: Duration = Duration::from_millis(100);
 
+/// Decides whether a lookup on behalf of the current socket peer may go to the metadata
+/// service (the socket's per-user rate limit).
+pub trait LookupGate: Send + Sync {
+    fn allow(&self) -> bool;
+}
+
+tokio::task_local! {
+    /// Set by the socket around the answer to an unprivileged peer; unset (no limit) for
+    /// root, the AuthorizedKeysCommandUser and the daemon's own work.
+    pub static LOOKUP_GATE: Arc<dyn LookupGate>;
+}
+
 /// How lookups to the service are going.
 #[derive(Debug, Default)]
 struct LookupHealth {
@@ -75,7 +87,7 @@ pub struct OsLogin {
     cache_dirty: Notify,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -238,6 +250,11 @@ impl OsLogin {
     /// One lookup request (`oslogin/PATH`) with the health rules: `Ok(None)` for 404,
     /// `Err(Unavailable)` when the service fails or is known to be failing.
     async fn lookup_json(&self, path: &str) -> Result<Option<serde_json::Value>, Answer> {
+        if !LOOKUP_GATE.try_with(|g| g.allow()).unwrap_or(true) {
+            return Err(Answer::Unavailable(
+                "too many lookups from this user; try again later".into(),
+            ));
+        }
         let Some(id) = self.lookup_start() else {
             return Err(Answer::Unavailable("metadata service failing".into()));
         };
