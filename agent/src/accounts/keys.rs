@@ -286,8 +286,12 @@ fn parse_key_for(
     if let Some(options) = e.options {
         check_options(options).map_err(|reason| refuse(Some(t), reason))?;
     }
-    let key = PublicKey::from_openssh(&format!("{t} {}", e.base64))
-        .map_err(|err| refuse(Some(t), format!("key data is not a valid {t} key: {err}")))?;
+    // The decoder's message may quote bytes of the key data (a curve label, ...): escaped and
+    // cut short, so the reason stays one printable line.
+    let key = PublicKey::from_openssh(&format!("{t} {}", e.base64)).map_err(|err| {
+        let err = excerpt(&err.to_string(), 80);
+        refuse(Some(t), format!("key data is not a valid {t} key: {err}"))
+    })?;
     if let KeyData::Rsa(rsa) = key.key_data() {
         let bits = rsa.n.as_positive_bytes().map_or(0, |n| match n {
             [first, rest @ ..] => rest.len() * 8 + (8 - first.leading_zeros() as usize),

@@ -502,3 +502,28 @@ fn broken_or_foreign_user_data() {
     let s = snapshot(&[("user-data", "#!/bin/sh\necho hi\n")], &[]);
     assert_eq!(desired_keys(&s, NOW, false), Desired::default());
 }
+
+/// Found by the `ssh_keys` fuzz target: the key decoder's error quoted bytes of the key data
+/// (here an ECDSA curve label holding a newline and a NUL) into the reason, so a refused line
+/// could put a control character, or a forged second line, into the log.
+#[test]
+fn key_data_errors_are_escaped_in_the_reason() {
+    use base64::Engine as _;
+    let string = |s: &[u8]| [&(s.len() as u32).to_be_bytes()[..], s].concat();
+    let blob = [
+        string(b"ecdsa-sha2-nistp256"),
+        string(b"nist\nalice:\0"),
+        string(&[4; 65]),
+    ]
+    .concat();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(blob);
+    let r = one_rejection(&format!("alice:ecdsa-sha2-nistp256 {b64}"));
+    assert!(
+        r.reason
+            .starts_with("key data is not a valid ecdsa-sha2-nistp256 key"),
+        "{}",
+        r.reason
+    );
+    let shown = r.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+}
