@@ -1,6 +1,7 @@
-//! What the benchmark binaries (`login-bench`, `accounts-bench`) share: the supervisor that
-//! runs the measuring part in a child process and cleans up after it, duration formatting and
-//! the result table.
+//! The benchmarks: each part is a library module returning a result struct and its table rows
+//! ([`nss`], [`login`], [`accounts`]); the binaries `nss-bench`, `login-bench`,
+//! `accounts-bench` print one part each. Here: what they share, the supervisor that runs the measuring part in a child process
+//! and cleans up after it, samples, duration formatting and the result table.
 //!
 //! Release builds abort on panic (no Drop), so a benchmark measures in a child process (the
 //! worker, started again from the same binary with [`Bench::worker_env`] set) while the parent,
@@ -11,14 +12,18 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+pub mod accounts;
+pub mod login;
+pub mod nss;
+pub mod procfs;
+pub mod timer;
+
 /// One benchmark binary, as the supervisor needs to know it.
 pub struct Bench {
     /// The binary's name, at the start of its messages and of its temporary file's name.
     pub name: &'static str,
-    /// Set (to a file to record the temporary directory in) in the measuring child.
+    /// Set (to a file to record the temporary directories in) in the measuring child.
     pub worker_env: &'static str,
-    /// Namespace tag: the harness names namespaces `ga-<tag>-<pid>-<n>`.
-    pub tag: &'static str,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -27,10 +32,11 @@ pub struct Bench {
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 impl Bench {
-    /// Runs this binary again as the worker (with [`Bench::worker_env`] set to a file in which
-    /// the worker records its temporary directory), waits for it, then kills by PID every
-    /// process it left behind, deletes its network namespaces and removes its temporary
-    /// directory. Returns the exit code: 0 if the worker succeeded, 1 otherwise.
+    /// Runs this binary again, with the same arguments, as the worker (with
+    /// [`Bench::worker_env`] set to a file in which the worker records its temporary
+    /// directories, [`record_dir`]), waits for it, then kills by PID every process it left
+    /// behind, deletes its network namespaces and removes its temporary directories. Returns
+    /// the exit code: 0 if the worker succeeded, 1 otherwise.
     pub fn supervise(&self) -> i32 {
         let name = self.name;
         // SAFETY: prctl and signal with constant arguments; the handler does nothing (it only
@@ -59,6 +65,7 @@ impl Bench {
             }
         };
         let mut child = match Command::new(exe)
+            .args(std::env::args_os().skip(1))
             .env(self.worker_env, record.path())
             .spawn()
         {
@@ -73,36 +80,32 @@ impl Bench {
         let ok = matches!(&status, Ok(s) if s.success());
         let killed = kill_orphans();
         let namespaces = self.delete_namespaces(worker_pid);
-        let mut dir_removed = false;
-        if let Ok(dir) = std::fs::read_to_string(record.path()) {
-            let dir = PathBuf::from(dir.trim());
+        let mut dirs_removed = 0;
+        let recorded = std::fs::read_to_string(record.path()).unwrap_or_default();
+        for dir in recorded.lines().map(|l| PathBuf::from(l.trim())) {
             let ours = dir.starts_with(std::env::temp_dir())
                 && dir
                     .file_name()
                     .and_then(|n| n.to_str())
                     .is_some_and(|n| n.starts_with("ga-e2e-"));
-            if ours && dir.is_dir() {
-                dir_removed = std::fs::remove_dir_all(&dir).is_ok();
+            if ours && dir.is_dir() && std::fs::remove_dir_all(&dir).is_ok() {
+                dirs_removed += 1;
             }
         }
-        if killed + namespaces > 0 || dir_removed {
+        if killed + namespaces + dirs_removed > 0 {
             eprintln!(
                 "{name}: cleaned up after the measuring process ({status:?}): {killed} \
-                 live process(es) killed, {namespaces} namespace(s) deleted, temporary \
-                 directory {}",
-                if dir_removed {
-                    "removed"
-                } else {
-                    "already gone"
-                }
+                 live process(es) killed, {namespaces} namespace(s) deleted, \
+                 {dirs_removed} temporary directory(ies) removed"
             );
         }
         if ok { 0 } else { 1 }
     }
 
-    /// Deletes the network namespaces the worker made (`ga-<tag>-<worker pid>-<n>`).
+    /// Deletes the network namespaces the worker made: the harness names them
+    /// `ga-<tag>-<pid>-<n>` (tags alphanumeric), whatever the part's tag.
     fn delete_namespaces(&self, worker_pid: u32) -> usize {
-        let prefix = format!("ga-{}-{worker_pid}-", self.tag);
+        let pid = worker_pid.to_string();
         let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
             return 0;
         };
@@ -111,7 +114,10 @@ impl Bench {
             let Some(name) = line.split_whitespace().next() else {
                 continue;
             };
-            if name.starts_with(&prefix)
+            let parts: Vec<&str> = name.split('-').collect();
+            if parts.len() == 4
+                && parts[0] == "ga"
+                && parts[2] == pid
                 && Command::new("ip")
                     .args(["netns", "del", name])
                     .status()
@@ -128,6 +134,18 @@ impl Bench {
         }
         n
     }
+}
+
+/// Records `env`'s temporary directory in the worker's `record` file (one line each), for the
+/// supervisor to remove if the worker dies without cleaning up.
+pub fn record_dir(record: &std::path::Path, env: &crate::TestEnv) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(record)
+        .and_then(|mut f| writeln!(f, "{}", env.dir().display()))
+        .map_err(|e| format!("{}: {e}", record.display()))
 }
 
 /// (state, parent pid) of `pid`, from /proc/PID/stat (fields counted after the last ')').
@@ -196,45 +214,130 @@ pub fn fmt_d(d: Duration) -> String {
     }
 }
 
-/// One table row: what, ours, the incumbent's, our goal (bar).
-pub struct Row(String, String, String, String);
+/// `kib` KiB as MiB with one decimal.
+pub fn fmt_kib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
 
-/// A [`Row`]: what, ours, the incumbent's, our goal (bar).
+/// Sorted samples.
+#[derive(Debug, Clone, Default)]
+pub struct Stats(pub Vec<Duration>);
+
+impl Stats {
+    pub fn new(mut v: Vec<Duration>) -> Stats {
+        v.sort();
+        Stats(v)
+    }
+
+    /// Nearest-rank percentile.
+    pub fn pct(&self, p: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((p / 100.0) * self.0.len() as f64).ceil() as usize;
+        self.0[rank.clamp(1, self.0.len()) - 1]
+    }
+
+    pub fn median(&self) -> Duration {
+        self.pct(50.0)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.pct(99.0)
+    }
+
+    pub fn max(&self) -> Duration {
+        self.0.last().copied().unwrap_or_default()
+    }
+
+    /// `median X, p99 Y`.
+    pub fn brief(&self) -> String {
+        format!("median {}, p99 {}", fmt_d(self.median()), fmt_d(self.p99()))
+    }
+}
+
+/// One table row: what, the goal, the incumbent's figure, ours, and the verdict against the
+/// goal (`None`: no goal for this row).
+pub struct Row {
+    pub what: String,
+    pub goal: String,
+    pub incumbent: String,
+    pub ours: String,
+    pub pass: Option<bool>,
+}
+
+/// A [`Row`] without a verdict: what, ours, the incumbent's, our goal (shown, not judged).
 pub fn row(
     what: impl Into<String>,
     ours: impl Into<String>,
     inc: impl Into<String>,
     goal: impl Into<String>,
 ) -> Row {
-    Row(what.into(), ours.into(), inc.into(), goal.into())
+    Row {
+        what: what.into(),
+        goal: goal.into(),
+        incumbent: inc.into(),
+        ours: ours.into(),
+        pass: None,
+    }
 }
 
-/// Prints `title`, a blank line, then `rows` under a header, columns padded and separated by
-/// ` | `.
+impl Row {
+    /// The same row judged against its goal.
+    pub fn judged(mut self, pass: bool) -> Row {
+        self.pass = Some(pass);
+        self
+    }
+}
+
+/// Rows that missed their goal.
+pub fn failed(rows: &[Row]) -> Vec<&Row> {
+    rows.iter().filter(|r| r.pass == Some(false)).collect()
+}
+
+/// Prints `title`, a blank line, then `rows` under a header (measurement, goal, incumbent,
+/// this run, PASS/FAIL), columns padded and separated by ` | `.
 pub fn print_table(title: &str, rows: &[Row]) {
-    let head = row("measurement", "guest-agent (this run)", "incumbent", "goal");
-    let w = |f: fn(&Row) -> usize| rows.iter().chain([&head]).map(f).max().unwrap_or(0);
-    let (w0, w1, w2, w3) = (
-        w(|r| r.0.chars().count()),
-        w(|r| r.1.chars().count()),
-        w(|r| r.2.chars().count()),
-        w(|r| r.3.chars().count()),
-    );
-    let line = |r: &Row| {
+    let cells = |r: &Row| -> [String; 5] {
+        [
+            r.what.clone(),
+            r.goal.clone(),
+            r.incumbent.clone(),
+            r.ours.clone(),
+            match r.pass {
+                Some(true) => "pass".into(),
+                Some(false) => "FAIL".into(),
+                None => String::new(),
+            },
+        ]
+    };
+    let head = [
+        "measurement",
+        "goal",
+        "incumbent",
+        "guest-agent (this run)",
+        "",
+    ]
+    .map(String::from);
+    let all: Vec<[String; 5]> = std::iter::once(head)
+        .chain(rows.iter().map(cells))
+        .collect();
+    let mut w = [0usize; 5];
+    for r in &all {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let line = |r: &[String; 5]| {
         let pad = |s: &str, w: usize| format!("{s}{}", " ".repeat(w - s.chars().count()));
-        println!(
-            "{} | {} | {} | {}",
-            pad(&r.0, w0),
-            pad(&r.1, w1),
-            pad(&r.2, w2),
-            pad(&r.3, w3)
-        );
+        let text: Vec<String> = r.iter().zip(w).map(|(c, w)| pad(c, w)).collect();
+        println!("{}", text.join(" | ").trim_end());
     };
     println!("{title}");
     println!();
-    line(&head);
-    println!("{}", "-".repeat(w0 + w1 + w2 + w3 + 9));
-    for r in rows {
+    line(&all[0]);
+    println!("{}", "-".repeat(w.iter().sum::<usize>() + 3 * 4));
+    for r in &all[1..] {
         line(r);
     }
 }

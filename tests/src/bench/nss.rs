@@ -1,0 +1,806 @@
+//! What a user lookup costs with the guest-agent NSS module, beside glibc's own `files`
+//! module holding the same users (`nss-bench` prints it alone, `bench-report` in its table).
+//!
+//! [`run`] needs root and a single-threaded process: it moves the calling process into a
+//! private mount namespace of its own (nothing it mounts or writes is seen by the host) and
+//! there: a tmpfs for its files, an overlay on the library directory holding the module as
+//! `libnss_guestagent.so.2`, an overlay on /var/lib for the cache file, and bind mounts of its
+//! own nsswitch.conf and passwd. For each number of users it measures, in ns per lookup of a
+//! random existing user:
+//! - module: `_nss_guestagent_getpwnam_r` / `_getpwuid_r` called directly (dlopen, dlsym), and
+//!   the first call of a process (open, mmap and validation of the cache file, in µs);
+//! - glibc: `getpwnam_r` / `getpwuid_r` with `passwd: guestagent`, and with `passwd: files
+//!   guestagent` over the host's small /etc/passwd (the installed configuration);
+//! - files: `getpwnam_r` / `getpwuid_r` with `passwd: files` and the users in /etc/passwd;
+//! - and for each, an unknown name (no daemon here: the module answers UNAVAIL at once).
+//!
+//! Each measurement runs in a forked child, so every one starts with a fresh glibc and module.
+//! [`run_in_subprocess`] runs it in a new process of the calling binary (which must call
+//! [`dispatch`] first in `main`), for callers that have threads or must keep their namespace.
+
+use std::ffi::{CString, c_char, c_int};
+use std::io::{Read, Write};
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use guest_agent_wire::cache::{CacheBuilder, UserEntry};
+use serde_json::{Value, json};
+
+use super::{Row, row};
+
+/// The figures for one number of users (ns per lookup unless said otherwise).
+#[derive(Debug, Clone, Default)]
+pub struct NssSize {
+    pub users: usize,
+    /// The module's first call in a process (open, mmap, validate the cache), µs.
+    pub first_call_us: f64,
+    /// `_nss_guestagent_getpw*_r` called directly.
+    pub module_name: f64,
+    pub module_uid: f64,
+    /// getpw*_r with `passwd: guestagent`: by name, by uid, unknown name.
+    pub glibc: [f64; 3],
+    /// getpw*_r with `passwd: files guestagent` over the host's /etc/passwd.
+    pub files_gu: [f64; 3],
+    /// getpw*_r with `passwd: files` and the same users in /etc/passwd.
+    pub files: [f64; 3],
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone, Default)]
+pub struct NssResult {
+    pub library: String,
+    pub sizes: Vec<NssSize>,
+    /// The module's miss with no daemon (no socket: UNAVAIL at once), ns.
+    pub miss_no_daemon: f64,
+    /// The daemon's socket existed (the miss figure then measures a live daemon).
+    pub live_daemon: bool,
+}
+
+impl NssSize {
+    fn to_json(&self) -> Value {
+        json!([
+            self.users,
+            self.first_call_us,
+            self.module_name,
+            self.module_uid,
+            self.glibc,
+            self.files_gu,
+            self.files
+        ])
+    }
+
+    fn from_json(v: &Value) -> Option<NssSize> {
+        let f = |i: usize| v.get(i)?.as_f64();
+        let three = |i: usize| -> Option<[f64; 3]> {
+            let a = v.get(i)?.as_array()?;
+            Some([
+                a.first()?.as_f64()?,
+                a.get(1)?.as_f64()?,
+                a.get(2)?.as_f64()?,
+            ])
+        };
+        Some(NssSize {
+            users: v.get(0)?.as_u64()? as usize,
+            first_call_us: f(1)?,
+            module_name: f(2)?,
+            module_uid: f(3)?,
+            glibc: three(4)?,
+            files_gu: three(5)?,
+            files: three(6)?,
+        })
+    }
+}
+
+impl NssResult {
+    pub fn to_json(&self) -> Value {
+        json!({"library": self.library, "miss_no_daemon": self.miss_no_daemon,
+               "live_daemon": self.live_daemon,
+               "sizes": self.sizes.iter().map(NssSize::to_json).collect::<Vec<_>>()})
+    }
+
+    pub fn from_json(v: &Value) -> Option<NssResult> {
+        Some(NssResult {
+            library: v["library"].as_str()?.to_owned(),
+            miss_no_daemon: v["miss_no_daemon"].as_f64()?,
+            live_daemon: v["live_daemon"].as_bool()?,
+            sizes: v["sizes"]
+                .as_array()?
+                .iter()
+                .map(NssSize::from_json)
+                .collect::<Option<_>>()?,
+        })
+    }
+}
+
+/// Handles `--nss-json LIBRARY SIZES MIN_RUN_MS` (what [`run_in_subprocess`] starts): runs
+/// [`run`] and prints its result as JSON. `None` for any other arguments.
+pub fn dispatch(args: &[String]) -> Option<i32> {
+    if args.first().map(String::as_str) != Some("--nss-json") {
+        return None;
+    }
+    let parsed = (|| {
+        let lib = PathBuf::from(args.get(1)?);
+        let sizes = args
+            .get(2)?
+            .split(',')
+            .map(|s| s.parse().ok())
+            .collect::<Option<Vec<usize>>>()?;
+        let min_run = Duration::from_millis(args.get(3)?.parse().ok()?);
+        Some((lib, sizes, min_run))
+    })();
+    let Some((lib, sizes, min_run)) = parsed else {
+        eprintln!("usage: --nss-json LIBRARY SIZES MIN_RUN_MS");
+        return Some(2);
+    };
+    Some(match run(&lib, &sizes, min_run) {
+        Ok(r) => {
+            println!("{}", r.to_json());
+            0
+        }
+        Err(e) => {
+            eprintln!("nss: {e}");
+            1
+        }
+    })
+}
+
+/// [`run`] in a new process of this binary (which handles [`dispatch`]).
+pub fn run_in_subprocess(
+    library: &Path,
+    sizes: &[usize],
+    min_run: Duration,
+) -> Result<NssResult, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    let sizes: Vec<String> = sizes.iter().map(|s| s.to_string()).collect();
+    let out = std::process::Command::new(exe)
+        .arg("--nss-json")
+        .arg(library)
+        .arg(sizes.join(","))
+        .arg(min_run.as_millis().to_string())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("nss measurement: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("nss measurement: {}", out.status));
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("nss JSON: {e}"))?;
+    NssResult::from_json(&v).ok_or_else(|| format!("nss JSON: {v}"))
+}
+
+/// Measures (see the module's documentation). Root; call it in a single-threaded process
+/// (it moves that process into a private mount namespace).
+pub fn run(library: &Path, sizes: &[usize], min_run: Duration) -> Result<NssResult, String> {
+    // SAFETY: plain getter.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("needs root (private mount namespace, overlays); run it with sudo".into());
+    }
+    if !Path::new(LIB_DIR).is_dir() {
+        return Err(format!(
+            "{LIB_DIR} missing: this harness expects Debian/Ubuntu on x86_64"
+        ));
+    }
+    let temp = tempfile::Builder::new()
+        .prefix("nss-bench-")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let result = measure(temp.path(), library, sizes, min_run);
+    // The mounts vanish with the namespace; unmount the tmpfs so the temp dir can go now.
+    if let Ok(w) = cstring(temp.path().to_str().unwrap_or_default()) {
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(w.as_ptr(), libc::MNT_DETACH) };
+    }
+    result
+}
+
+fn measure(
+    work: &Path,
+    library: &Path,
+    sizes: &[usize],
+    min_run: Duration,
+) -> Result<NssResult, String> {
+    let s = enter_namespace(work, library)?;
+    let mut result = NssResult {
+        library: library.display().to_string(),
+        live_daemon: Path::new(guest_agent_wire::proto::SOCKET_PATH).exists(),
+        ..Default::default()
+    };
+    let three = |v: Vec<f64>| [0, 1, 2].map(|i| v.get(i).copied().unwrap_or(f64::NAN));
+    for &n in sizes {
+        write_cache(n)?;
+        rewrite(&s.passwd, &s.host_passwd)?;
+        let d = in_child(|| direct(&s.lib, n, min_run))?;
+        rewrite(&s.nsswitch, "passwd: guestagent\ngroup: guestagent\n")?;
+        let g = in_child(|| through_glibc(n, min_run))?;
+        rewrite(
+            &s.nsswitch,
+            "passwd: files guestagent\ngroup: files guestagent\n",
+        )?;
+        let fg = in_child(|| through_glibc(n, min_run))?;
+        rewrite(&s.passwd, &passwd_with_users(&s.host_passwd, n))?;
+        rewrite(&s.nsswitch, "passwd: files\ngroup: files\n")?;
+        let f = in_child(|| through_glibc(n, min_run))?;
+        let v = |x: &[f64], i: usize| x.get(i).copied().unwrap_or(f64::NAN);
+        result.sizes.push(NssSize {
+            users: n,
+            first_call_us: v(&d, 0),
+            module_name: v(&d, 1),
+            module_uid: v(&d, 2),
+            glibc: three(g),
+            files_gu: three(fg),
+            files: three(f),
+        });
+    }
+    let miss = in_child(|| miss_without_daemon(&s.lib, min_run))?;
+    result.miss_no_daemon = miss.first().copied().unwrap_or(f64::NAN);
+    Ok(result)
+}
+
+/// A number of ns with three significant digits or so.
+fn fmt(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else if x >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// ns as µs (`0.14 µs`, `3.8 ms` from 1 ms up).
+fn us(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{} ms", fmt(ns / 1e6))
+    } else {
+        format!("{} µs", fmt(ns / 1e3))
+    }
+}
+
+/// `100,000`.
+pub fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The wide table `nss-bench` prints.
+pub fn print(r: &NssResult) {
+    println!("nss-bench: {} (in a private mount namespace)", r.library);
+    if r.live_daemon {
+        println!(
+            "note: {} exists; the miss figures measure a live daemon",
+            guest_agent_wire::proto::SOCKET_PATH
+        );
+    }
+    println!();
+    println!(
+        "{:>7} | {:>10} | {:<17} | {:<26} | {:<26} | {:<29}",
+        "users", "load us", "module", "glibc+gu", "files+gu", "files"
+    );
+    println!(
+        "{:>7} | {:>10} | {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9}",
+        "",
+        "(1st call)",
+        "name ns",
+        "uid ns",
+        "name ns",
+        "uid ns",
+        "miss ns",
+        "name ns",
+        "uid ns",
+        "miss ns",
+        "name ns",
+        "uid ns",
+        "miss ns"
+    );
+    println!("{}", "-".repeat(136));
+    for s in &r.sizes {
+        println!(
+            "{:>7} | {:>10} | {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>8} {:>8} {:>8} | {:>9} {:>9} {:>9}",
+            s.users,
+            fmt(s.first_call_us),
+            fmt(s.module_name),
+            fmt(s.module_uid),
+            fmt(s.glibc[0]),
+            fmt(s.glibc[1]),
+            fmt(s.glibc[2]),
+            fmt(s.files_gu[0]),
+            fmt(s.files_gu[1]),
+            fmt(s.files_gu[2]),
+            fmt(s.files[0]),
+            fmt(s.files[1]),
+            fmt(s.files[2])
+        );
+    }
+    println!();
+    println!(
+        "module miss with no daemon (no socket: UNAVAIL at once): {} ns",
+        fmt(r.miss_no_daemon)
+    );
+    println!(
+        "module = _nss_guestagent_getpw*_r called directly; glibc+gu = getpw*_r with `passwd: guestagent`;\n\
+         files+gu = `passwd: files guestagent` over the host's /etc/passwd; files = `passwd: files` with the\n\
+         users in /etc/passwd. Random existing users; each column in a fresh process."
+    );
+}
+
+/// The report's rows: the module's own cost against the goal, and glibc's view of it beside
+/// glibc's `files` with the same users (ratios from this run).
+pub fn rows(r: &NssResult) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let (Some(small), Some(big)) = (r.sizes.first(), r.sizes.last()) else {
+        return rows;
+    };
+    let flat = r
+        .sizes
+        .iter()
+        .all(|s| s.module_name < 1000.0 && s.module_uid < 1000.0);
+    let per_size: Vec<String> = r
+        .sizes
+        .iter()
+        .map(|s| {
+            format!(
+                "{} / {} at {}",
+                us(s.module_name),
+                us(s.module_uid),
+                thousands(s.users)
+            )
+        })
+        .collect();
+    rows.push(
+        row(
+            "NSS lookup, cached hit: the module's own cost, by name / uid",
+            per_size.join("; "),
+            "30–70 µs",
+            format!("< 1 µs flat to {} users", thousands(big.users)),
+        )
+        .judged(flat),
+    );
+    let n = thousands(big.users);
+    rows.push(row(
+        format!("  getpw*_r through glibc, {n} users, by name / uid"),
+        format!(
+            "`passwd: guestagent` {} / {}, `files guestagent` {} / {}; glibc `files` with the \
+             same users {} / {} ({:.0}x / {:.0}x `guestagent`)",
+            us(big.glibc[0]),
+            us(big.glibc[1]),
+            us(big.files_gu[0]),
+            us(big.files_gu[1]),
+            us(big.files[0]),
+            us(big.files[1]),
+            big.files[0] / big.glibc[0],
+            big.files[1] / big.glibc[1],
+        ),
+        "",
+        "",
+    ));
+    rows.push(row(
+        format!("  getpw*_r, unknown name, {n} users (module: no daemon here)"),
+        format!(
+            "`files guestagent` {} (the module alone {}); glibc `files` with the same users {}",
+            us(big.files_gu[2]),
+            us(r.miss_no_daemon),
+            us(big.files[2]),
+        ),
+        "",
+        "",
+    ));
+    rows.push(row(
+        "  first lookup of a process (open, mmap, check the cache)",
+        format!(
+            "{} at {}, {} at {}",
+            us(small.first_call_us * 1000.0),
+            thousands(small.users),
+            us(big.first_call_us * 1000.0),
+            n
+        ),
+        "",
+        "",
+    ));
+    rows
+}
+
+const LIB_DIR: &str = "/usr/lib/x86_64-linux-gnu";
+const FIRST_UID: u32 = 300_000;
+
+type Lookup = unsafe extern "C" fn(
+    *const c_char,
+    *mut libc::passwd,
+    *mut c_char,
+    libc::size_t,
+    *mut c_int,
+) -> c_int;
+type LookupUid = unsafe extern "C" fn(
+    libc::uid_t,
+    *mut libc::passwd,
+    *mut c_char,
+    libc::size_t,
+    *mut c_int,
+) -> c_int;
+
+fn cstring(s: impl AsRef<str>) -> Result<CString, String> {
+    CString::new(s.as_ref()).map_err(|e| e.to_string())
+}
+
+fn os_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+fn mount(
+    src: &str,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+) -> Result<(), String> {
+    let (s, t) = (cstring(src)?, cstring(target)?);
+    let f = fstype.map(cstring).transpose()?;
+    let d = data.map(cstring).transpose()?;
+    // SAFETY: NUL-terminated strings or null pointers.
+    let r = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ref().map_or(std::ptr::null(), |f| f.as_ptr()),
+            flags,
+            d.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast()),
+        )
+    };
+    if r != 0 {
+        return Err(os_err(&format!("mount {src} on {target}")));
+    }
+    Ok(())
+}
+
+/// The library to measure: `arg`, or `libnss_guestagent.so` next to this binary.
+pub fn library(arg: Option<&str>) -> Result<PathBuf, String> {
+    if let Some(arg) = arg {
+        return Ok(PathBuf::from(arg));
+    }
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let lib = exe.with_file_name("libnss_guestagent.so");
+    if lib.is_file() {
+        Ok(lib)
+    } else {
+        Err(format!(
+            "{} not found: build it (cargo build --release -p guest-agent-nss) or pass its path",
+            lib.display()
+        ))
+    }
+}
+
+/// The files the namespace is made of.
+struct Setup {
+    lib: PathBuf,
+    nsswitch: PathBuf,
+    passwd: PathBuf,
+    host_passwd: String,
+}
+
+/// Enters a private mount namespace and mounts the test world; returns its files.
+fn enter_namespace(work: &Path, library: &Path) -> Result<Setup, String> {
+    let host_passwd =
+        std::fs::read_to_string("/etc/passwd").map_err(|e| format!("/etc/passwd: {e}"))?;
+    // SAFETY: single-threaded at this point (CLONE_NEWNS requires it).
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(os_err("unshare(CLONE_NEWNS)"));
+    }
+    mount("none", "/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+    let w = work.to_str().ok_or("temp dir path is not UTF-8")?;
+    mount("tmpfs", w, Some("tmpfs"), 0, Some("mode=0755"))?;
+    for d in ["lib-up", "lib-work", "var-up/guest-agent", "var-work"] {
+        std::fs::create_dir_all(work.join(d)).map_err(|e| format!("{d}: {e}"))?;
+    }
+    let lib = work.join("lib-up/libnss_guestagent.so.2");
+    std::fs::copy(library, &lib).map_err(|e| format!("copy {}: {e}", library.display()))?;
+    let nsswitch = work.join("nsswitch.conf");
+    let passwd = work.join("passwd");
+    std::fs::write(&nsswitch, "passwd: files\ngroup: files\n").map_err(|e| e.to_string())?;
+    std::fs::write(&passwd, &host_passwd).map_err(|e| e.to_string())?;
+    mount(
+        "overlay",
+        LIB_DIR,
+        Some("overlay"),
+        0,
+        Some(&format!(
+            "lowerdir={LIB_DIR},upperdir={w}/lib-up,workdir={w}/lib-work"
+        )),
+    )?;
+    mount(
+        "overlay",
+        "/var/lib",
+        Some("overlay"),
+        0,
+        Some(&format!(
+            "lowerdir=/var/lib,upperdir={w}/var-up,workdir={w}/var-work"
+        )),
+    )?;
+    let bind = |src: &Path, dst: &str| {
+        mount(
+            src.to_str().unwrap_or_default(),
+            dst,
+            None,
+            libc::MS_BIND,
+            None,
+        )
+    };
+    bind(&nsswitch, "/etc/nsswitch.conf")?;
+    bind(&passwd, "/etc/passwd")?;
+    Ok(Setup {
+        lib,
+        nsswitch,
+        passwd,
+        host_passwd,
+    })
+}
+
+/// Rewrites a bind-mounted file in place (a rename would leave the mount on the old inode).
+fn rewrite(path: &Path, content: &str) -> Result<(), String> {
+    std::fs::write(path, content).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn name(i: usize) -> String {
+    format!("bench{i:06}")
+}
+
+/// The cache for `n` users, written like the daemon does (temp file, rename), 0644.
+fn write_cache(n: usize) -> Result<(), String> {
+    let mut b = CacheBuilder::new(1000, 0);
+    for i in 0..n {
+        let uid = FIRST_UID + i as u32;
+        b.add_user(UserEntry {
+            name: name(i),
+            uid,
+            gid: uid,
+            gecos: format!("Bench User {i}"),
+            home: format!("/home/{}", name(i)),
+            shell: "/bin/bash".into(),
+            groups: vec![],
+        });
+    }
+    let dir = Path::new("/var/lib/guest-agent");
+    let tmp = dir.join(".directory.cache.tmp");
+    std::fs::write(&tmp, b.build()).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, dir.join("directory.cache")).map_err(|e| e.to_string())
+}
+
+fn passwd_with_users(host: &str, n: usize) -> String {
+    let mut s = String::with_capacity(host.len() + n * 64);
+    s.push_str(host);
+    for i in 0..n {
+        let uid = FIRST_UID + i as u32;
+        let nm = name(i);
+        s.push_str(&format!(
+            "{nm}:x:{uid}:{uid}:Bench User {i}:/home/{nm}:/bin/bash\n"
+        ));
+    }
+    s
+}
+
+/// Runs `f` in a forked child; returns what it printed (one line of numbers).
+fn in_child(f: impl FnOnce() -> Result<Vec<f64>, String>) -> Result<Vec<f64>, String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(os_err("pipe"));
+    }
+    // SAFETY: this process is single-threaded, so the child may run Rust code.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(os_err("fork"));
+    }
+    if pid == 0 {
+        // SAFETY: the child owns the write end; _exit skips the parent's destructors.
+        unsafe {
+            libc::close(fds[0]);
+            let mut out = std::fs::File::from(std::os::fd::OwnedFd::from_raw_fd(fds[1]));
+            let line = match f() {
+                Ok(v) => v
+                    .iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Err(e) => format!("ERR {e}"),
+            };
+            let _ = out.write_all(line.as_bytes());
+            drop(out);
+            libc::_exit(0);
+        }
+    }
+    // SAFETY: the parent owns the read end.
+    let mut input = unsafe {
+        libc::close(fds[1]);
+        std::fs::File::from(std::os::fd::OwnedFd::from_raw_fd(fds[0]))
+    };
+    let mut text = String::new();
+    let _ = input.read_to_string(&mut text);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if let Some(e) = text.strip_prefix("ERR ") {
+        return Err(e.to_owned());
+    }
+    text.split_whitespace()
+        .map(|x| {
+            x.parse::<f64>()
+                .map_err(|e| format!("child said {text:?}: {e}"))
+        })
+        .collect()
+}
+
+/// ns per call of `f(i)`, over at least `min_run`; `f` returns false on a failed lookup.
+fn time_per_call(min_run: Duration, mut f: impl FnMut(usize) -> bool) -> Result<f64, String> {
+    let mut iters = 16usize;
+    loop {
+        let t = Instant::now();
+        for i in 0..iters {
+            if !f(i) {
+                return Err(format!("lookup {i} failed"));
+            }
+        }
+        let took = t.elapsed();
+        if took >= min_run || iters >= 1 << 26 {
+            return Ok(took.as_nanos() as f64 / iters as f64);
+        }
+        iters *= 2;
+    }
+}
+
+/// Random existing users: (name, uid), fixed before timing.
+fn picks(n: usize) -> Result<Vec<(CString, u32)>, String> {
+    let mut rng = super::timer::Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
+    (0..4096)
+        .map(|_| {
+            let i = rng.below(n);
+            Ok((cstring(name(i))?, FIRST_UID + i as u32))
+        })
+        .collect()
+}
+
+/// The module called directly: [first call µs, by name ns, by uid ns].
+fn direct(lib: &Path, n: usize, min_run: Duration) -> Result<Vec<f64>, String> {
+    let path = cstring(lib.to_str().unwrap_or_default())?;
+    // SAFETY: dlopen/dlsym of our module, whose symbols have the declared signatures.
+    let (by_name, by_uid) = unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        if h.is_null() {
+            return Err(format!("dlopen {}", lib.display()));
+        }
+        let a = libc::dlsym(h, c"_nss_guestagent_getpwnam_r".as_ptr());
+        let b = libc::dlsym(h, c"_nss_guestagent_getpwuid_r".as_ptr());
+        if a.is_null() || b.is_null() {
+            return Err("dlsym".into());
+        }
+        (
+            std::mem::transmute::<*mut libc::c_void, Lookup>(a),
+            std::mem::transmute::<*mut libc::c_void, LookupUid>(b),
+        )
+    };
+    let picks = picks(n)?;
+    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as c_char; 1024];
+    let mut errno = 0;
+    let first = Instant::now();
+    // SAFETY: valid pointers for the module's contract.
+    let ok = unsafe {
+        by_name(
+            picks[0].0.as_ptr(),
+            pw.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut errno,
+        )
+    };
+    let first = first.elapsed().as_nanos() as f64 / 1000.0;
+    if ok != 1 {
+        return Err(format!("first lookup: status {ok}, errno {errno}"));
+    }
+    let name_ns = time_per_call(min_run, |i| {
+        let (nm, _) = &picks[i % picks.len()];
+        // SAFETY: as above.
+        unsafe {
+            by_name(
+                nm.as_ptr(),
+                pw.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut errno,
+            ) == 1
+        }
+    })?;
+    let uid_ns = time_per_call(min_run, |i| {
+        let (_, uid) = picks[i % picks.len()];
+        // SAFETY: as above.
+        unsafe {
+            by_uid(
+                uid,
+                pw.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut errno,
+            ) == 1
+        }
+    })?;
+    Ok(vec![first, name_ns, uid_ns])
+}
+
+/// glibc's getpwnam_r / getpwuid_r with the current nsswitch.conf: [by name ns, by uid ns,
+/// unknown name ns].
+fn through_glibc(n: usize, min_run: Duration) -> Result<Vec<f64>, String> {
+    let picks = picks(n)?;
+    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as c_char; 1024];
+    let mut res: *mut libc::passwd = std::ptr::null_mut();
+    // SAFETY (both closures): valid pointers for getpw*_r; success is 0 with a non-null result.
+    let name_ns = time_per_call(min_run, |i| unsafe {
+        let (nm, _) = &picks[i % picks.len()];
+        libc::getpwnam_r(
+            nm.as_ptr(),
+            pw.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut res,
+        ) == 0
+            && !res.is_null()
+    })?;
+    let uid_ns = time_per_call(min_run, |i| unsafe {
+        let (_, uid) = picks[i % picks.len()];
+        libc::getpwuid_r(uid, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut res) == 0
+            && !res.is_null()
+    })?;
+    // An unknown name: whatever the status, no entry.
+    let miss_ns = time_per_call(min_run, |_| unsafe {
+        libc::getpwnam_r(
+            c"nosuchuser".as_ptr(),
+            pw.as_mut_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut res,
+        );
+        res.is_null()
+    })?;
+    Ok(vec![name_ns, uid_ns, miss_ns])
+}
+
+/// The cost of a miss with no daemon (no socket file): ns.
+fn miss_without_daemon(lib: &Path, min_run: Duration) -> Result<Vec<f64>, String> {
+    let path = cstring(lib.to_str().unwrap_or_default())?;
+    // SAFETY: as in `direct`.
+    let by_name = unsafe {
+        let h = libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL);
+        let a = if h.is_null() {
+            std::ptr::null_mut()
+        } else {
+            libc::dlsym(h, c"_nss_guestagent_getpwnam_r".as_ptr())
+        };
+        if a.is_null() {
+            return Err("dlopen/dlsym".into());
+        }
+        std::mem::transmute::<*mut libc::c_void, Lookup>(a)
+    };
+    let mut pw = std::mem::MaybeUninit::<libc::passwd>::uninit();
+    let mut buf = vec![0 as c_char; 1024];
+    let mut errno = 0;
+    let ns = time_per_call(min_run, |_| {
+        // SAFETY: as in `direct`; UNAVAIL (-1) is the expected answer.
+        unsafe {
+            by_name(
+                c"nosuchuser".as_ptr(),
+                pw.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut errno,
+            ) == -1
+        }
+    })?;
+    Ok(vec![ns])
+}
