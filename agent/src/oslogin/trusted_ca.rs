@@ -17,8 +17,12 @@ use super::service::OsLogin;
 use crate::host::files;
 
 /// The file's content from an `oslogin/certificates` answer; `Err` when the answer has the
-/// wrong shape (then nothing changes).
+/// wrong shape (then nothing changes). Only an object is an answer: `{}` (proto3 JSON leaves
+/// an empty list out) empties the file, anything else (`[...]`, a string) is garbage.
 pub fn content(answer: &serde_json::Value) -> Result<(String, usize), String> {
+    if !answer.is_object() {
+        return Err("the certificates answer is not a JSON object".into());
+    }
     let list = match answer.get("trustedCertificateAuthorities") {
         None | Some(serde_json::Value::Null) => return Ok((String::new(), 0)),
         Some(serde_json::Value::Array(l)) => l,
@@ -185,5 +189,10 @@ mod tests {
         );
         assert_eq!(content(&json!({})).unwrap().0, "");
         assert!(content(&json!({"trustedCertificateAuthorities": "x"})).is_err());
+        // Not an object: garbage, not an empty list (the fault matrix's wrong-shaped answer
+        // emptied the file and refused every certificate login).
+        assert!(content(&json!(["not", "a", "tree"])).is_err());
+        assert!(content(&json!("x")).is_err());
+        assert!(content(&json!(null)).is_err());
     }
 }
