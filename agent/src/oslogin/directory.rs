@@ -198,7 +198,12 @@ impl Directory {
         let mut skipped = Vec::new();
         let mut memberships: HashMap<&str, Vec<u32>> = HashMap::new();
         let mut builder = CacheBuilder::new(s.min_id, now_unix);
-        for g in self.groups.values() {
+        // In name order, and gid lists sorted: the same directory gives the same file (the
+        // maps' iteration order changed each user's group list, and which of two entries
+        // sharing an id was kept, at every rewrite).
+        let mut groups: Vec<&Arc<Group>> = self.groups.values().collect();
+        groups.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        for g in groups {
             if local.clashes_with_group(&g.name, g.gid) || g.gid == s.users_group_gid {
                 skipped.push(format!("group {}", g.name));
                 continue;
@@ -222,7 +227,9 @@ impl Directory {
         } else {
             skipped.push(format!("group {}", s.users_group));
         }
-        for u in self.users.values() {
+        let mut users: Vec<&Arc<OsUser>> = self.users.values().collect();
+        users.sort_unstable_by(|a, b| a.username.cmp(&b.username));
+        for u in users {
             if local.clashes_with_user(u) {
                 skipped.push(format!("user {}", u.username));
                 continue;
@@ -241,6 +248,7 @@ impl Directory {
                 .get(u.username.as_str())
                 .cloned()
                 .unwrap_or_default();
+            groups.sort_unstable();
             if users_group_ok {
                 groups.push(s.users_group_gid);
             }
@@ -349,6 +357,27 @@ mod tests {
                 .collect::<Vec<_>>(),
             vec![b"alice".as_slice()]
         );
+    }
+
+    #[test]
+    fn the_same_directory_gives_the_same_file() {
+        let build = || {
+            let mut d = Directory::default();
+            let groups = (0..20)
+                .map(|i| Group {
+                    name: format!("g{i}"),
+                    gid: 300000 + i,
+                    members: vec!["alice".into()],
+                })
+                .collect();
+            d.replace(vec![user("alice", 200001), user("bob", 200002)], groups);
+            d.build_cache(&settings(), &LocalAccounts::parse("", ""), 1)
+                .0
+        };
+        let first = build();
+        for _ in 0..10 {
+            assert!(build() == first, "a rebuild of the same directory differs");
+        }
     }
 
     #[test]
