@@ -1,0 +1,687 @@
+//! Hostile local users (issue 8): a non-root user on the VM attacks the daemon's socket
+//! (tokens, other users' keys, lookup floods, junk, slow and many connections) and races the
+//! agent's writes into its own home with symlinks to files outside it. Needs root.
+//!
+//! The attackers are Perl scripts (Perl is part of every Debian system) run inside the VM as
+//! an unprivileged user made there (`setpriv`), so they make syscalls as fast as a native
+//! program would, without a process per step.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use guest_agent_e2e::TestEnv;
+use guest_agent_e2e::accounts::{KeysVm, keypair_of};
+use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
+use guest_agent_e2e::process::Proc;
+use guest_agent_e2e::require_root;
+
+/// The daemon's per-uid lookup budget (agent/src/socket.rs): burst and refill per second.
+const LOOKUP_BURST: f64 = 20.0;
+const LOOKUP_REFILL_PER_SEC: f64 = 5.0;
+
+/// The socket attacker: `MODE ARGS...`, prints `KEY VALUE` lines at the end.
+const CLIENT: &str = r##"
+use strict; use warnings;
+use IO::Socket::UNIX; use Socket; use Time::HiRes qw(time sleep);
+$SIG{PIPE} = 'IGNORE';
+my $SOCK = '/run/guest-agent/agent.sock';
+my ($mode, @a) = @ARGV;
+my %t;
+sub conn { IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $SOCK) }
+sub ask {
+    my ($req) = @_;
+    my $s = conn() or return 'NOCONN';
+    syswrite($s, $req);
+    my $l = <$s>;
+    close $s;
+    return 'CLOSED' unless defined $l;
+    my ($w) = split / /, $l;
+    $w =~ s/\s+$//;
+    return $w;
+}
+if ($mode eq 'ask') {
+    my ($req, $n) = @a;
+    $t{ask("$req\n")}++ for 1 .. $n;
+} elsif ($mode eq 'lookups') {
+    # Random unknown names in a tight loop: each is a miss the daemon could take to the service.
+    my ($secs) = @a;
+    my $end = time + $secs;
+    my $i = 0;
+    while (time < $end) { $i++; $t{ask("getpwnam rnd${$}x$i\n")}++; }
+    $t{total} = $i;
+} elsif ($mode eq 'hold') {
+    # N connections kept open, each sent one byte every 100 ms, never a newline; reopened
+    # whenever the daemon closes them.
+    my ($n, $secs) = @a;
+    my $end = time + $secs;
+    my @s;
+    while (time < $end) {
+        for my $k (0 .. $n - 1) {
+            if (!$s[$k]) {
+                $s[$k] = conn();
+                if ($s[$k]) { $t{opened}++ } else { $t{refused}++; next }
+            }
+            if (!defined syswrite($s[$k], 'g')) { $t{closed_by_daemon}++; close $s[$k]; $s[$k] = undef }
+        }
+        my $open = grep { $_ } @s;
+        $t{max_open} = $open if $open > ($t{max_open} // 0);
+        sleep 0.1;
+    }
+} elsif ($mode eq 'junk') {
+    # Malformed and oversized requests.
+    my ($secs) = @a;
+    my $end = time + $secs;
+    my $big = 'A' x (1 << 20);
+    my @junk = ("\n", "getpwnam\n", "getpwnam ../../etc/passwd\n", "\xff\xfe\x00\x01\n",
+                "token\n", "getpwuid 99999999999999\n", "getpwnam " . ('a' x 20000) . "\n",
+                "authorized-keys root -\n");
+    while (time < $end) {
+        $t{"junk_" . ask($_)}++ for @junk;
+        my $s = conn() or next;
+        my $w = syswrite($s, $big);
+        my $l = <$s>;
+        close $s;
+        $t{"big_" . (defined $l ? (split / /, $l)[0] : 'CLOSED')}++;
+        $t{big_fully_written}++ if defined $w && $w == length $big;
+    }
+} elsif ($mode eq 'latency') {
+    my ($req, $n, $pause) = @a;
+    my @d;
+    for (1 .. $n) {
+        my $t0 = time;
+        $t{ask("$req\n")}++;
+        push @d, time - $t0;
+        sleep $pause;
+    }
+    @d = sort { $a <=> $b } @d;
+    $t{max_us} = int($d[-1] * 1e6);
+    $t{median_us} = int($d[$#d / 2] * 1e6);
+}
+print "$_ $t{$_}\n" for sort keys %t;
+"##;
+
+/// The home racer: swaps `~/.ssh` and `~/.ssh/authorized_keys` between the real thing and
+/// symlinks to targets outside the home, N times.
+const RACER: &str = r##"
+use strict; use warnings; use Time::HiRes qw(sleep);
+my ($n, $home) = @ARGV;
+chdir $home or die "chdir $home: $!";
+my @dirs = ('/root/.ssh', '/etc/sudoers.d', '/home/victim/.ssh', '/etc');
+my @files = ('/etc/shadow', '/etc/passwd', '/root/.ssh/authorized_keys',
+             '/home/victim/.ssh/authorized_keys', '/home/victim/secret',
+             '/etc/sudoers.d/zz-evil', '/etc/sudoers.d/guest-agent-sudoers');
+my %t;
+sub rmtree {
+    my ($d) = @_;
+    opendir(my $h, $d) or return;
+    for (readdir $h) { next if /^\.\.?$/; unlink "$d/$_" }
+    closedir $h;
+    rmdir $d;
+}
+# A real ~/.ssh again (the agent may have made a new one while ours was away).
+sub normal {
+    unlink '.ssh' if -l '.ssh';
+    if (-d '.ssh.real') {
+        if (-e '.ssh' && !rename('.ssh.real', '.ssh')) { rmtree('.ssh.real'); $t{agent_made_ssh_dir}++ }
+        elsif (!-e '.ssh') { rename '.ssh.real', '.ssh' }
+    }
+    mkdir '.ssh', 0700 unless -e '.ssh';
+}
+for my $i (1 .. $n) {
+    normal();
+    if ($i % 2) {
+        my $target = $dirs[int($i / 2) % @dirs];
+        if (rename('.ssh', '.ssh.real') && symlink($target, '.ssh')) { $t{ssh_dir_swapped}++ }
+        sleep 0.0005;
+        unlink '.ssh' if -l '.ssh';
+        rename '.ssh.real', '.ssh' if -d '.ssh.real' && !-e '.ssh';
+    } else {
+        my $target = $files[int($i / 2) % @files];
+        unlink '.ssh/ak.lnk';
+        if (symlink($target, '.ssh/ak.lnk') && rename('.ssh/ak.lnk', '.ssh/authorized_keys')) {
+            $t{file_swapped}++;
+        }
+        if (link($target, '.ssh/ak.hard')) { $t{hardlinked}++; unlink '.ssh/ak.hard' }
+        sleep 0.0005;
+        # Back to a real file, damaged, so the agent has to write it again.
+        if (open(my $f, '>', '.ssh/ak.new')) {
+            print $f "# mallory was here $i\n";
+            close $f;
+            $t{file_restored}++ if rename('.ssh/ak.new', '.ssh/authorized_keys');
+        }
+    }
+    sleep 0.0005; # as long real as swapped: the agent meets both
+    $t{iterations}++;
+}
+normal();
+unlink '.ssh/ak.lnk', '.ssh/ak.new';
+print "$_ $t{$_}\n" for sort keys %t;
+"##;
+
+/// Copies a script into the VM's /srv (root-owned 0755 tmpfs) where the attacker can read it.
+fn install(env: &TestEnv, name: &str, text: &str) -> String {
+    let host = env.dir().join(name);
+    std::fs::write(&host, text).expect("write script");
+    let path = format!("/srv/{name}");
+    env.vm()
+        .run(&format!("cp {} {path} && chmod 644 {path}", host.display()));
+    path
+}
+
+/// `program args` inside the VM as uid/gid `id` (no supplementary groups).
+fn as_user(env: &TestEnv, id: u32, args: &[&str]) -> Command {
+    let mut c = env.vm().command("setpriv");
+    c.args([
+        &format!("--reuid={id}"),
+        &format!("--regid={id}"),
+        "--clear-groups",
+    ])
+    .args(args);
+    c
+}
+
+fn tally(text: &str) -> BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn run_tally(mut cmd: Command) -> BTreeMap<String, u64> {
+    let out = cmd.output().expect("run attacker");
+    assert!(
+        out.status.success(),
+        "attacker failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tally(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The tally an exited attacker printed (its output is collected by threads: waits for it).
+fn proc_tally(p: &Proc) -> BTreeMap<String, u64> {
+    let t0 = Instant::now();
+    while p.lines().is_empty() && t0.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    tally(&p.lines().join("\n"))
+}
+
+/// A field of /proc/PID/status in KiB (VmRSS, VmHWM).
+fn status_kib(pid: i32, field: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    s.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{field} in {s}"))
+}
+
+fn get(t: &BTreeMap<String, u64>, k: &str) -> u64 {
+    t.get(k).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
+    if !require_root("a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket") {
+        return;
+    }
+    let started = Instant::now();
+    const MALLORY: u32 = 54321;
+    let mut alice_key = None;
+    let mut carol_pub = String::new();
+    let mut vm = OsLoginVm::start("hostsock", "", |env| {
+        let (k, p) = keypair(env.dir(), "alice");
+        carol_pub = keypair(env.dir(), "carol").1;
+        env.emulator().ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("alice", 200001, &p, true, false).to_string()),
+        );
+        alice_key = Some(k);
+    });
+    let alice_key = alice_key.unwrap();
+    let env = &vm.env;
+    env.vm().run(&format!(
+        "groupadd -g {MALLORY} mallory && useradd -M -u {MALLORY} -g {MALLORY} -p '*' mallory"
+    ));
+    let client = install(env, "hostile-client.pl", CLIENT);
+    let agent = env.agent();
+
+    // Tokens: refused every time, logged once.
+    let t0 = Instant::now();
+    let t = run_tally(as_user(
+        env,
+        MALLORY,
+        &["perl", &client, "ask", "token default raw", "300"],
+    ));
+    assert_eq!(get(&t, "DENIED"), 300, "{t:?}");
+    let out = as_user(env, MALLORY, &[guest_agent_e2e::vm::AGENT, "token"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    // Other users' keys and principals: refused, logged once.
+    let t = run_tally(as_user(
+        env,
+        MALLORY,
+        &["perl", &client, "ask", "authorized-keys alice -", "200"],
+    ));
+    assert_eq!(get(&t, "DENIED"), 200, "{t:?}");
+    let t = run_tally(as_user(
+        env,
+        MALLORY,
+        &[
+            "perl",
+            &client,
+            "ask",
+            "authorized-principals alice AAAAHHNzaC1lZDI1NTE5LWNlcnQtdjAxQG9wZW5zc2guY29t",
+            "200",
+        ],
+    ));
+    assert_eq!(get(&t, "DENIED"), 200, "{t:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let token_lines = agent.lines_since(t0, &["refused a token"]).len();
+    let login_lines = agent.lines_since(t0, &["refused a login question"]).len();
+    assert_eq!(
+        (token_lines, login_lines),
+        (1, 1),
+        "refusals logged once per user, not per attempt:\n{}",
+        agent.dump()
+    );
+
+    // The flood: random unknown names in a tight loop, 500 slow never-ending connections,
+    // junk and 1 MiB lines, all at once, while root looks up and alice logs in.
+    for i in 1..=8 {
+        env.emulator().ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user(&format!("carol{i}"), 210000 + i, &carol_pub, true, false).to_string()),
+        );
+    }
+    let attacker_fetches = |env: &TestEnv| {
+        env.emulator()
+            .requests()
+            .iter()
+            .filter(|r| {
+                r["query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains("username=rnd"))
+            })
+            .count()
+    };
+    // Random unknown names alone first, so the lookup budget (not the connection cap) is
+    // what holds them back.
+    env.emulator().clear_requests();
+    let t = Instant::now();
+    let limits_start = t;
+    let alone = run_tally(as_user(env, MALLORY, &["perl", &client, "lookups", "5"]));
+    let alone_secs = t.elapsed().as_secs_f64();
+    let alone_fetches = attacker_fetches(env);
+    let most = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * alone_secs + 2.0;
+    let least = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * (alone_secs - 1.0);
+    eprintln!(
+        "lookups alone {alone_secs:.1} s: {alone:?}; {alone_fetches} reached the service \
+         (allowed {least:.0} to {most:.0})"
+    );
+    assert!(
+        (least..=most).contains(&(alone_fetches as f64)),
+        "{alone_fetches} lookups reached the service in {alone_secs:.1} s: {alone:?}"
+    );
+    assert_eq!(
+        get(&alone, "NOTFOUND") + get(&alone, "UNAVAIL"),
+        get(&alone, "total"),
+        "every lookup answered (NOTFOUND when asked, UNAVAIL beyond the budget): {alone:?}"
+    );
+    assert_eq!(get(&alone, "NOTFOUND"), alone_fetches as u64);
+
+    let pid = agent.pid();
+    let rss_before = status_kib(pid, "VmRSS");
+    std::thread::sleep(Duration::from_secs(4)); // the budget refills
+    env.emulator().clear_requests();
+    const FLOOD_SECS: u64 = 10;
+    let flood_start = Instant::now();
+    let secs = FLOOD_SECS.to_string();
+    let lookups = Proc::spawn(
+        "lookups",
+        as_user(env, MALLORY, &["perl", &client, "lookups", &secs]),
+    );
+    let hold = Proc::spawn(
+        "hold",
+        as_user(env, MALLORY, &["perl", &client, "hold", "500", &secs]),
+    );
+    let junk = Proc::spawn(
+        "junk",
+        as_user(env, MALLORY, &["perl", &client, "junk", &secs]),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let flood_log = Instant::now();
+
+    // Root, on the socket directly: a name the daemon knows.
+    let root_known = run_tally({
+        let mut c = env.vm().command("perl");
+        c.args([&client, "latency", "getpwnam alice", "40", "0.02"]);
+        c
+    });
+    assert_eq!(get(&root_known, "OK"), 40, "{root_known:?}");
+    // Root through glibc and the NSS module (90 ms deadline): names not in the cache file,
+    // which the daemon fetches from the service (root has no lookup budget).
+    // Slack for a loaded machine: one retry (the first answer lands in the directory even
+    // when the module's deadline passed), counted.
+    let mut getent_ms = Vec::new();
+    let mut retried = 0;
+    for i in 1..=4 {
+        let name = format!("carol{i}");
+        let t = Instant::now();
+        let (mut code, mut out) = vm_run(env, "getent", &["passwd", &name]);
+        getent_ms.push(t.elapsed().as_millis());
+        if code != 0 {
+            retried += 1;
+            (code, out) = vm_run(env, "getent", &["passwd", &name]);
+        }
+        assert_eq!(code, 0, "root's getent of {name} during the flood: {out}");
+    }
+    assert!(retried <= 1, "root's getent needed {retried} retries");
+    // The cached user, through glibc.
+    let t = Instant::now();
+    assert_eq!(vm_run(env, "getent", &["passwd", "alice"]).0, 0);
+    let getent_cached_ms = t.elapsed().as_millis();
+    // The attacker itself, beyond its budget: known names still resolve, unknown ones fail
+    // at once (UNAVAIL from the daemon, "not found" for getent).
+    let (code, _) = vm_run_as(env, MALLORY, "getent", &["passwd", "alice"]);
+    assert_eq!(code, 0, "known names still resolve for the attacker");
+    let t = Instant::now();
+    let (code, _) = vm_run_as(env, MALLORY, "getent", &["passwd", "nosuchzz1"]);
+    let mallory_miss_ms = t.elapsed().as_millis();
+    assert_eq!(code, 2, "an unknown name is simply not found");
+    // An sshd login decision (AuthorizedKeysCommand as nobody, live authorize).
+    let t = Instant::now();
+    let out = vm.ssh(&alice_key, "alice", "true");
+    let login_ms = t.elapsed().as_millis();
+    assert!(
+        out.status.success(),
+        "alice's login during the flood: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        vm.sshd().dump()
+    );
+    let in_flood = flood_log.elapsed();
+
+    let mut procs = [lookups, hold, junk];
+    for p in procs.iter_mut() {
+        assert!(
+            p.wait_exit(Duration::from_secs(FLOOD_SECS + 30)).is_some(),
+            "attacker did not end"
+        );
+    }
+    let flood_secs = flood_start.elapsed().as_secs_f64();
+    let rss_after = status_kib(pid, "VmRSS");
+    let hwm = status_kib(pid, "VmHWM");
+    let [lookups, hold, junk] = procs;
+    let (lk, hd, jk) = (proc_tally(&lookups), proc_tally(&hold), proc_tally(&junk));
+    let reqs = env.emulator().requests();
+    let to_service = attacker_fetches(env);
+    let root_fetches = reqs
+        .iter()
+        .filter(|r| {
+            r["query"]
+                .as_str()
+                .is_some_and(|q| q.contains("username=carol"))
+        })
+        .count();
+    eprintln!(
+        "flood {flood_secs:.1} s: attacker lookups {lk:?}, hold {hd:?}, junk {jk:?}\n\
+         metadata requests for the attacker's names: {to_service} (budget {:.0}); root's fetches {root_fetches}\n\
+         root on the socket: median {} us, max {} us; root getent (fetched) {getent_ms:?} ms ({retried} retried); \
+         root getent (cached) {getent_cached_ms} ms; attacker's miss {mallory_miss_ms} ms; \
+         alice's ssh login {login_ms} ms; root's checks took {in_flood:?}\n\
+         daemon VmRSS {rss_before} KiB before, {rss_after} KiB after, VmHWM {hwm} KiB",
+        LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * flood_secs,
+        get(&root_known, "median_us"),
+        get(&root_known, "max_us"),
+    );
+    assert!(vm.env.agent_mut().is_running(), "the daemon died");
+    let env = &vm.env;
+    let agent = env.agent();
+
+    // The rate limit held: at most the burst plus the refill over the flood (slack of 5).
+    let budget = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * flood_secs + 5.0;
+    assert!(
+        (to_service as f64) <= budget,
+        "{to_service} metadata requests for the attacker's lookups in {flood_secs:.1} s (budget {budget:.0})"
+    );
+    assert!(
+        to_service >= LOOKUP_BURST as usize,
+        "the flood did reach the service ({to_service})"
+    );
+    assert!(
+        get(&lk, "total") > 4 * to_service as u64,
+        "the attacker asked far more than went out: {lk:?}"
+    );
+    assert!(
+        get(&lk, "UNAVAIL") > 0,
+        "limited lookups answer UNAVAIL: {lk:?}"
+    );
+    // Connections: the attacker never held more than its share, and was refused the rest.
+    assert!(
+        get(&hd, "max_open") >= 400,
+        "the attacker kept trying 500: {hd:?}"
+    );
+    assert!(
+        get(&hd, "closed_by_daemon") > 500,
+        "connections beyond the per-user cap are closed: {hd:?}"
+    );
+    // Junk is answered ERR (or dropped), never anything else.
+    for (k, _) in jk
+        .iter()
+        .filter(|(k, _)| k.starts_with("junk_") || k.starts_with("big_"))
+    {
+        assert!(
+            matches!(
+                k.as_str(),
+                "junk_ERR"
+                    | "junk_CLOSED"
+                    | "junk_NOCONN"
+                    | "junk_DENIED"
+                    | "big_ERR"
+                    | "big_CLOSED"
+                    | "big_fully_written"
+            ),
+            "unexpected answer to junk: {jk:?}"
+        );
+    }
+    assert!(
+        get(&jk, "big_ERR") > 0,
+        "an oversized line is refused: {jk:?}"
+    );
+    // Root was served promptly throughout.
+    assert!(
+        get(&root_known, "max_us") < 500_000,
+        "root's lookups stalled: {root_known:?}"
+    );
+    assert!(login_ms < 5000, "alice's login took {login_ms} ms");
+    assert_eq!(root_fetches, 4, "root's misses went to the service");
+    // Memory stays bounded.
+    assert!(
+        rss_after < rss_before + 32 * 1024 && hwm < 128 * 1024,
+        "daemon memory: {rss_before} -> {rss_after} KiB (peak {hwm} KiB)"
+    );
+    // Limits logged once each (per user and minute), not per request.
+    for what in ["too many lookups", "too many connections"] {
+        let n = agent.lines_since(limits_start, &[what]).len();
+        assert_eq!(n, 1, "{what}: logged {n} times\n{}", agent.dump());
+    }
+    // The budget refills: after a pause the attacker's lookups reach the service again.
+    std::thread::sleep(Duration::from_secs(2));
+    let t = run_tally(as_user(
+        env,
+        MALLORY,
+        &["perl", &client, "ask", "getpwnam carol5", "1"],
+    ));
+    assert_eq!(
+        get(&t, "OK"),
+        1,
+        "lookups work again once the flood stops: {t:?}"
+    );
+    eprintln!("test took {:?}", started.elapsed());
+}
+
+fn vm_run(env: &TestEnv, program: &str, args: &[&str]) -> (i32, String) {
+    let out = env.vm().command(program).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn vm_run_as(env: &TestEnv, id: u32, program: &str, args: &[&str]) -> (i32, String) {
+    let mut all = vec![program];
+    all.extend_from_slice(args);
+    let out = as_user(env, id, &all).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Hashes and listings of everything outside mallory's home the race could reach.
+fn outside(vm: &KeysVm) -> String {
+    vm.vm(
+        "sha256sum /etc/shadow /etc/passwd /etc/group /etc/gshadow /etc/sudoers.d/* /root/.ssh/* \
+         /home/victim/.ssh/* /home/victim/secret
+         ls -la --time-style=full-iso /etc/sudoers.d /root/.ssh /home/victim /home/victim/.ssh
+         ls -A /etc /root /home",
+    )
+}
+
+#[test]
+fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_written() {
+    if !require_root(
+        "a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_written",
+    ) {
+        return;
+    }
+    let started = Instant::now();
+    let mut keys = None;
+    let mut vm = KeysVm::start("race", "check_interval_secs = 1\n", &[], |env| {
+        // /root is the host's: the VM gets a private one.
+        env.vm().run(
+            "mount -t tmpfs -o mode=700 tmpfs /root
+             mkdir -m 700 /root/.ssh && echo 'root-key' > /root/.ssh/authorized_keys
+             chmod 600 /root/.ssh/authorized_keys
+             useradd -m -p '*' victim
+             mkdir -m 700 /home/victim/.ssh && echo 'victim-key' > /home/victim/.ssh/authorized_keys
+             echo 'victim secret' > /home/victim/secret
+             chown -R victim: /home/victim && chmod 600 /home/victim/secret",
+        );
+        let a = keypair_of(env.dir(), "mallory-a", "ed25519");
+        let b = keypair_of(env.dir(), "mallory-b", "ed25519");
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("mallory:{}", a.1));
+        keys = Some((a, b));
+    });
+    let ((_, a_pub), (b_key, b_pub)) = keys.unwrap();
+    let ak = "/home/mallory/.ssh/authorized_keys";
+    let t = Instant::now();
+    while !vm.env.vm().read(ak).is_some_and(|s| s.contains(&a_pub)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "mallory's keys never written\n{}",
+            vm.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let uid: u32 = vm.vm("id -u mallory").trim().parse().unwrap();
+    let racer = install(&vm.env, "racer.pl", RACER);
+    std::thread::sleep(Duration::from_millis(1500)); // settle (sudo group, sudoers)
+    let before = outside(&vm);
+
+    const ITERATIONS: &str = "10000";
+    let race_start = Instant::now();
+    let mut attacker = Proc::spawn(
+        "racer",
+        as_user(&vm.env, uid, &["perl", &racer, ITERATIONS, "/home/mallory"]),
+    );
+    // Meanwhile the keys change in metadata every 100 ms (each change is a write), and the
+    // 1 s check rewrites the damaged file.
+    let mut changes = 0;
+    while attacker.wait_exit(Duration::from_millis(100)).is_none() {
+        assert!(
+            race_start.elapsed() < Duration::from_secs(180),
+            "the race never ended"
+        );
+        let text = if changes % 2 == 0 {
+            format!("mallory:{a_pub}\nmallory:{b_pub}")
+        } else {
+            format!("mallory:{a_pub}")
+        };
+        vm.set_keys(&text);
+        changes += 1;
+    }
+    let race = race_start.elapsed();
+    let race_end = Instant::now();
+    let stats = proc_tally(&attacker);
+    let agent = vm.env.agent();
+    let during = |needle: &str| agent.lines_since(race_start, &[needle, "mallory"]).len();
+    // Lines up to the end of the race only.
+    let written = during("authorized_keys updated")
+        - agent
+            .lines_since(race_end, &["authorized_keys updated", "mallory"])
+            .len();
+    let refused = during("managed keys not written")
+        - agent
+            .lines_since(race_end, &["managed keys not written", "mallory"])
+            .len();
+    eprintln!(
+        "race {race:?}: attacker {stats:?}; {changes} metadata changes; agent wrote mallory's \
+         file {written} times and refused {refused} times during the race"
+    );
+    assert_eq!(get(&stats, "iterations"), 10_000, "{stats:?}");
+    assert!(
+        get(&stats, "ssh_dir_swapped") > 1000 && get(&stats, "file_swapped") > 1000,
+        "the swaps happened: {stats:?}"
+    );
+    assert_eq!(get(&stats, "hardlinked"), 0, "protected_hardlinks held");
+    assert!(
+        written >= 20 && written + refused >= 40,
+        "the race overlapped too few agent writes ({written} written, {refused} refused)\n{}",
+        vm.dump()
+    );
+
+    // Nothing outside the home changed, nothing appeared.
+    let after = outside(&vm);
+    assert_eq!(before, after, "something outside mallory's home changed");
+    assert!(vm.env.agent_mut().is_running(), "the agent died");
+
+    // The attack stops: the file comes back right (final keys, a regular file of mallory's).
+    let t = Instant::now();
+    vm.set_keys(&format!("mallory:{b_pub}"));
+    loop {
+        let check = vm.env.vm().sh(&format!(
+            "test -d /home/mallory/.ssh -a ! -L /home/mallory/.ssh -a -f {ak} -a ! -L {ak} \
+             && stat -c '%U %a' {ak} && cat {ak}"
+        ));
+        let text = String::from_utf8_lossy(&check.stdout).into_owned();
+        if check.status.success()
+            && text.starts_with("mallory 600")
+            && text.contains(&b_pub)
+            && !text.contains(&a_pub)
+            && text.contains("# BEGIN guest-agent managed keys")
+        {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "mallory's file not restored: {text}\n{}",
+            vm.dump()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let restored = t.elapsed();
+    assert!(vm.can_login(&b_key, "mallory"), "mallory's key works again");
+    eprintln!(
+        "restored in {restored:?}; test took {:?}",
+        started.elapsed()
+    );
+}
