@@ -1,8 +1,8 @@
 //! A "VM" for end-to-end tests: inside the test's network namespace, a private mount
-//! namespace with its own copy of /etc, tmpfs on /run, /home, /var/lib and /srv, the NSS module
-//! in an overlay on the library directory, and the agent binary under /srv (root-owned 0755
-//! all the way up, as sshd requires for AuthorizedKeysCommand). Nothing in it reaches the
-//! host: the mounts vanish with the namespace, which dies with its holder process.
+//! namespace with its own copy of /etc, tmpfs on /run, /home, /root, /var/lib and /srv, the
+//! NSS module in an overlay on the library directory, and the agent binary under /srv
+//! (root-owned 0755 all the way up, as sshd requires for AuthorizedKeysCommand). Nothing in
+//! it reaches the host: the mounts vanish with the namespace, which dies with its holder.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -52,6 +52,7 @@ mkdir -p /run/sshd && chmod 755 /run/sshd
 mount -t tmpfs -o mode=755 tmpfs /home
 mount -t tmpfs -o mode=755 tmpfs /var/lib
 mount -t tmpfs -o mode=755 tmpfs /srv
+mount -t tmpfs -o mode=700 tmpfs /root
 cp {agent} {AGENT} && chmod 755 {AGENT}
 cp {nss} "$R/libupper/libnss_guestagent.so.2"
 mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R/libwork" {LIBDIR}

@@ -285,6 +285,17 @@ pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyErr
             if !meta.is_file() {
                 return Err(refuse_link(file_path));
             }
+            // A hard link to another file (another user's, /etc/shadow where the kernel allows
+            // it): its lines are not the user's and must never be copied into the new file.
+            // The atomic rename below replaces the link and leaves the other file alone.
+            if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+                tracing::warn!(
+                    path = %file_path.display(),
+                    user = %user.name,
+                    "authorized_keys is a hard link to another file; its lines are not kept"
+                );
+                return write_fresh(&ssh, user, lines);
+            }
             let mut text = String::new();
             (&mut f)
                 .take(1 << 20)
@@ -313,9 +324,56 @@ pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyErr
     )?)
 }
 
+/// Replaces `authorized_keys` with the managed block alone (nothing of the old file kept).
+fn write_fresh(ssh: &DirFd, user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyError> {
+    Ok(files::write_atomic_at(
+        ssh,
+        OsStr::new("authorized_keys"),
+        render("", lines).as_bytes(),
+        0o600,
+        Some((user.uid, user.gid)),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::expand;
+    use crate::host::files::tests::{TempDir, is_root};
+    use crate::host::passwd::PasswdEntry;
+
+    #[test]
+    fn a_hard_linked_authorized_keys_is_replaced_without_copying_the_other_file() {
+        if !is_root() {
+            eprintln!("SKIPPED a_hard_linked_authorized_keys_...: needs root (file owners)");
+            return;
+        }
+        let tmp = TempDir::new("hardlink");
+        let home = tmp.join("home");
+        std::fs::create_dir_all(home.join(".ssh")).unwrap();
+        let secret = tmp.join("secret");
+        std::fs::write(&secret, "root:SECRET-HASH:19000::::::\n").unwrap();
+        std::fs::hard_link(&secret, home.join(".ssh/authorized_keys")).unwrap();
+        let user = PasswdEntry {
+            name: "root".into(),
+            uid: 0,
+            gid: 0,
+            home: home.to_string_lossy().into_owned(),
+        };
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl k";
+        assert!(super::write_keys(&user, &[key.to_owned()]).unwrap());
+        let written = std::fs::read_to_string(home.join(".ssh/authorized_keys")).unwrap();
+        assert!(
+            written.contains(key) && !written.contains("SECRET"),
+            "{written}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "root:SECRET-HASH:19000::::::\n"
+        );
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(&secret).unwrap().nlink(), 1);
+    }
 
     #[test]
     fn templates_expand_the_user_in_every_word() {
