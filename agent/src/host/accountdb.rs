@@ -9,7 +9,12 @@
 //! in `UID_MIN..=UID_MAX` of login.defs that is free both as a uid and as a gid), `/bin/bash`,
 //! `/home/NAME`, and `*` as its password (key logins work with and without PAM; no password
 //! login). The files are written group, gshadow, shadow, then passwd: a crash in between leaves
-//! at most unused group or shadow lines, never a user without its shadow entry.
+//! at most unused group or shadow lines, never a user without its shadow entry. The names of a
+//! pass are recorded (`pending`) before the first file is written and forgotten once passwd
+//! is, so the next pass can tell such leftovers from an operator's groups and completes them:
+//! the orphan group of a recorded name (no members, a number in the uid range that no user
+//! holds) becomes its private group, and lines already in shadow or gshadow are not written
+//! twice.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -25,6 +30,8 @@ pub struct AccountFiles {
     pub group: PathBuf,
     pub gshadow: PathBuf,
     pub login_defs: PathBuf,
+    /// The names of the pass in progress, kept until passwd is written.
+    pub pending: PathBuf,
     /// Take the shadow suite's lock (`lckpwdf`, on /etc/.pwd.lock). Off only in unit tests,
     /// whose files are not the system's.
     pub lock: bool,
@@ -38,6 +45,7 @@ impl Default for AccountFiles {
             group: "/etc/group".into(),
             gshadow: "/etc/gshadow".into(),
             login_defs: "/etc/login.defs".into(),
+            pending: "/var/lib/guest-agent/accounts-pending".into(),
             lock: true,
         }
     }
@@ -106,10 +114,12 @@ pub struct NewAccount {
     pub home: String,
 }
 
-/// The new entries (pure): for each name, an id free as uid and gid. Returns the accounts
-/// and the four texts to append (passwd, shadow, group, gshadow).
+/// The new entries (pure): for each name, an id free as uid and gid, or the number of the
+/// group an interrupted pass left for a `resumable` name. Returns the accounts and the four
+/// texts to append (passwd, shadow, group, gshadow).
 pub fn plan_entries(
     names: &[String],
+    resumable: &BTreeSet<String>,
     passwd: &str,
     group: &str,
     min: u32,
@@ -127,24 +137,39 @@ pub fn plan_entries(
     let mut text: [String; 4] = Default::default();
     let mut next = min;
     for name in names {
-        if users.iter().any(|u| &u.name == name) || groups.iter().any(|g| &g.name == name) {
-            return Err(AccountDbError::Exists {
-                name: name.clone(),
-                path: "/etc/passwd or /etc/group".into(),
-            });
+        let exists = || AccountDbError::Exists {
+            name: name.clone(),
+            path: "/etc/passwd or /etc/group".into(),
+        };
+        if users.iter().any(|u| &u.name == name) {
+            return Err(exists());
         }
-        while taken.contains(&next) {
-            next += 1;
-        }
-        if next > max {
-            return Err(AccountDbError::NoFreeId { min, max });
-        }
-        let id = next;
+        let id = match groups.iter().find(|g| &g.name == name) {
+            // Left by a pass that was interrupted before passwd was written: completed.
+            Some(g)
+                if resumable.contains(name)
+                    && g.members.is_empty()
+                    && (min..=max).contains(&g.gid)
+                    && !users.iter().any(|u| u.uid == g.gid) =>
+            {
+                g.gid
+            }
+            Some(_) => return Err(exists()),
+            None => {
+                while taken.contains(&next) {
+                    next += 1;
+                }
+                if next > max {
+                    return Err(AccountDbError::NoFreeId { min, max });
+                }
+                text[2].push_str(&format!("{name}:x:{next}:\n"));
+                next
+            }
+        };
         taken.insert(id);
         let home = format!("/home/{name}");
         text[0].push_str(&format!("{name}:x:{id}:{id}::{home}:/bin/bash\n"));
         text[1].push_str(&format!("{name}:*:{days_since_epoch}:0:99999:7:::\n"));
-        text[2].push_str(&format!("{name}:x:{id}:\n"));
         text[3].push_str(&format!("{name}:!::\n"));
         out.push(NewAccount {
             name: name.clone(),
@@ -165,18 +190,44 @@ fn read(path: &Path) -> Result<(String, u32, (u32, u32)), AccountDbError> {
     Ok((text, meta.mode() & 0o7777, (meta.uid(), meta.gid())))
 }
 
-/// Appends `extra` to the file, keeping its mode and owner; a missing final newline is added.
+/// Appends the lines of `extra` whose name the file does not hold yet (an interrupted pass may
+/// have written them), keeping its mode and owner; a missing final newline is added.
 fn append(
     path: &Path,
     (text, mode, owner): &(String, u32, (u32, u32)),
     extra: &str,
 ) -> Result<(), AccountDbError> {
+    let present: BTreeSet<&str> = text.lines().filter_map(|l| l.split(':').next()).collect();
+    let extra: String = extra
+        .split_inclusive('\n')
+        .filter(|l| l.split(':').next().is_none_or(|n| !present.contains(n)))
+        .collect();
+    if extra.is_empty() {
+        return Ok(());
+    }
     let mut new = text.clone();
     if !new.is_empty() && !new.ends_with('\n') {
         new.push('\n');
     }
-    new.push_str(extra);
+    new.push_str(&extra);
     files::write_atomic(path, new.as_bytes(), *mode, Some(*owner))?;
+    Ok(())
+}
+
+/// Records the names of a pass in progress (an empty set removes the file).
+fn write_pending(path: &Path, names: &BTreeSet<String>) -> Result<(), AccountDbError> {
+    if names.is_empty() {
+        files::remove_if_exists(path)?;
+        return Ok(());
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| AccountDbError::Read {
+            path: dir.into(),
+            source,
+        })?;
+    }
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    files::write_atomic(path, text.as_bytes(), 0o600, None)?;
     Ok(())
 }
 
@@ -203,11 +254,22 @@ pub fn add_users(f: &AccountFiles, names: &[String]) -> Result<Vec<NewAccount>, 
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
-    let (accounts, [p, s, g, gs]) = plan_entries(names, &passwd.0, &group.0, min, max, days)?;
+    let earlier: BTreeSet<String> = std::fs::read_to_string(&f.pending)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let (accounts, [p, s, g, gs]) =
+        plan_entries(names, &earlier, &passwd.0, &group.0, min, max, days)?;
+    let mut pending = earlier.clone();
+    pending.extend(names.iter().cloned());
+    write_pending(&f.pending, &pending)?;
     append(&f.group, &group, &g)?;
     append(&f.gshadow, &gshadow, &gs)?;
     append(&f.shadow, &shadow, &s)?;
     append(&f.passwd, &passwd, &p)?;
+    let rest: BTreeSet<String> = earlier.into_iter().filter(|n| !names.contains(n)).collect();
+    write_pending(&f.pending, &rest)?;
     Ok(accounts)
 }
 
@@ -221,7 +283,9 @@ mod tests {
         let passwd = "root:x:0:0::/root:/bin/bash\nbob:x:1000:1000::/home/bob:/bin/sh\n";
         let group = "root:x:0:\nbob:x:1000:\nstaff:x:1001:\n";
         let names = vec!["alice".to_string(), "carol".to_string()];
-        let (acc, [p, s, g, gs]) = plan_entries(&names, passwd, group, 1000, 60000, 20000).unwrap();
+        let none = BTreeSet::new();
+        let (acc, [p, s, g, gs]) =
+            plan_entries(&names, &none, passwd, group, 1000, 60000, 20000).unwrap();
         assert_eq!(
             acc.iter().map(|a| a.uid).collect::<Vec<_>>(),
             vec![1002, 1003]
@@ -234,17 +298,77 @@ mod tests {
         assert_eq!(g.lines().next(), Some("alice:x:1002:"));
         assert_eq!(gs.lines().next(), Some("alice:!::"));
         assert!(
-            plan_entries(&["bob".into()], passwd, group, 1000, 60000, 1).is_err(),
+            plan_entries(&["bob".into()], &none, passwd, group, 1000, 60000, 1).is_err(),
             "exists"
         );
         assert!(
-            plan_entries(&["staff".into()], passwd, group, 1000, 60000, 1).is_err(),
+            plan_entries(&["staff".into()], &none, passwd, group, 1000, 60000, 1).is_err(),
             "a group of that name exists"
         );
         assert!(matches!(
-            plan_entries(&names, passwd, group, 1000, 1002, 1),
+            plan_entries(&names, &none, passwd, group, 1000, 1002, 1),
             Err(AccountDbError::NoFreeId { .. })
         ));
+    }
+
+    #[test]
+    fn a_pass_interrupted_before_passwd_is_completed_without_duplicates() {
+        let dir = TempDir::new("accountdb-orphan");
+        let write = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        // Killed after group, gshadow and shadow were written for alice, and after group only
+        // for carol: passwd has neither.
+        let f = AccountFiles {
+            passwd: write("passwd", "root:x:0:0::/root:/bin/bash\n"),
+            shadow: write("shadow", "root:*:1:0:99999:7:::\nalice:*:1:0:99999:7:::\n"),
+            group: write(
+                "group",
+                "root:x:0:\nalice:x:1000:\ncarol:x:1001:\nstaff:x:1002:bob\nsys:x:3:\n",
+            ),
+            gshadow: write("gshadow", "root:*::\nalice:!::\n"),
+            login_defs: write("login.defs", "UID_MIN 1000\nUID_MAX 3000\n"),
+            pending: write("pending", "alice\ncarol\nstaff\nsys\n"),
+            lock: false,
+        };
+        let names = ["alice".to_string(), "bob".into(), "carol".into()];
+        let acc = add_users(&f, &names).unwrap();
+        let ids: Vec<u32> = acc.iter().map(|a| a.uid).collect();
+        assert_eq!(
+            ids,
+            [1000, 1003, 1001],
+            "orphan groups reused, bob gets a free id"
+        );
+        let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap();
+        let count = |text: &str, name: &str| {
+            text.lines()
+                .filter(|l| l.split(':').next() == Some(name))
+                .count()
+        };
+        for (file, text) in [
+            ("passwd", read(&f.passwd)),
+            ("shadow", read(&f.shadow)),
+            ("group", read(&f.group)),
+            ("gshadow", read(&f.gshadow)),
+        ] {
+            for n in &names {
+                assert_eq!(count(&text, n), 1, "{n} once in {file}:\n{text}");
+            }
+        }
+        assert!(read(&f.passwd).contains("carol:x:1001:1001::/home/carol:/bin/bash\n"));
+        // A group that is someone's real group (members, or a system number) is not taken.
+        assert!(add_users(&f, &["staff".into()]).is_err());
+        assert!(add_users(&f, &["sys".into()]).is_err());
+        assert_eq!(
+            read(&f.pending),
+            "staff\nsys\n",
+            "completed names forgotten"
+        );
+        // Without the record, an empty group named like a new user is an operator's: refused.
+        std::fs::write(&f.group, "root:x:0:\ndave:x:1500:\n").unwrap();
+        assert!(add_users(&f, &["dave".into()]).is_err());
     }
 
     #[test]
@@ -263,6 +387,7 @@ mod tests {
             group: write("group", "root:x:0:\n", 0o644),
             gshadow: write("gshadow", "root:*::\n", 0o640),
             login_defs: write("login.defs", "UID_MIN 2000\nUID_MAX 3000\n", 0o644),
+            pending: dir.join("pending"),
             lock: false,
         };
         let acc = add_users(&f, &["alice".into()]).unwrap();
