@@ -213,6 +213,14 @@ impl Reconciler for AccountsReconciler {
             tracing::warn!(users = ?p.held, "metadata would remove more than half the managed users at once; waiting for a second answer that agrees");
         }
         let mut errors = Vec::new();
+        // Saved before anything is touched, with what this pass creates and still with the
+        // users it releases or deletes: a pass interrupted by a crash leaves created users known
+        // as ours, and the next pass releases (keys, sudo) and deletes the others again. The
+        // state of this pass is saved at the end.
+        let mut before = p.state.clone();
+        before.managed.extend(p.released.iter().cloned());
+        before.created.extend(p.delete.iter().cloned());
+        before.save(&self.paths.state)?;
         if let Err(e) =
             apply::create_users(&tools, &p.create, &self.account_files(), &self.paths.homes)
         {
@@ -220,8 +228,6 @@ impl Reconciler for AccountsReconciler {
         } else if !p.create.is_empty() {
             tracing::info!(users = p.create.len(), "metadata users created");
         }
-        // The state is saved before anything else can fail, so created users are remembered.
-        p.state.save(&self.paths.state)?;
         let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
         let mut written = 0;
         for (user, lines) in &p.keys {
@@ -231,6 +237,20 @@ impl Reconciler for AccountsReconciler {
                 }
                 continue;
             };
+            // A pass interrupted after the account files were written leaves accounts we
+            // created without a home: made now (an existing home is left alone).
+            if !lines.is_empty()
+                && p.state.created.contains(user)
+                && !std::path::Path::new(&entry.home).exists()
+                && let Err(e) = crate::host::home::create_home(
+                    &self.paths.homes,
+                    std::path::Path::new(&entry.home),
+                    entry.uid,
+                    entry.gid,
+                )
+            {
+                tracing::warn!(%user, error = %e, "cannot create the home");
+            }
             match apply::write_keys(entry, lines) {
                 Ok(true) => {
                     written += 1;
@@ -274,6 +294,9 @@ impl Reconciler for AccountsReconciler {
         }
         if let Err(e) = apply::delete_users(&tools, &p.delete) {
             errors.push(format!("deleting {:?}: {e}", p.delete));
+        }
+        if before != p.state {
+            p.state.save(&self.paths.state)?;
         }
         let next_expiry = desired
             .next_expiry_unix
