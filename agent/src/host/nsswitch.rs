@@ -212,6 +212,16 @@ fn read(path: &Path) -> Result<String, NsswitchError> {
     })
 }
 
+/// The databases [`apply_enable`] would add the module to now, without writing anything:
+/// record them before the edit, so that a crash right after it cannot lose them.
+pub fn planned_additions(
+    paths: &NsswitchPaths,
+    module: &str,
+    dbs: &[&str],
+) -> Result<Vec<String>, NsswitchError> {
+    Ok(enable(&read(&paths.file)?, module, dbs)?.1)
+}
+
 /// [`enable`] on the file, written atomically (0644). Returns whether the file changed and
 /// the databases the module was added to: persist that list for [`apply_disable`].
 pub fn apply_enable(

@@ -90,18 +90,33 @@ impl OsLoginReconciler {
 
     fn enable(&mut self, settings: &sshd::SshdSettings) -> anyhow::Result<()> {
         let mut state = self.load_state();
-        let (changed, added) = nsswitch::apply_enable(
+        // What will be added is saved before nsswitch.conf is written: killed in between, the
+        // agent must still know what to take out when OS Login goes off.
+        let planned = nsswitch::planned_additions(
             &self.paths.nsswitch,
             nsswitch::DEFAULT_MODULE,
             &nsswitch::DEFAULT_DBS,
         )?;
-        for db in added {
+        for db in planned {
             if !state.nsswitch_added.contains(&db) {
                 state.nsswitch_added.push(db);
             }
         }
         state.enabled = true;
         self.save_state(&state)?;
+        let (changed, added) = nsswitch::apply_enable(
+            &self.paths.nsswitch,
+            nsswitch::DEFAULT_MODULE,
+            &nsswitch::DEFAULT_DBS,
+        )?;
+        if added.iter().any(|db| !state.nsswitch_added.contains(db)) {
+            for db in added {
+                if !state.nsswitch_added.contains(&db) {
+                    state.nsswitch_added.push(db);
+                }
+            }
+            self.save_state(&state)?;
+        }
         if changed {
             tracing::info!(path = %self.paths.nsswitch.file.display(), "nsswitch.conf: guestagent added");
         }
