@@ -270,6 +270,7 @@ pub fn stage_at<'a>(
     owner: Option<Owner>,
 ) -> Result<Staged<'a>, FileError> {
     let target = dir.child_path(name)?;
+    sweep_stale_temps(dir, name);
     let flags =
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     let mut attempt = 0;
@@ -318,6 +319,64 @@ pub fn stage_at<'a>(
         .map_err(io_err("chmod", &temp_path))?;
     file.sync_all().map_err(write_err("fsync"))?;
     Ok(staged)
+}
+
+/// A temporary file of ours older than this is a leftover of a killed agent (a live write
+/// stages and commits within milliseconds).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether `entry` is one of our temporary names for `name` (`.NAME.tmp-` and 16 hex digits).
+fn is_temp_of(entry: &[u8], name: &[u8]) -> bool {
+    let Some(rest) = entry
+        .strip_prefix(b".")
+        .and_then(|r| r.strip_prefix(name))
+        .and_then(|r| r.strip_prefix(b".tmp-"))
+    else {
+        return false;
+    };
+    rest.len() == 16 && rest.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Removes leftovers of earlier writes of `name` that a killed agent could not clean up (the
+/// kill came between creating the temporary file and renaming it). Best effort: never fails
+/// a write, never follows a link (`unlinkat` removes the entry itself), spares fresh files.
+fn sweep_stale_temps(dir: &DirFd, name: &OsStr) {
+    let Ok(mut listing) = nix::dir::Dir::openat(
+        Some(dir.raw()),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    let stale: Vec<std::ffi::CString> = listing
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|e| is_temp_of(e.file_name().to_bytes(), name.as_bytes()))
+        .map(|e| e.file_name().to_owned())
+        .collect();
+    for entry in stale {
+        let Ok(st) = nix::sys::stat::fstatat(
+            Some(dir.raw()),
+            entry.as_c_str(),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) else {
+            continue;
+        };
+        let modified =
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(st.st_mtime.max(0) as u64);
+        if now
+            .duration_since(modified)
+            .is_ok_and(|age| age > STALE_TEMP)
+        {
+            let _ = unlinkat(
+                Some(dir.raw()),
+                entry.as_c_str(),
+                UnlinkatFlags::NoRemoveDir,
+            );
+        }
+    }
 }
 
 /// Removes `path` if it exists (fsyncing its directory); returns whether it existed.

@@ -178,3 +178,53 @@ fn a_symlink_planted_at_the_temporary_name_is_never_followed() {
             .is_symlink()
     );
 }
+
+/// Sets the modification time of `path` (not following a link) `secs` into the past.
+fn age_by(path: &Path, secs: u64) {
+    let t = nix::sys::time::TimeSpec::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            - std::time::Duration::from_secs(secs),
+    );
+    nix::sys::stat::utimensat(
+        None,
+        path,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap();
+}
+
+#[test]
+fn leftovers_of_a_killed_write_are_swept_at_the_next_write_of_the_same_file() {
+    let tmp = TempDir::new("sweep");
+    let outside = tmp.join("outside");
+    std::fs::write(&outside, "keep me").unwrap();
+    let dir = tmp.join("d");
+    std::fs::create_dir(&dir).unwrap();
+    let old = dir.join(".a.conf.tmp-0123456789abcdef");
+    let fresh = dir.join(".a.conf.tmp-fedcba9876543210");
+    let link = dir.join(".a.conf.tmp-00000000000000aa");
+    let other = dir.join(".b.conf.tmp-0123456789abcdef");
+    let odd = dir.join(".a.conf.tmp-notours");
+    for p in [&old, &fresh, &other, &odd] {
+        std::fs::write(p, "partial").unwrap();
+    }
+    symlink(&outside, &link).unwrap();
+    for p in [&old, &link, &other, &odd] {
+        age_by(p, 3600);
+    }
+    assert!(write_atomic(&dir.join("a.conf"), b"new\n", 0o644, None).unwrap());
+    assert_eq!(
+        entries(&dir),
+        [
+            ".a.conf.tmp-fedcba9876543210", // fresh: maybe a write in progress
+            ".a.conf.tmp-notours",
+            ".b.conf.tmp-0123456789abcdef", // another file's: swept when that one is written
+            "a.conf",
+        ]
+    );
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
+}
