@@ -13,6 +13,8 @@ pub struct NotifySocket {
 impl NotifySocket {
     pub fn bind(dir: &Path) -> NotifySocket {
         let path = dir.join("notify.sock");
+        // A restarted agent gets a fresh socket (the previous one's file is stale).
+        let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path).expect("bind notify socket");
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))

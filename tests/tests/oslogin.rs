@@ -688,3 +688,53 @@ fn a_failed_or_shrinking_sync_keeps_the_last_good_directory() {
         .expect_line(t0, &["directory synced", "users=1"], Duration::from_secs(5));
     assert_eq!(vm.vm_run("getent", &["passwd", "alice"]).0, 0);
 }
+
+/// The agent was killed after changing sshd's configuration and before reloading sshd: the
+/// file is right, so the next start has nothing to write, but it must still reload sshd.
+#[test]
+fn an_sshd_reload_a_killed_agent_missed_is_done_at_the_next_start() {
+    if !require_root("an_sshd_reload_a_killed_agent_missed_is_done_at_the_next_start") {
+        return;
+    }
+    let mut a = alice("reload-pending", "");
+    let env = &mut a.vm.env;
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    env.agent = None; // SIGKILL
+    let path = "/var/lib/guest-agent/oslogin-state.json";
+    let mut state: serde_json::Value =
+        serde_json::from_str(&env.vm().read(path).expect("state")).unwrap();
+    assert_eq!(state["sshd_reload_pending"], json!(false), "{state}");
+    state["sshd_reload_pending"] = json!(true);
+    env.vm().run(&format!("printf '%s' '{state}' > {path}"));
+    let t0 = Instant::now();
+    env.start_agent(guest_agent_e2e::AgentOptions {
+        config,
+        ..Default::default()
+    });
+    env.wait_ready(t0, Duration::from_secs(10));
+    env.agent().expect_line(
+        t0,
+        &["reloading sshd: an earlier run"],
+        Duration::from_secs(5),
+    );
+    a.vm.sshd()
+        .expect_line(t0, &["Received SIGHUP"], Duration::from_secs(5));
+    let state: serde_json::Value =
+        serde_json::from_str(&a.vm.env.vm().read(path).unwrap()).unwrap();
+    assert_eq!(state["sshd_reload_pending"], json!(false), "{state}");
+    // A normal restart (nothing pending) does not reload sshd.
+    let t1 = Instant::now();
+    let env = &mut a.vm.env;
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    env.agent = None;
+    env.start_agent(guest_agent_e2e::AgentOptions {
+        config,
+        ..Default::default()
+    });
+    env.wait_ready(t1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        a.vm.sshd().lines_since(t1, &["Received SIGHUP"]).is_empty(),
+        "sshd reloaded without cause"
+    );
+}

@@ -37,9 +37,14 @@ impl Default for HostPaths {
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 struct State {
     enabled: bool,
     nsswitch_added: Vec<String>,
+    /// Set before sshd's configuration is edited, cleared once sshd has been reloaded (or
+    /// needed no reload): a kill in between leaves the file right but sshd running the old
+    /// configuration, and the next start must reload it although the file needs no change.
+    sshd_reload_pending: bool,
 }
 
 pub struct OsLoginReconciler {
@@ -126,15 +131,39 @@ impl OsLoginReconciler {
         if let Some(ca) = &settings.trusted_ca_file {
             super::trusted_ca::ensure_exists(ca).map_err(anyhow::Error::msg)?;
         }
-        let report = sshd::apply::enable(&self.paths.sshd, settings)?;
+        let report = self.edit_sshd(&mut state, |paths| sshd::apply::enable(paths, settings))?;
         tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
         Ok(())
+    }
+
+    /// Runs one sshd edit between setting and clearing `sshd_reload_pending`; reloads sshd
+    /// when an earlier run was killed before it could.
+    fn edit_sshd(
+        &self,
+        state: &mut State,
+        edit: impl FnOnce(&crate::host::SshdPaths) -> Result<crate::host::SshdReport, sshd::SshdError>,
+    ) -> anyhow::Result<crate::host::SshdReport> {
+        let left_pending = state.sshd_reload_pending;
+        if !left_pending {
+            state.sshd_reload_pending = true;
+            self.save_state(state)?;
+        }
+        let mut report = edit(&self.paths.sshd)?;
+        if left_pending && report.reloaded.is_none() {
+            tracing::info!(
+                "reloading sshd: an earlier run changed its configuration and stopped before reloading it"
+            );
+            report.reloaded = Some(crate::host::service::reload(&self.paths.sshd.reload)?);
+        }
+        state.sshd_reload_pending = false;
+        self.save_state(state)?;
+        Ok(report)
     }
 
     fn disable(&mut self) -> anyhow::Result<()> {
         let mut state = self.load_state();
         self.service.set_enabled(false);
-        let report = sshd::apply::disable(&self.paths.sshd)?;
+        let report = self.edit_sshd(&mut state, sshd::apply::disable)?;
         if !state.nsswitch_added.is_empty() {
             nsswitch::apply_disable(
                 &self.paths.nsswitch,
