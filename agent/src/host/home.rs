@@ -132,6 +132,7 @@ pub fn create_home(
     }
     let login_defs = std::fs::read_to_string(&paths.login_defs).ok();
     let mode = home_mode(login_defs.as_deref());
+    sweep_half_built(&parent, name);
 
     let mut temp = OsString::from(".");
     temp.push(name);
@@ -179,6 +180,36 @@ pub fn create_home(
                 } => Ok(HomeOutcome::AlreadyExists),
                 e => Err(e),
             }
+        }
+    }
+}
+
+/// Removes half-built homes for `name` that a killed agent left (`.NAME.guest-agent-` and 16
+/// hex digits, older than a minute). The parent was checked root-owned and not group/world
+/// writable, so only root can have made such an entry; best effort, never fails a creation.
+fn sweep_half_built(parent: &DirFd, name: &OsStr) {
+    let Ok(entries) = names(parent) else {
+        return;
+    };
+    let prefix = [b".", name.as_bytes(), b".guest-agent-"].concat();
+    for entry in entries {
+        let bytes = entry.as_bytes();
+        let Some(suffix) = bytes.strip_prefix(prefix.as_slice()) else {
+            continue;
+        };
+        if suffix.len() != 16 || !suffix.iter().all(u8::is_ascii_hexdigit) {
+            continue;
+        }
+        let old = fstatat(Some(parent.raw()), &*entry, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .ok()
+            .and_then(|st| {
+                let mtime = std::time::UNIX_EPOCH
+                    + std::time::Duration::from_secs(st.st_mtime.max(0) as u64);
+                std::time::SystemTime::now().duration_since(mtime).ok()
+            })
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if old && let Err(e) = remove_tree(parent, &entry) {
+            tracing::warn!(path = %parent.path().join(&entry).display(), error = %e, "cannot remove a half-built home left by an earlier run");
         }
     }
 }

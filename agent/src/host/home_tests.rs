@@ -210,3 +210,48 @@ fn missing_skeleton_gives_an_empty_home() {
     let mode = std::fs::metadata(&home).unwrap().mode() & 0o7777;
     assert_eq!(mode, 0o755, "no login.defs: useradd's defaults");
 }
+
+#[test]
+fn half_built_homes_a_killed_agent_left_are_removed_at_the_next_creation() {
+    if !is_root() {
+        eprintln!("SKIPPED half_built_homes_...: needs a root-owned parent");
+        return;
+    }
+    let s = setup();
+    let homes = s.tmp.join("homes");
+    let stale = homes.join(".erin.guest-agent-0123456789abcdef");
+    let fresh = homes.join(".erin.guest-agent-fedcba9876543210");
+    let other = homes.join(".frank.guest-agent-0123456789abcdef");
+    for d in [&stale, &fresh, &other] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join(".profile"), "partial").unwrap();
+    }
+    let hour_ago = nix::sys::time::TimeSpec::from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            - std::time::Duration::from_secs(3600),
+    );
+    for d in [&stale, &other] {
+        nix::sys::stat::utimensat(
+            None,
+            d.as_path(),
+            &hour_ago,
+            &hour_ago,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+    assert_eq!(
+        create_home(&s.paths, &homes.join("erin"), 1, 1).unwrap(),
+        HomeOutcome::Created
+    );
+    assert_eq!(
+        listing(&homes),
+        [
+            ".erin.guest-agent-fedcba9876543210",
+            ".frank.guest-agent-0123456789abcdef",
+            "erin"
+        ]
+    );
+}
