@@ -1,6 +1,7 @@
 //! The benchmarks: each part is a library module returning a result struct and its table rows
-//! ([`nss`], [`login`], [`accounts`]); the binaries `nss-bench`, `login-bench`,
-//! `accounts-bench` print one part each. Here: what they share, the supervisor that runs the measuring part in a child process
+//! ([`nss`], [`login`], [`accounts`], [`scale`], [`service`]); the binaries `nss-bench`,
+//! `login-bench`, `accounts-bench` print one part each and `bench-report` all of them in one
+//! table. Here: what they share, the supervisor that runs the measuring part in a child process
 //! and cleans up after it, samples, duration formatting and the result table.
 //!
 //! Release builds abort on panic (no Drop), so a benchmark measures in a child process (the
@@ -16,6 +17,8 @@ pub mod accounts;
 pub mod login;
 pub mod nss;
 pub mod procfs;
+pub mod scale;
+pub mod service;
 pub mod timer;
 
 /// One benchmark binary, as the supervisor needs to know it.

@@ -102,8 +102,9 @@ fn time_runs(argv: &[String]) -> i32 {
 }
 
 /// `--time-at AT_NS EXPECT PROG ARGS...`: waits until CLOCK_MONOTONIC reaches AT_NS, runs
-/// PROG, prints "NANOSECONDS EXIT_CODE MATCHING_LINES LINES LATE_NS": the run's wall time,
-/// how many lines of its stdout contain EXPECT, how many it printed, and how late it started.
+/// PROG, prints "NANOSECONDS EXIT_CODE MATCHING_LINES LINES LATE_NS\tSTDERR": the run's wall
+/// time, how many lines of its stdout contain EXPECT, how many it printed, how late it
+/// started, and the first line of its stderr.
 fn time_at(argv: &[String]) -> i32 {
     let (Some(at), Some(expect), Some((prog, args))) = (
         argv.first().and_then(|n| n.parse::<u64>().ok()),
@@ -123,7 +124,7 @@ fn time_at(argv: &[String]) -> i32 {
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -136,13 +137,21 @@ fn time_at(argv: &[String]) -> i32 {
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_string(&mut out);
     }
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
     let code = child.wait().ok().and_then(|s| s.code()).unwrap_or(-1);
     let took = t.elapsed().as_nanos();
+    let said = err.lines().next().unwrap_or_default().replace('\t', " ");
     let matching = out
         .lines()
         .filter(|l| !expect.is_empty() && l.contains(expect.as_str()))
         .count();
-    println!("{took} {code} {matching} {} {late}", out.lines().count());
+    println!(
+        "{took} {code} {matching} {} {late}\t{said}",
+        out.lines().count()
+    );
     0
 }
 
@@ -186,7 +195,7 @@ fn burst(argv: &[String]) -> i32 {
         match c.wait_with_output() {
             Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
             _ => {
-                println!("0 -1 0 0 0");
+                println!("0 -1 0 0 0\t(the timer failed)");
                 code = 1;
             }
         }
@@ -363,6 +372,8 @@ pub struct BurstRun {
     pub lines: usize,
     /// How late it started after the common instant.
     pub late: Duration,
+    /// The first line of its stderr.
+    pub said: String,
 }
 
 /// Runs `prog args` (with `{}` replaced by each item) once per item, all released at the same
@@ -387,7 +398,8 @@ pub fn burst_in_vm(
     let runs: Vec<BurstRun> = text
         .lines()
         .map(|l| {
-            let v: Vec<i64> = numbers(l)?;
+            let (figures, said) = l.split_once('\t').unwrap_or((l, ""));
+            let v: Vec<i64> = numbers(figures)?;
             match v[..] {
                 [ns, code, matching, lines, late] => Ok(BurstRun {
                     took: Duration::from_nanos(ns.max(0) as u64),
@@ -395,6 +407,7 @@ pub fn burst_in_vm(
                     matching: matching.max(0) as usize,
                     lines: lines.max(0) as usize,
                     late: Duration::from_nanos(late.max(0) as u64),
+                    said: said.to_owned(),
                 }),
                 _ => Err(format!("burst printed {l:?}")),
             }

@@ -1,0 +1,372 @@
+//! A large OS Login directory and a burst of logins (`bench-report`): [`run`] starts a VM whose
+//! emulator holds `users` OS Login users (100,000 in the full report), all with one shared
+//! key, every fourth one without the login role, and measures:
+//!
+//! 1. the agent's RSS idle with OS Login off (nothing to hold yet);
+//! 2. OS Login switched on (`enable-oslogin` set in the emulator): the full directory sync,
+//!    from the change to the agent's `OS Login directory synced` line with every user (its own
+//!    `took_ms` and request count beside), the cache file's size, and the RSS after it (and
+//!    its peak, VmHWM) and once idle again;
+//! 3. lookups through glibc in a process inside the VM (`passwd: files guestagent`, as the
+//!    agent configures it): random users by name and by uid, an unknown name asked again and
+//!    again (the daemon's negative cache), and unknown names never asked before (the daemon
+//!    asks the service), each call timed;
+//! 4. `load` AuthorizedKeysCommand runs (`guest-agent authorized-keys USER SHA256:...`, the
+//!    real helper process) released at the same instant inside the VM, each from a parent of
+//!    its own (a connection of its own, so every run asks the service), for users spread over
+//!    the directory, a quarter of them without the login role: every run must print the key
+//!    for a user with the role and nothing for one without; p50, p99, max of the runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::accounts::field;
+use super::login::{fingerprint, oslogin_requests};
+use super::nss::thousands;
+use super::procfs::{agent_pid, memory};
+use super::timer::{BurstRun, Lookups, burst_in_vm, lookups_in_vm, numbered};
+use super::{Row, Stats, fmt_d, fmt_kib, row};
+use crate::emulator::Emulator;
+use crate::oslogin::keypair;
+use crate::vm::AGENT;
+use crate::{AgentOptions, TestEnv};
+
+const PREFIX: &str = "oslu";
+const FIRST_UID: u32 = 500_000;
+const SYNCED: &str = "OS Login directory synced";
+
+/// How much to measure.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    pub users: usize,
+    /// Lookups by name and by uid (each).
+    pub lookups: usize,
+    /// Concurrent AuthorizedKeysCommand runs.
+    pub load: usize,
+}
+
+impl Params {
+    pub const FULL: Params = Params {
+        users: 100_000,
+        lookups: 20_000,
+        load: 200,
+    };
+    pub const QUICK: Params = Params {
+        users: 10_000,
+        lookups: 5_000,
+        load: 200,
+    };
+}
+
+/// The burst of keys-command runs.
+#[derive(Debug, Clone, Default)]
+pub struct Load {
+    pub runs: usize,
+    pub with_role: usize,
+    /// Runs that printed the key for a user with the role / nothing for one without.
+    pub right_with_role: usize,
+    pub right_without_role: usize,
+    pub times: Stats,
+    /// The latest start after the common instant.
+    pub late: Duration,
+    /// OS Login requests the daemon made for the burst.
+    pub requests: usize,
+    /// What the wrong runs said on stderr (without the user's name), and how many said it.
+    pub wrong: BTreeMap<String, usize>,
+}
+
+/// What [`run`] measured.
+#[derive(Debug, Clone, Default)]
+pub struct ScaleResult {
+    pub users: usize,
+    /// (VmRSS, VmHWM) KiB: OS Login off; just after the sync; idle after it.
+    pub rss_before: (u64, u64),
+    pub rss_synced: (u64, u64),
+    pub rss_after: (u64, u64),
+    /// From `enable-oslogin` set to the synced line; the agent's own figures.
+    pub sync: Duration,
+    pub sync_took_ms: String,
+    pub sync_requests: String,
+    pub cache_bytes: u64,
+    pub lookups: Lookups,
+    pub load: Load,
+    pub took: Duration,
+}
+
+/// The emulator's initial state: `n` users, one key, every fourth without the login role.
+fn state(n: usize, key: &str) -> Value {
+    let users: Vec<Value> = (0..n)
+        .map(|i| {
+            let name = numbered(PREFIX, i);
+            json!({"email": format!("{name}@example.com"), "username": name,
+                   "uid": FIRST_UID + i as u32,
+                   "keys": [{"key": key, "expiration_usec": null}],
+                   "login": i % 4 != 3, "admin": false})
+        })
+        .collect();
+    json!({ "users": users })
+}
+
+/// Starts the VM, measures, stops it. `record`: the worker's record file
+/// ([`super::record_dir`]).
+pub fn run(record: &Path, p: Params) -> Result<ScaleResult, String> {
+    let t_all = Instant::now();
+    let mut env = TestEnv::new("sbench");
+    super::record_dir(record, &env)?;
+    let (key, public) = keypair(env.dir(), "shared");
+    eprintln!(
+        "  scale: emulator with {} OS Login users ...",
+        thousands(p.users)
+    );
+    env.emulator = Some(Emulator::start(
+        &env.ns,
+        env.dir.path(),
+        Some(&state(p.users, &public)),
+    ));
+    let result = measure(&mut env, &key, &public, p);
+    let _ = env.emulator().control("DELETE", "/faults", None);
+    let mut r = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let dump = env.agent.as_ref().map(|a| a.dump()).unwrap_or_default();
+            return Err(format!(
+                "{e}\n{}",
+                dump.lines().rev().take(40).collect::<Vec<_>>().join("\n")
+            ));
+        }
+    };
+    drop(env);
+    r.took = t_all.elapsed();
+    Ok(r)
+}
+
+fn measure(env: &mut TestEnv, key: &Path, public: &str, p: Params) -> Result<ScaleResult, String> {
+    let mut r = ScaleResult {
+        users: p.users,
+        ..Default::default()
+    };
+    let t0 = Instant::now();
+    env.start_agent(AgentOptions {
+        config: format!("[oslogin]\nhelper_path = \"{AGENT}\"\n"),
+        ..Default::default()
+    });
+    let notify = env.notify.as_mut().ok_or("no notify socket")?;
+    notify
+        .wait_for("READY=1", Duration::from_secs(30))
+        .ok_or("no READY=1 within 30 s")?;
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = agent_pid(env)?;
+    r.rss_before = memory(pid)?;
+
+    // The sync.
+    eprintln!(
+        "  scale: OS Login on, full sync of {} users ...",
+        thousands(p.users)
+    );
+    let t_on = Instant::now();
+    env.emulator()
+        .set_attribute("project", "enable-oslogin", "TRUE");
+    let users_field = format!("users={}", p.users);
+    let agent = env.agent();
+    let at = agent
+        .wait_for_line(t_on, &[SYNCED, &users_field], Duration::from_secs(600))
+        .ok_or_else(|| format!("no {SYNCED:?} line with {users_field} within 600 s"))?;
+    r.sync = at.saturating_duration_since(t_on);
+    let line = agent
+        .lines_since(t_on, &[SYNCED, &users_field])
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    r.sync_took_ms = field(&line, "took_ms").unwrap_or_else(|| "?".into());
+    r.sync_requests = field(&line, "requests").unwrap_or_else(|| "?".into());
+    r.rss_synced = memory(pid)?;
+    agent
+        .wait_for_line(t0, &["OS Login enabled"], Duration::from_secs(30))
+        .ok_or("no 'OS Login enabled' line")?;
+    std::thread::sleep(Duration::from_secs(3));
+    r.rss_after = memory(pid)?;
+    r.cache_bytes = env
+        .vm()
+        .run(&format!(
+            "stat -c %s {}",
+            guest_agent_wire::cache::CACHE_PATH
+        ))
+        .trim()
+        .parse()
+        .map_err(|e| format!("cache size: {e}"))?;
+
+    // Lookups.
+    eprintln!("  scale: lookups through glibc ...");
+    r.lookups = lookups_in_vm(env.vm(), p.lookups, p.users, FIRST_UID, PREFIX)?;
+
+    // The burst.
+    eprintln!(
+        "  scale: {} concurrent AuthorizedKeysCommand runs ...",
+        p.load
+    );
+    let fp = fingerprint(&key.with_extension("pub"))?;
+    let material = public.split_whitespace().nth(1).unwrap_or("-");
+    let step = (p.users / p.load.max(1)).max(1);
+    let picked: Vec<usize> = (0..p.load).map(|k| (k * step + k % 4) % p.users).collect();
+    let items: Vec<String> = picked.iter().map(|&i| numbered(PREFIX, i)).collect();
+    let emu = env.emulator();
+    std::thread::sleep(Duration::from_millis(300));
+    emu.clear_requests();
+    let runs = burst_in_vm(
+        env.vm(),
+        Duration::from_secs(3),
+        material,
+        &items,
+        AGENT,
+        &["authorized-keys", "{}", &fp],
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    r.load = judge_load(&picked, &runs);
+    r.load.requests = oslogin_requests(emu).values().sum();
+    Ok(r)
+}
+
+fn judge_load(picked: &[usize], runs: &[BurstRun]) -> Load {
+    let mut l = Load {
+        runs: runs.len(),
+        ..Default::default()
+    };
+    for (&i, run) in picked.iter().zip(runs) {
+        let role = i % 4 != 3;
+        let right = if role {
+            l.with_role += 1;
+            run.code == 0 && run.matching >= 1 && run.matching == run.lines
+        } else {
+            run.code == 0 && run.lines == 0
+        };
+        match (right, role) {
+            (true, true) => l.right_with_role += 1,
+            (true, false) => l.right_without_role += 1,
+            (false, _) => {
+                // "guest-agent: USER: why" -> "why"
+                let why = run.said.splitn(3, ": ").nth(2).unwrap_or(&run.said);
+                let why = format!("{} ({})", why.trim(), if role { "role" } else { "no role" });
+                *l.wrong.entry(why).or_insert(0) += 1;
+            }
+        }
+        l.late = l.late.max(run.late);
+    }
+    l.times = Stats::new(runs.iter().map(|r| r.took).collect());
+    l
+}
+
+/// The rows.
+pub fn rows(r: &ScaleResult) -> Vec<Row> {
+    let n = thousands(r.users);
+    let l = &r.lookups;
+    let load = &r.load;
+    let correct = load.right_with_role + load.right_without_role;
+    let mut rows = vec![
+        row(
+            format!("OS Login directory of {n} users: full sync"),
+            format!(
+                "{} from enable-oslogin to synced (agent's took_ms {}, {} requests); cache \
+                 file {:.1} MiB",
+                fmt_d(r.sync),
+                r.sync_took_ms,
+                r.sync_requests,
+                r.cache_bytes as f64 / (1024.0 * 1024.0)
+            ),
+            "",
+            "",
+        ),
+        row(
+            format!("  NSS hit through glibc in the VM ({n} synced): by name / uid"),
+            format!(
+                "median {} / {}, p99 {} / {} ({} lookups each; a process's first: {})",
+                fmt_ns(l.by_name.median()),
+                fmt_ns(l.by_uid.median()),
+                fmt_ns(l.by_name.p99()),
+                fmt_ns(l.by_uid.p99()),
+                l.by_name.0.len(),
+                fmt_d(l.first)
+            ),
+            "30–70 µs",
+            "",
+        ),
+        row(
+            "  NSS miss: unknown name again (negative cache) / new (asks the service)",
+            format!(
+                "median {} / {}, max {} / {}",
+                fmt_ns(l.miss.median()),
+                fmt_ns(l.new_miss.median()),
+                fmt_ns(l.miss.max()),
+                fmt_ns(l.new_miss.max())
+            ),
+            "",
+            "",
+        ),
+        row(
+            "daemon RSS idle, OS Login off (before the sync)",
+            format!(
+                "{} (peak {})",
+                fmt_kib(r.rss_before.0),
+                fmt_kib(r.rss_before.1)
+            ),
+            "",
+            "≤ 8 MiB",
+        )
+        .judged(r.rss_before.0 <= 8 * 1024),
+        row(
+            format!("  after the {n}-user sync: just after / idle (peak VmHWM)"),
+            format!(
+                "{} / {} (peak {})",
+                fmt_kib(r.rss_synced.0),
+                fmt_kib(r.rss_after.0),
+                fmt_kib(r.rss_after.1)
+            ),
+            "",
+            "",
+        ),
+        row(
+            format!(
+                "{} concurrent AuthorizedKeysCommand runs ({} with the login role, {} without), {n} users",
+                load.runs,
+                load.with_role,
+                load.runs - load.with_role
+            ),
+            format!(
+                "{correct} of {} right; p50 {}, p99 {}, max {}; {} requests (last start {} \
+                 after the common instant)",
+                load.runs,
+                fmt_d(load.times.median()),
+                fmt_d(load.times.p99()),
+                fmt_d(load.times.max()),
+                load.requests,
+                fmt_d(load.late)
+            ),
+            "",
+            "all answered right",
+        )
+        .judged(correct == load.runs),
+    ];
+    for (why, n) in &load.wrong {
+        rows.push(row(
+            "  wrong answers, as the helper said on stderr",
+            format!("{n} x {why}"),
+            "",
+            "",
+        ));
+    }
+    rows
+}
+
+/// `850 ns`, `1.7 µs`, `12 ms`.
+fn fmt_ns(d: Duration) -> String {
+    let ns = d.as_nanos();
+    if ns < 1000 {
+        format!("{ns} ns")
+    } else if ns < 10_000 {
+        format!("{:.1} µs", ns as f64 / 1000.0)
+    } else {
+        fmt_d(d)
+    }
+}
