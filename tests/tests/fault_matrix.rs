@@ -389,7 +389,12 @@ fn publish(target: Target, rows: &[Row], took: Duration) {
                 .iter()
                 .flat_map(|(_, name, rows)| rows.iter().map(|c| (name.clone(), c.clone())))
                 .collect();
-            println!("\n=== fault matrix, all paths ===\n{}", render(&all, true));
+            // Straight to stderr, past libtest's capture: the table is in the CI log even
+            // when every cell passes.
+            use std::io::Write;
+            let _ = std::io::stderr().write_all(
+                format!("\n=== fault matrix, all paths ===\n{}", render(&all, true)).as_bytes(),
+            );
         }
     }
     let failed: Vec<String> = rows
