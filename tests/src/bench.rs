@@ -60,13 +60,7 @@ impl Bench {
                 return 1;
             }
         };
-        let exe = match std::env::current_exe() {
-            Ok(e) => e,
-            Err(e) => {
-                eprintln!("{name}: own path: {e}");
-                return 1;
-            }
-        };
+        let exe = timer::own_exe();
         let mut child = match Command::new(exe)
             .args(std::env::args_os().skip(1))
             .env(self.worker_env, record.path())

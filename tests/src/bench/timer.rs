@@ -28,6 +28,12 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
     })
 }
 
+/// This binary as another process can start it, even after a rebuild replaced the file:
+/// `/proc/PID/exe` of this process (the running image, not the path).
+pub fn own_exe() -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/{}/exe", std::process::id()))
+}
+
 /// CLOCK_MONOTONIC in ns: the same clock in every process of the machine.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -80,7 +86,7 @@ fn time_runs(argv: &[String]) -> i32 {
         eprintln!("usage: --time-runs N same|fresh PROG ARGS...");
         return 2;
     };
-    let exe = std::env::current_exe().unwrap_or_default();
+    let exe = own_exe();
     for _ in 0..n {
         if mode == "fresh" {
             match Command::new(&exe).arg("--time-one").args(rest).output() {
@@ -169,7 +175,7 @@ fn burst(argv: &[String]) -> i32 {
         eprintln!("usage: --burst DELAY_MS EXPECT ITEMS PROG ARGS...");
         return 2;
     };
-    let exe = std::env::current_exe().unwrap_or_default();
+    let exe = own_exe();
     let at = monotonic_ns() + delay * 1_000_000;
     let mut children = Vec::new();
     for item in items.split(',') {
@@ -303,9 +309,8 @@ fn lookups(argv: &[String]) -> i32 {
 
 /// Runs this binary inside `vm` with `args`; its stdout, or an error with its stderr.
 fn run_self(vm: &Vm, args: &[String]) -> Result<String, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
     let out = vm
-        .command(&exe.to_string_lossy())
+        .command(&own_exe().to_string_lossy())
         .args(args)
         .output()
         .map_err(|e| format!("timer in the VM: {e}"))?;
