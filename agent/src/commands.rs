@@ -61,11 +61,8 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
     };
     let answer = match client::ask(Path::new(SOCKET_PATH), &request, HELPER_DEADLINE) {
         Ok(a) => a,
-        Err(ClientError::NoDaemon(e)) => {
-            say(
-                user,
-                &format!("daemon not running ({e}); asking the metadata service directly"),
-            );
+        Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => {
+            say(user, &format!("{e}; asking the metadata service directly"));
             match config.load() {
                 Ok(config) => direct(
                     &config,
@@ -197,11 +194,9 @@ pub fn token(config: &Config, account: &str, format: &str) -> ExitCode {
         Ok(Answer::Denied(why)) => fail(&format!("refused: {why}")),
         Ok(Answer::Unavailable(why)) => fail(&format!("unavailable: {why}")),
         Ok(Answer::Error(why)) => fail(&why),
-        Err(ClientError::NoDaemon(e)) => {
+        Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => {
             if !nix::unistd::geteuid().is_root() {
-                return fail(&format!(
-                    "the daemon is not running ({e}) and only root may fetch a token directly"
-                ));
+                return fail(&format!("{e}, and only root may fetch a token directly"));
             }
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

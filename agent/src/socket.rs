@@ -387,13 +387,32 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
         };
         let command_user = handler.oslogin.config().oslogin.command_user.clone();
         let is_privileged = limits.privileged(peer.uid, &command_user);
-        // Overloaded: the client sees a closed connection and moves on (the NSS module
-        // answers "unavailable", the helpers fall back to asking the service themselves).
+        // Overloaded: an unprivileged client sees a closed connection and moves on (the NSS
+        // module answers "unavailable"). Privileged peers (sshd's helpers during a burst of
+        // logins, root) queue for a slot instead, up to the read deadline: a login question
+        // dropped here would be a login refused; the helper falls back to asking the service
+        // itself only if it is dropped all the same.
         let (permit, guard) = if is_privileged {
-            let Ok(p) = privileged.clone().try_acquire_owned() else {
-                continue;
+            let permit = match privileged.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    let privileged = privileged.clone();
+                    let handler = handler.clone();
+                    let limits = limits.clone();
+                    tokio::spawn(async move {
+                        let Ok(Ok(_permit)) =
+                            tokio::time::timeout(READ_TIMEOUT, privileged.acquire_owned()).await
+                        else {
+                            return;
+                        };
+                        if let Err(e) = connection(stream, peer, true, &handler, &limits).await {
+                            tracing::debug!(error = %e, "socket connection ended badly");
+                        }
+                    });
+                    continue;
+                }
             };
-            (p, None)
+            (permit, None)
         } else {
             let Some(guard) = limits.open(peer.uid) else {
                 limits.note(Refusal::Connections, peer);

@@ -738,3 +738,63 @@ fn an_sshd_reload_a_killed_agent_missed_is_done_at_the_next_start() {
         "sshd reloaded without cause"
     );
 }
+
+/// A burst of logins: 200 AuthorizedKeysCommand runs at once (as sshd would start them), all
+/// answered by the daemon (none dropped: privileged peers queue for a connection slot) and
+/// all right: alice's key for her, nothing for bob (no login role).
+#[test]
+fn two_hundred_concurrent_keys_commands_are_all_answered_right() {
+    if !require_root("two_hundred_concurrent_keys_commands_are_all_answered_right") {
+        return;
+    }
+    let a = alice("keys-burst", "");
+    let out = a.vm.env.dir().join("burst");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = format!(
+        "cd {out} && for i in $(seq 1 200); do
+           if [ $((i % 4)) -eq 0 ]; then u=bob; else u=alice; fi
+           {agent} authorized-keys $u > $u.$i.out 2> $u.$i.err &
+         done; wait",
+        out = out.display(),
+        agent = guest_agent_e2e::vm::AGENT
+    );
+    let t0 = Instant::now();
+    a.vm.env.vm().run(&script);
+    let took = t0.elapsed();
+    let alice_key = std::fs::read_to_string(a.alice_key.with_extension("pub")).unwrap();
+    let blob = alice_key.split_whitespace().nth(1).unwrap().to_owned();
+    let (mut right, mut dropped, mut wrong) = (0, 0, Vec::new());
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "err") {
+            let err = std::fs::read_to_string(&path).unwrap();
+            if err.contains("dropped the question") || err.contains("directly") {
+                dropped += 1;
+            }
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let ok = if name.starts_with("alice.") {
+            text.contains(&blob)
+        } else {
+            text.trim().is_empty()
+        };
+        if ok {
+            right += 1;
+        } else {
+            wrong.push(name);
+        }
+    }
+    eprintln!("200 concurrent keys commands: {right} right in {took:?}, {dropped} fell back");
+    assert!(
+        wrong.is_empty(),
+        "wrong answers: {wrong:?}\n{}",
+        a.vm.env.agent().dump()
+    );
+    assert_eq!(right, 200);
+    assert_eq!(
+        dropped, 0,
+        "the daemon dropped questions of privileged peers"
+    );
+}
