@@ -40,6 +40,11 @@ impl ConfigSource {
 
 /// Runs the daemon until SIGTERM/SIGINT. `config` was loaded (and validated) by the caller.
 pub fn run(source: ConfigSource, config: Config) -> anyhow::Result<()> {
+    // One malloc arena: the blocking-pool threads (file writes, shadow tools) would each get
+    // an arena of their own, and the memory they touch once stays resident. The daemon is
+    // not allocation-bound, so the contention costs nothing measurable.
+    // SAFETY: mallopt only changes glibc's allocator settings; called before other threads.
+    unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
     // One thread is plenty for a process that mostly waits, and keeps the footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -76,6 +76,9 @@ impl OsLogin {
                     }
                 }
             }
+            // A sync of a large directory frees its listing and the old directory at once.
+            // SAFETY: malloc_trim only releases free heap memory to the kernel.
+            unsafe { nix::libc::malloc_trim(0) };
             let interval = Duration::from_secs(self.config().oslogin.sync_interval_secs);
             // A failed sync is retried sooner than a successful one is repeated.
             let wait = if failures.is_failing() {
