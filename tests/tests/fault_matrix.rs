@@ -616,28 +616,11 @@ fn users() {
     let Some(t_start) = start(target) else { return };
     let os = os_login_vm("fmusers", "");
     let env = &os.vm.env;
-    let emu = env.emulator();
     let mut users = 1;
     let mut rows = Vec::new();
     for (i, (fault, kind)) in faults().into_iter().enumerate() {
         let mut row = Row::new(fault);
-        let mode = expect(target, fault);
-        emu.clear_requests();
-        let before = files(env.vm());
-        let n0 = seen(emu, target);
-        install(emu, target, &kind);
-        let t = Instant::now();
-        env.agent().signal(Signal::SIGUSR1);
-        exercised(&mut row, emu, target, n0, 1);
-        let (needle, what) = match mode {
-            Expect::Normal => ("OS Login directory synced", "the sync works"),
-            _ => ("directory sync failed", "the sync fails"),
-        };
-        let logged = env
-            .agent()
-            .wait_for_line(t, &[needle], Duration::from_secs(10))
-            .is_some();
-        row.check(logged, || format!("{what}: no {needle:?} line"));
+        let (t, before) = sync_under_fault(&mut row, env, target, fault, &kind);
         let (code, out, _) = vm_sh(env.vm(), "getent passwd alice");
         let alice = code == 0 && out.trim() == ALICE;
         row.check(alice, || format!("getent passwd alice: {code} {out:?}"));
@@ -668,38 +651,79 @@ fn users() {
         );
         row.daemon(env);
         // Recovery: a user added now is in the next sync.
-        emu.clear_faults();
-        let t = Instant::now();
         users += 1;
         let (_, public) = keypair(env.dir(), &format!("carol{i}"));
-        emu.ok(
-            "POST",
+        let carol = user(
+            &format!("carol{i}"),
+            200100 + i as u32,
+            &public,
+            true,
+            false,
+        );
+        recover_by_sync(
+            &mut row,
+            env,
             "/oslogin/users",
-            Some(
-                &user(
-                    &format!("carol{i}"),
-                    200100 + i as u32,
-                    &public,
-                    true,
-                    false,
-                )
-                .to_string(),
-            ),
-        );
-        env.agent().signal(Signal::SIGUSR1);
-        let synced = env.agent().wait_for_line(
-            t,
-            &["OS Login directory synced", &format!("users={users}")],
-            Duration::from_secs(15),
-        );
-        row.recovered(
-            synced.map(|s| s - t),
-            Duration::from_secs(10),
+            &carol,
+            &format!("users={users}"),
             "a new user in the next sync",
         );
         rows.push(row);
     }
     publish(target, &rows, t_start.elapsed());
+}
+
+/// users and groups: installs `kind` on the target's path, asks for a sync (SIGUSR1) and
+/// checks it met the fault and failed (or worked, for a late good answer) as expected.
+/// Returns when the sync was asked for and the owned files before it.
+fn sync_under_fault(
+    row: &mut Row,
+    env: &guest_agent_e2e::TestEnv,
+    target: Target,
+    fault: &str,
+    kind: &Value,
+) -> (Instant, Files) {
+    let emu = env.emulator();
+    let mode = expect(target, fault);
+    emu.clear_requests();
+    let before = files(env.vm());
+    let n0 = seen(emu, target);
+    install(emu, target, kind);
+    let t = Instant::now();
+    env.agent().signal(Signal::SIGUSR1);
+    exercised(row, emu, target, n0, 1);
+    let (needle, what) = match mode {
+        Expect::Normal => ("OS Login directory synced", "the sync works"),
+        _ => ("directory sync failed", "the sync fails"),
+    };
+    let logged = env
+        .agent()
+        .wait_for_line(t, &[needle], Duration::from_secs(10))
+        .is_some();
+    row.check(logged, || format!("{what}: no {needle:?} line"));
+    (t, before)
+}
+
+/// users and groups, after the fault: clears it, adds `entry` at `route` and checks that the
+/// next sync carries it (`count` in the sync line).
+fn recover_by_sync(
+    row: &mut Row,
+    env: &guest_agent_e2e::TestEnv,
+    route: &str,
+    entry: &Value,
+    count: &str,
+    what: &str,
+) {
+    env.emulator().clear_faults();
+    let t = Instant::now();
+    env.emulator().ok("POST", route, Some(&entry.to_string()));
+    env.agent().signal(Signal::SIGUSR1);
+    let synced = env.agent().wait_for_line(
+        t,
+        &["OS Login directory synced", count],
+        Duration::from_secs(15),
+    );
+    row.recovered(synced.map(|s| s - t), Duration::from_secs(10), what);
 }
 
 /// The last lines `p` printed since `since`, for a failed check's message.
@@ -721,28 +745,11 @@ fn groups() {
     let Some(t_start) = start(target) else { return };
     let os = os_login_vm("fmgroups", "");
     let env = &os.vm.env;
-    let emu = env.emulator();
     let mut groups = 1;
     let mut rows = Vec::new();
     for (i, (fault, kind)) in faults().into_iter().enumerate() {
         let mut row = Row::new(fault);
-        let mode = expect(target, fault);
-        emu.clear_requests();
-        let before = files(env.vm());
-        let n0 = seen(emu, target);
-        install(emu, target, &kind);
-        let t = Instant::now();
-        env.agent().signal(Signal::SIGUSR1);
-        exercised(&mut row, emu, target, n0, 1);
-        let (needle, what) = match mode {
-            Expect::Normal => ("OS Login directory synced", "the sync works"),
-            _ => ("directory sync failed", "the sync fails"),
-        };
-        let logged = env
-            .agent()
-            .wait_for_line(t, &[needle], Duration::from_secs(10))
-            .is_some();
-        row.check(logged, || format!("{what}: no {needle:?} line"));
+        let (t, before) = sync_under_fault(&mut row, env, target, fault, &kind);
         let (code, out, _) = vm_sh(env.vm(), "getent group devs");
         let devs = code == 0 && out.trim() == "devs:x:300000:alice";
         row.check(devs, || format!("getent group devs: {code} {out:?}"));
@@ -767,26 +774,14 @@ fn groups() {
         );
         row.files(env.vm(), &before, &[], "");
         row.daemon(env);
-        emu.clear_faults();
-        let t = Instant::now();
         groups += 1;
-        emu.ok(
-            "POST",
+        let team = json!({"name": format!("team{i}"), "gid": 300100 + i, "members": ["alice"]});
+        recover_by_sync(
+            &mut row,
+            env,
             "/oslogin/groups",
-            Some(
-                &json!({"name": format!("team{i}"), "gid": 300100 + i, "members": ["alice"]})
-                    .to_string(),
-            ),
-        );
-        env.agent().signal(Signal::SIGUSR1);
-        let synced = env.agent().wait_for_line(
-            t,
-            &["OS Login directory synced", &format!("groups={groups}")],
-            Duration::from_secs(15),
-        );
-        row.recovered(
-            synced.map(|s| s - t),
-            Duration::from_secs(10),
+            &team,
+            &format!("groups={groups}"),
             "a new group in the next sync",
         );
         rows.push(row);
