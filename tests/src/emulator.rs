@@ -86,6 +86,26 @@ impl Emulator {
         a
     }
 
+    /// Has the emulator's current CA sign `public` (an OpenSSH public key line) for
+    /// `username`, valid from `valid_after_offset_secs` from now for an hour, and writes the
+    /// certificate where ssh looks for it next to the private key `key` (`KEY-cert.pub`).
+    /// Returns that path.
+    pub fn sign_into(
+        &self,
+        username: &str,
+        public: &str,
+        valid_after_offset_secs: i64,
+        key: &std::path::Path,
+    ) -> std::path::PathBuf {
+        let body = serde_json::json!({"username": username, "public_key": public,
+            "validity_secs": 3600, "valid_after_offset_secs": valid_after_offset_secs});
+        let answer = self.ok("POST", "/ca/sign", Some(&body.to_string())).json();
+        let cert = answer["certificate"].as_str().expect("certificate");
+        let path = std::path::PathBuf::from(format!("{}-cert.pub", key.display()));
+        std::fs::write(&path, format!("{cert}\n")).expect("write certificate");
+        path
+    }
+
     pub fn set_attribute(&self, scope: &str, key: &str, value: &str) {
         self.ok("PUT", &format!("/attributes/{scope}/{key}"), Some(value));
     }

@@ -38,7 +38,6 @@ use guest_agent_e2e::netns::Netns;
 use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
 use guest_agent_e2e::process::Proc;
 use guest_agent_e2e::require_root;
-use serde_json::json;
 
 const CLIENT: &str = "169.254.10.2";
 const BASTION: &str = "169.254.10.1";
@@ -578,21 +577,10 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
         !out.status.success(),
         "an unregistered key without a certificate opened alice's account"
     );
-    let body = json!({"username": "alice", "public_key": site.cert_pub, "validity_secs": 3600, "valid_after_offset_secs": 0});
-    let cert = site
-        .oslogin
+    site.oslogin
         .env
         .emulator()
-        .ok("POST", "/ca/sign", Some(&body.to_string()))
-        .json()["certificate"]
-        .as_str()
-        .expect("certificate")
-        .to_owned();
-    std::fs::write(
-        format!("{}-cert.pub", site.cert_key.display()),
-        format!("{cert}\n"),
-    )
-    .expect("write certificate");
+        .sign_into("alice", &site.cert_pub, 0, &site.cert_key);
     let t0 = Instant::now();
     site.expect_login(
         &site.cert_key,

@@ -63,16 +63,9 @@ fn wait_for_ca(vm: &OsLoginVm) -> Duration {
 
 /// Has the emulator sign `public` for alice, written where ssh finds it for `key`.
 fn sign(vm: &OsLoginVm, key: &Path, public: &str, valid_after_offset: i64) {
-    let body = json!({"username": "alice", "public_key": public, "validity_secs": 3600, "valid_after_offset_secs": valid_after_offset});
-    let cert = vm
-        .env
+    vm.env
         .emulator()
-        .ok("POST", "/ca/sign", Some(&body.to_string()))
-        .json()["certificate"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    std::fs::write(format!("{}-cert.pub", key.display()), format!("{cert}\n")).unwrap();
+        .sign_into("alice", public, valid_after_offset, key);
 }
 
 #[test]

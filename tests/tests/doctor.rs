@@ -157,20 +157,7 @@ fn wait_for_ca(vm: &OsLoginVm) {
 
 /// Has the emulator sign alice's key, valid from `offset` seconds from now for an hour.
 fn sign(vm: &OsLoginVm, key: &Path, public: &str, offset: i64) -> PathBuf {
-    let body = json!({"username": "alice", "public_key": public, "validity_secs": 3600,
-                      "valid_after_offset_secs": offset});
-    let a = vm
-        .env
-        .emulator()
-        .ok("POST", "/ca/sign", Some(&body.to_string()))
-        .json();
-    let path = PathBuf::from(format!("{}-cert.pub", key.display()));
-    std::fs::write(
-        &path,
-        format!("{}\n", a["certificate"].as_str().expect("cert")),
-    )
-    .unwrap();
-    path
+    vm.env.emulator().sign_into("alice", public, offset, key)
 }
 
 /// Everything a healthy OS Login user needs is ok.

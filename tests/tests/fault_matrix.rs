@@ -877,21 +877,10 @@ fn authorize() {
 
 /// Has the emulator's current CA sign a certificate of alice's cert-only key.
 fn sign(os: &OsVm) {
-    let body = json!({"username": "alice", "public_key": os.cert_pub, "validity_secs": 3600});
-    let cert = os
-        .vm
+    os.vm
         .env
         .emulator()
-        .ok("POST", "/ca/sign", Some(&body.to_string()))
-        .json()["certificate"]
-        .as_str()
-        .expect("certificate")
-        .to_owned();
-    std::fs::write(
-        format!("{}-cert.pub", os.cert_key.display()),
-        format!("{cert}\n"),
-    )
-    .expect("write certificate");
+        .sign_into("alice", &os.cert_pub, 0, &os.cert_key);
 }
 
 /// The blob of the emulator's current CA key.
