@@ -199,14 +199,21 @@ impl Reconciler for AccountsReconciler {
         let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
         let local_names: BTreeSet<String> = local.iter().map(|e| e.name.clone()).collect();
         let state = AccountsState::load(&self.paths.state);
+        // Only deletions need the names to protect (cloud.cfg is read only then).
+        let delete_released = a.deprovision == "delete";
+        let protected = if delete_released {
+            cloud_init::default_users(&self.paths.cloud_init)
+        } else {
+            BTreeSet::new()
+        };
         let p = plan(&Inputs {
             wanted: &wanted,
             sudo: &sudo,
             expired: &expired,
             local: &local_names,
             state: &state,
-            delete_released: a.deprovision == "delete",
-            protected: &cloud_init::default_users(&self.paths.cloud_init),
+            delete_released,
+            protected: &protected,
             answer: self.answers.load(Ordering::SeqCst),
         });
         if !p.held.is_empty() && state.pending_removal.is_none() {
