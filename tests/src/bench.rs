@@ -35,6 +35,31 @@ pub struct Bench {
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 impl Bench {
+    /// A benchmark binary's whole `main` after its own argument handling: refuses to run
+    /// without root, then either measures (in the worker child, with `worker` given the record
+    /// file) or supervises that child. Exits the process with the outcome.
+    pub fn main(&self, worker: impl FnOnce(&std::path::Path) -> Result<(), String>) -> ! {
+        let name = self.name;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "{name}: needs root (network and mount namespaces, a private sshd); run it with \
+                 sudo"
+            );
+            std::process::exit(1);
+        }
+        let code = match std::env::var_os(self.worker_env) {
+            Some(record) => match worker(std::path::Path::new(&record)) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("{name}: {e}");
+                    1
+                }
+            },
+            None => self.supervise(),
+        };
+        std::process::exit(code);
+    }
+
     /// Runs this binary again, with the same arguments, as the worker (with
     /// [`Bench::worker_env`] set to a file in which the worker records its temporary
     /// directories, [`record_dir`]), waits for it, then kills by PID every process it left

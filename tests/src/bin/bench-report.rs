@@ -44,24 +44,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "bench-report: needs root (network and mount namespaces, a private sshd); \
-             run it with sudo"
-        );
-        std::process::exit(1);
-    }
-    let code = match std::env::var_os(BENCH.worker_env) {
-        Some(record) => match worker(Path::new(&record), quick) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("bench-report: {e}");
-                1
-            }
-        },
-        None => BENCH.supervise(),
-    };
-    std::process::exit(code);
+    BENCH.main(|record| worker(record, quick));
 }
 
 /// The commit the binaries were built from (`git describe`), if the source tree is here.

@@ -28,24 +28,7 @@ fn main() {
     if let Some(code) = timer::dispatch(&args) {
         std::process::exit(code);
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "login-bench: needs root (network and mount namespaces, a private sshd); \
-             run it with sudo"
-        );
-        std::process::exit(1);
-    }
-    let code = match std::env::var_os(BENCH.worker_env) {
-        Some(record) => match worker(Path::new(&record)) {
-            Ok(()) => 0,
-            Err(e) => {
-                eprintln!("login-bench: {e}");
-                1
-            }
-        },
-        None => BENCH.supervise(),
-    };
-    std::process::exit(code);
+    BENCH.main(worker);
 }
 
 fn worker(record: &Path) -> Result<(), String> {
