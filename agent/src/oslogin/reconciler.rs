@@ -125,12 +125,12 @@ impl OsLoginReconciler {
         if changed {
             tracing::info!(path = %self.paths.nsswitch.file.display(), "nsswitch.conf: guestagent added");
         }
-        // The service first: by the time sshd runs our helper, the socket answers; and the CA
-        // file exists before sshd is told about it.
-        self.service.set_enabled(true);
+        // The CA file exists before the service is on (whose first act is to fill it) and
+        // before sshd is told about it; the service is on before sshd runs our helper.
         if let Some(ca) = &settings.trusted_ca_file {
             super::trusted_ca::ensure_exists(ca).map_err(anyhow::Error::msg)?;
         }
+        self.service.set_enabled(true);
         let report = self.edit_sshd(&mut state, |paths| sshd::apply::enable(paths, settings))?;
         tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
         Ok(())

@@ -61,12 +61,25 @@ fn write(path: &Path, text: &str) -> Result<bool, String> {
     files::write_atomic(path, text.as_bytes(), 0o644, None).map_err(|e| e.to_string())
 }
 
-/// Makes sure the file exists (empty at first), so sshd finds it from the start.
+/// Makes sure the file exists (empty at first), so sshd finds it from the start. Never
+/// replaces a file that is there: a refresh running at the same moment may have just written
+/// the keys (an exists-then-write here once emptied them again, for a whole refresh period).
 pub fn ensure_exists(path: &Path) -> Result<(), String> {
-    if path.exists() {
-        Ok(())
-    } else {
-        write(path, "").map(|_| ())
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .mode(0o644)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(format!("cannot create {}: {e}", path.display())),
     }
 }
 
