@@ -59,20 +59,29 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
             cert: cert.to_string(),
         },
     };
-    let answer = match client::ask(Path::new(SOCKET_PATH), &request, HELPER_DEADLINE) {
-        Ok(a) => a,
-        Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => {
-            say(user, &format!("{e}; asking the metadata service directly"));
-            match config.load() {
-                Ok(config) => direct(
-                    &config,
-                    user,
-                    &question,
-                    HELPER_DEADLINE.saturating_sub(start.elapsed()),
-                ),
-                Err(e) => Answer::Error(format!("cannot decide without the daemon: {e}")),
-            }
+    // Without a decision from the daemon (down, dropped the question, or of another protocol
+    // version: a package upgrade between its unpack and the daemon's restart), decide alone.
+    let alone = |why: String| {
+        say(
+            user,
+            &format!("{why}; asking the metadata service directly"),
+        );
+        match config.load() {
+            Ok(config) => direct(
+                &config,
+                user,
+                &question,
+                HELPER_DEADLINE.saturating_sub(start.elapsed()),
+            ),
+            Err(e) => Answer::Error(format!("cannot decide without the daemon: {e}")),
         }
+    };
+    let answer = match client::ask(Path::new(SOCKET_PATH), &request, HELPER_DEADLINE) {
+        Ok(Answer::Error(why)) if guest_agent_wire::proto::daemon_speaks(&why).is_some() => {
+            alone(format!("the daemon answered: {why}"))
+        }
+        Ok(a) => a,
+        Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => alone(e.to_string()),
         Err(e) => Answer::Unavailable(e.to_string()),
     };
     match answer {

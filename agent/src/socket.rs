@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
-use guest_agent_wire::proto::{Answer, MAX_REQUEST, Request};
+use guest_agent_wire::proto::{self, Answer, MAX_REQUEST, Request};
 
 use crate::oslogin::directory::Miss;
 use crate::oslogin::service::{LOOKUP_GATE, LookupGate, OsLogin, lock};
@@ -452,7 +452,9 @@ async fn connection(
     }
     drop(reader);
     let request = line.strip_suffix('\n').map(Request::parse);
-    let verb: String = line
+    let trimmed = line.strip_suffix('\n').unwrap_or(&line);
+    let (version, body) = proto::split_version(trimmed).unwrap_or((0, trimmed));
+    let verb: String = body
         .split(' ')
         .next()
         .unwrap_or("")
@@ -481,6 +483,11 @@ async fn connection(
                 limits.note(what, peer);
             }
             answer
+        }
+        // A client of another version (an upgrade in progress): the error names the versions
+        // this daemon speaks, so the client can ask again in one of them or decide alone.
+        Some(Err(e)) if e == proto::UNSUPPORTED_VERSION => {
+            Answer::Error(proto::unsupported_version(version))
         }
         Some(Err(e)) => Answer::Error(e.to_string()),
         None => Answer::Error("request too long or not terminated".into()),

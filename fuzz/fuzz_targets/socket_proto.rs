@@ -6,15 +6,19 @@
 //! re-format to a line that parses to the same record.
 #![no_main]
 
-use guest_agent_wire::proto::{Answer, Head, MAX_ANSWER_LINES, MAX_LINE, Request};
+use guest_agent_wire::proto::{Answer, Head, MAX_ANSWER_LINES, MAX_LINE, Request, split_version};
 use guest_agent_wire::records::{GroupRecord, PasswdRecord, format_group};
 use libfuzzer_sys::fuzz_target;
 
 fn request(line: &str) {
     if let Ok(r) = Request::parse(line) {
-        let encoded = r.encode();
-        assert!(encoded.len() <= line.len());
-        assert_eq!(Request::parse(&encoded), Ok(r));
+        // Re-encoded in the line's own version: no longer than the line, plus the `@N ` a
+        // version-1 line without the prefix gains.
+        let (version, _) = split_version(line).expect("a parsed line has a version");
+        let encoded = r.encode_as(version);
+        assert!(encoded.len() <= line.len() + format!("@{version} ").len());
+        assert_eq!(Request::parse(&encoded), Ok(r.clone()));
+        assert_eq!(Request::parse(&r.encode()), Ok(r));
     }
 }
 

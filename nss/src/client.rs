@@ -7,7 +7,9 @@ use std::ffi::CStr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use guest_agent_wire::proto::{Answer, Head, MAX_LINE};
+use guest_agent_wire::proto::{
+    Answer, Head, MAX_LINE, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, Request, daemon_speaks,
+};
 
 use crate::mapping::coarse_ms;
 
@@ -27,12 +29,26 @@ pub enum Reply {
     NotFound,
     /// The daemon is down, slow, said UNAVAIL/DENIED/ERR, or broke the protocol.
     Unavail,
+    /// An older daemon (an upgrade in progress): it does not speak this module's protocol
+    /// version, and its newest is this one.
+    OlderDaemon(u32),
 }
 
-/// Asks `request` (one line, no newline) on the socket at `path`.
-pub fn ask(path: &CStr, request: &str, timeout: Duration) -> Reply {
+/// Asks `request` on the socket at `path`, in this module's protocol version or, when the
+/// daemon is older and says so, once more in the daemon's newest version if this module
+/// speaks it too; all within `timeout`.
+pub fn ask(path: &CStr, request: &Request, timeout: Duration) -> Reply {
     let deadline = Instant::now() + timeout;
-    exchange(path, request, deadline).unwrap_or(Reply::Unavail)
+    match exchange(path, &request.encode(), deadline) {
+        Some(Reply::OlderDaemon(v)) if (MIN_PROTOCOL_VERSION..PROTOCOL_VERSION).contains(&v) => {
+            match exchange(path, &request.encode_as(v), deadline) {
+                Some(Reply::OlderDaemon(_)) | None => Reply::Unavail,
+                Some(reply) => reply,
+            }
+        }
+        Some(Reply::OlderDaemon(_)) | None => Reply::Unavail,
+        Some(reply) => reply,
+    }
 }
 
 fn errno() -> i32 {
@@ -154,6 +170,10 @@ fn complete(buf: &[u8]) -> Option<Reply> {
             Some(Reply::Lines(lines))
         }
         Ok(Head::Other(Answer::NotFound)) => Some(Reply::NotFound),
+        Ok(Head::Other(Answer::Error(reason))) => Some(match daemon_speaks(&reason) {
+            Some(v) => Reply::OlderDaemon(v),
+            None => Reply::Unavail,
+        }),
         _ => Some(Reply::Unavail),
     }
 }
@@ -267,15 +287,93 @@ mod tests {
         assert_eq!(complete(b"UNAVAIL down\n"), Some(Reply::Unavail));
         assert_eq!(complete(b"DENIED no\n"), Some(Reply::Unavail));
         assert_eq!(complete(b"garbage\n"), Some(Reply::Unavail));
+        assert_eq!(complete(b"ERR unknown request\n"), Some(Reply::Unavail));
+        assert_eq!(
+            complete(b"ERR unsupported protocol version 3: this daemon speaks 1 to 2\n"),
+            Some(Reply::OlderDaemon(2))
+        );
         assert_eq!(complete(b"OK 1\n\xff\n"), Some(Reply::Unavail));
     }
 
     #[test]
     fn no_socket_is_unavail_at_once() {
+        // Given a minute, the answer comes without waiting for it (10 s: any machine).
         let t = Instant::now();
         let path = c"/nonexistent/guest-agent-test.sock";
-        assert_eq!(ask(path, "getpwnam a", DEADLINE), Reply::Unavail);
-        assert!(t.elapsed() < Duration::from_millis(50));
+        let r = Request::UserByName("a".into());
+        assert_eq!(ask(path, &r, Duration::from_secs(60)), Reply::Unavail);
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A daemon that speaks versions 1 to `newest` answers `lines` on `path`, recording every
+    /// request line it reads.
+    fn fake_daemon(
+        path: &std::path::Path,
+        newest: u32,
+        connections: usize,
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        use std::io::{BufRead, Write};
+        let listener = std::os::unix::net::UnixListener::bind(path).unwrap();
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for stream in listener.incoming().take(connections) {
+                let mut stream = stream.unwrap();
+                let mut line = String::new();
+                std::io::BufReader::new(&stream)
+                    .read_line(&mut line)
+                    .unwrap();
+                let line = line.trim_end().to_owned();
+                let (v, _) = guest_agent_wire::proto::split_version(&line).unwrap();
+                let answer = if (1..=newest).contains(&v) {
+                    "OK 1\nalice:*:200001:200001::/home/alice:/bin/bash\n".to_owned()
+                } else {
+                    format!(
+                        "ERR unsupported protocol version {v}: this daemon speaks 1 to {newest}\n"
+                    )
+                };
+                stream.write_all(answer.as_bytes()).unwrap();
+                seen.push(line);
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn an_older_daemon_is_asked_again_in_its_version_when_the_module_speaks_it() {
+        let dir = std::env::temp_dir().join(format!("ga-nss-client-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("agent.sock");
+        let cpath = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        let r = Request::UserByName("alice".into());
+        // A daemon one version behind this module: the module asks again in that version when
+        // it speaks it (MIN_PROTOCOL_VERSION..PROTOCOL_VERSION), else gives up (UNAVAIL: the
+        // cache still answers, glibc says "not found", nothing is misread).
+        let older = PROTOCOL_VERSION - 1;
+        let retries = (MIN_PROTOCOL_VERSION..PROTOCOL_VERSION).contains(&older);
+        let daemon = fake_daemon(&path, older, if retries { 2 } else { 1 });
+        let reply = ask(&cpath, &r, Duration::from_secs(60));
+        let seen = daemon.join().unwrap();
+        assert_eq!(seen[0], r.encode());
+        if retries {
+            assert_eq!(
+                reply,
+                Reply::Lines(vec!["alice:*:200001:200001::/home/alice:/bin/bash".into()])
+            );
+            assert_eq!(seen, vec![r.encode(), r.encode_as(older)]);
+        } else {
+            assert_eq!(reply, Reply::Unavail);
+            assert_eq!(seen.len(), 1);
+        }
+        let _ = std::fs::remove_file(&path);
+        // A daemon of this version answers the first question.
+        let daemon = fake_daemon(&path, PROTOCOL_VERSION, 1);
+        assert!(matches!(
+            ask(&cpath, &r, Duration::from_secs(60)),
+            Reply::Lines(_)
+        ));
+        assert_eq!(daemon.join().unwrap(), vec![r.encode()]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

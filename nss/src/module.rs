@@ -132,19 +132,19 @@ impl Module {
     /// Runs `f` on the lines of the daemon's answer to `request` (or of this thread's
     /// remembered answer, when glibc retries after ERANGE).
     fn ask(&self, request: &Request, f: impl FnOnce(&[String]) -> Status) -> Status {
-        let request = request.encode();
-        let (lines, fresh) = match client::recall(&request) {
+        let key = request.encode();
+        let (lines, fresh) = match client::recall(&key) {
             Some(lines) => (lines, false),
-            None => match client::ask(&self.socket_path, &request, client::DEADLINE) {
+            None => match client::ask(&self.socket_path, request, client::DEADLINE) {
                 Reply::Lines(lines) => (lines, true),
                 Reply::NotFound => return Status::NotFound,
-                Reply::Unavail => return Status::Unavail,
+                Reply::Unavail | Reply::OlderDaemon(_) => return Status::Unavail,
             },
         };
         let status = f(&lines);
         if status == Status::Erange {
             if fresh {
-                client::remember(&request, lines);
+                client::remember(&key, lines);
             }
         } else {
             client::forget();

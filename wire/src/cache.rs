@@ -66,9 +66,21 @@ use crate::records::{PasswdRecord, RecordError, format_group, is_safe_field, is_
 pub const CACHE_PATH: &str = "/var/lib/guest-agent/directory.cache";
 /// First bytes of every cache file (the CR LF catches text-mode mangling).
 pub const MAGIC: [u8; 8] = *b"GADIRC\r\n";
-/// Format version this code writes and reads (1: sorted indexes and binary search; 2: hash
-/// tables for lookups, name indexes for enumeration).
+/// Format version this code writes (1: sorted indexes and binary search; 2: hash tables for
+/// lookups, name indexes for enumeration). A reader given any other version refuses the file
+/// (`UnsupportedVersion`) and the NSS module then asks the daemon for every name: during an
+/// upgrade or a downgrade, a module loaded by a long-running process meets a file written by
+/// another version of the daemon, and must never misread it.
+///
+/// The build flag `next-version` (tests only: the upgrade test builds the next release from
+/// this tree) writes version 3, the same layout under a new number, and reads 2 and 3, as a
+/// real next format would keep reading the one before it.
+#[cfg(not(feature = "next-version"))]
 pub const VERSION: u32 = 2;
+#[cfg(feature = "next-version")]
+pub const VERSION: u32 = 3;
+/// Oldest version this code reads (the layout of every version from here to [`VERSION`]).
+pub const MIN_READ_VERSION: u32 = 2;
 /// Size of the header.
 pub const HEADER_LEN: usize = 104;
 /// Longest gecos, home or shell the builder keeps (longer entries are dropped).
@@ -637,7 +649,7 @@ impl<'a> Cache<'a> {
             return Err(CacheError::BadMagic);
         }
         let version = header_u32(bytes, 8)?;
-        if version != VERSION {
+        if !(MIN_READ_VERSION..=VERSION).contains(&version) {
             return Err(CacheError::UnsupportedVersion(version));
         }
         if header_u32(bytes, 12)? as usize != HEADER_LEN

@@ -4,13 +4,24 @@
 //! Line based and bounded, so the NSS module can speak it with no parser beyond splitting:
 //!
 //! ```text
-//! request:  VERB ARG...\n                      (one line, at most MAX_REQUEST bytes)
+//! request:  @VERSION VERB ARG...\n             (one line, at most MAX_REQUEST bytes)
 //! answer:   OK COUNT\n LINE\n ... (COUNT lines)  the result; COUNT <= MAX_ANSWER_LINES
 //!           NOTFOUND\n                          no such user/group/key (a definite answer)
 //!           UNAVAIL REASON\n                    the daemon cannot tell now (metadata service down)
 //!           DENIED REASON\n                     the asker may not ask this (peer credentials)
 //!           ERR REASON\n                        malformed request
 //! ```
+//! **Versions.** Every request names the protocol version it is written in (`@1 getpwnam
+//! alice`); a line without one is version 1 (what clients before versions sent: an NSS module
+//! loaded by a long-running process before an upgrade still sends that). The answer is in the
+//! request's version. A daemon answers every version from [`MIN_PROTOCOL_VERSION`] to
+//! [`PROTOCOL_VERSION`]; any other is answered `ERR unsupported protocol version N: this daemon
+//! speaks A to B` (see [`unsupported_version`] and [`daemon_speaks`]), never guessed at. A
+//! client that meets that error from an older daemon (between a package upgrade's unpack and
+//! the daemon's restart) either asks again in the daemon's newest version when it speaks it
+//! (the NSS module: it cannot decide alone) or decides alone as when the daemon is down (the
+//! sshd helpers). The build flag `next-version` (tests only) makes this [`PROTOCOL_VERSION`] 2.
+//!
 //! Arguments never contain blanks or control characters (names, numbers, fingerprints and
 //! base64 are checked by [`Request::parse`]). Answer lines carry passwd(5)/group(5)-style
 //! records for lookups and authorized_keys lines for the key helpers.
@@ -23,6 +34,45 @@ pub const MAX_REQUEST: usize = 16 * 1024;
 pub const MAX_LINE: usize = 16 * 1024;
 /// Most lines in one OK answer.
 pub const MAX_ANSWER_LINES: usize = 4096;
+/// The protocol version this code speaks (writes in its requests).
+#[cfg(not(feature = "next-version"))]
+pub const PROTOCOL_VERSION: u32 = 1;
+#[cfg(feature = "next-version")]
+pub const PROTOCOL_VERSION: u32 = 2;
+/// The oldest version a daemon of this code answers (and a client may fall back to).
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+/// [`Request::parse`]'s error for a line in a version this code does not speak.
+pub const UNSUPPORTED_VERSION: ProtoError = ProtoError("unsupported protocol version");
+
+/// The reason of the `ERR` answer to a request in `version`, which this daemon does not speak.
+pub fn unsupported_version(version: u32) -> String {
+    format!(
+        "unsupported protocol version {version}: this daemon speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+    )
+}
+
+/// From the reason of an `ERR` answer made by [`unsupported_version`]: the newest version that
+/// daemon speaks.
+pub fn daemon_speaks(reason: &str) -> Option<u32> {
+    let (_, range) = reason
+        .strip_prefix("unsupported protocol version ")?
+        .split_once(": this daemon speaks ")?;
+    let (_, newest) = range.split_once(" to ")?;
+    newest.parse().ok()
+}
+
+/// The version a request line is written in (1 without a `@N` prefix) and the rest of it.
+pub fn split_version(line: &str) -> Result<(u32, &str), ProtoError> {
+    let Some(rest) = line.strip_prefix('@') else {
+        return Ok((1, line));
+    };
+    let (v, body) = rest.split_once(' ').unwrap_or((rest, ""));
+    if v.is_empty() || v.len() > 9 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ProtoError("bad protocol version"));
+    }
+    let v: u32 = v.parse().map_err(|_| ProtoError("bad protocol version"))?;
+    Ok((v, body))
+}
 
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,8 +133,17 @@ fn id(s: &str) -> Result<u32, ProtoError> {
 }
 
 impl Request {
-    /// The request line, without the newline.
+    /// The request line in this code's [`PROTOCOL_VERSION`], without the newline.
     pub fn encode(&self) -> String {
+        self.encode_as(PROTOCOL_VERSION)
+    }
+
+    /// The request line in protocol `version`, without the newline.
+    pub fn encode_as(&self, version: u32) -> String {
+        format!("@{version} {}", self.body())
+    }
+
+    fn body(&self) -> String {
         match self {
             Request::UserByName(n) => format!("getpwnam {n}"),
             Request::UserByUid(u) => format!("getpwuid {u}"),
@@ -104,10 +163,15 @@ impl Request {
         }
     }
 
-    /// Parses a request line (the newline already removed).
+    /// Parses a request line (the newline already removed) in any version this code speaks;
+    /// another version is [`UNSUPPORTED_VERSION`] (see [`split_version`] for which).
     pub fn parse(line: &str) -> Result<Request, ProtoError> {
         if line.len() >= MAX_REQUEST {
             return Err(ProtoError("request too long"));
+        }
+        let (version, line) = split_version(line)?;
+        if !(MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) {
+            return Err(UNSUPPORTED_VERSION);
         }
         let mut parts = line.split(' ');
         let verb = parts.next().unwrap_or("");
@@ -240,7 +304,48 @@ mod tests {
             },
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
+            // Version 1 without the prefix, as clients before versions wrote it.
+            let legacy = r.encode_as(1);
+            let legacy = legacy.strip_prefix("@1 ").unwrap_or(&legacy);
+            assert_eq!(Request::parse(legacy), Ok(r.clone()), "{r:?}");
         }
+    }
+
+    #[test]
+    fn versions_are_named_and_checked() {
+        let r = Request::UserByName("alice".into());
+        assert_eq!(r.encode(), format!("@{PROTOCOL_VERSION} getpwnam alice"));
+        for v in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+            assert_eq!(Request::parse(&r.encode_as(v)), Ok(r.clone()));
+        }
+        for v in [0, PROTOCOL_VERSION + 1, 999_999_999] {
+            assert_eq!(Request::parse(&r.encode_as(v)), Err(UNSUPPORTED_VERSION));
+            assert_eq!(split_version(&r.encode_as(v)), Ok((v, "getpwnam alice")));
+        }
+        for bad in [
+            "@ getpwnam alice",
+            "@x1 getpwnam alice",
+            "@1234567890 getpwnam a",
+            "@",
+        ] {
+            assert_eq!(
+                Request::parse(bad),
+                Err(ProtoError("bad protocol version")),
+                "{bad}"
+            );
+        }
+        assert_eq!(Request::parse("@1"), Err(ProtoError("unknown request")));
+        // The error a daemon gives names its range, and a client reads the newest back.
+        let reason = unsupported_version(PROTOCOL_VERSION + 1);
+        assert_eq!(
+            reason,
+            format!(
+                "unsupported protocol version {}: this daemon speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}",
+                PROTOCOL_VERSION + 1
+            )
+        );
+        assert_eq!(daemon_speaks(&reason), Some(PROTOCOL_VERSION));
+        assert_eq!(daemon_speaks("unknown request"), None);
     }
 
     #[test]
