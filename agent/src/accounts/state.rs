@@ -6,8 +6,9 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::host::files;
+use crate::host::state_file::{self, StateFile};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -28,30 +29,28 @@ pub struct PendingRemoval {
     pub answer: u64,
 }
 
+/// Versions: 1 the file of guest-agent 0.1.0 (no `"version"`), 2 the same fields with a
+/// version (see [`crate::host::state_file`] for upgrades and downgrades).
+impl StateFile for AccountsState {
+    const WHAT: &'static str = "accounts state";
+    const VERSION: u32 = if cfg!(feature = "next-version") { 3 } else { 2 };
+    fn migrate(from: u32, _object: &mut Map<String, Value>) -> Result<(), String> {
+        match from {
+            1 => Ok(()),
+            _ => state_file::next_version_step(from, 2),
+        }
+    }
+}
+
 impl AccountsState {
     /// Loads the state; a missing file is the empty state, an unreadable one is logged and
     /// treated as empty (the agent then manages no one it did not see in metadata: it never
     /// deletes an account it cannot prove it created).
     pub fn load(path: &Path) -> AccountsState {
-        match files::read_optional(path) {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(path = %path.display(), error = %e, "state file unreadable; starting from an empty state (no account will be deleted)");
-                AccountsState::default()
-            }),
-            Ok(None) => AccountsState::default(),
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "cannot read the state file");
-                AccountsState::default()
-            }
-        }
+        state_file::load(path)
     }
 
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        let bytes = serde_json::to_vec_pretty(self)?;
-        files::write_atomic(path, &bytes, 0o600, None)?;
-        Ok(())
+        state_file::save(path, self)
     }
 }

@@ -214,6 +214,21 @@ fn append(
     Ok(())
 }
 
+/// The first line of the pending file: a version, as in every state file. Version 1 (0.1.0)
+/// had no header; the names are read the same way in every version (a line starting with `#`
+/// is never a name), so an older or newer agent reads the file of another.
+const PENDING_HEADER: &str = "# guest-agent accounts-pending, version 2";
+
+/// The names of an interrupted pass.
+fn read_pending(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Records the names of a pass in progress (an empty set removes the file).
 fn write_pending(path: &Path, names: &BTreeSet<String>) -> Result<(), AccountDbError> {
     if names.is_empty() {
@@ -226,7 +241,8 @@ fn write_pending(path: &Path, names: &BTreeSet<String>) -> Result<(), AccountDbE
             source,
         })?;
     }
-    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    let mut text = format!("{PENDING_HEADER}\n");
+    text.extend(names.iter().map(|n| format!("{n}\n")));
     files::write_atomic(path, text.as_bytes(), 0o600, None)?;
     Ok(())
 }
@@ -254,11 +270,7 @@ pub fn add_users(f: &AccountFiles, names: &[String]) -> Result<Vec<NewAccount>, 
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
-    let earlier: BTreeSet<String> = std::fs::read_to_string(&f.pending)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let earlier = read_pending(&f.pending);
     let (accounts, [p, s, g, gs]) =
         plan_entries(names, &earlier, &passwd.0, &group.0, min, max, days)?;
     let mut pending = earlier.clone();
@@ -363,8 +375,8 @@ mod tests {
         assert!(add_users(&f, &["sys".into()]).is_err());
         assert_eq!(
             read(&f.pending),
-            "staff\nsys\n",
-            "completed names forgotten"
+            format!("{PENDING_HEADER}\nstaff\nsys\n"),
+            "completed names forgotten; the file of version 1 (no header) read, version 2 written"
         );
         // Without the record, an empty group named like a new user is an operator's: refused.
         std::fs::write(&f.group, "root:x:0:\ndave:x:1500:\n").unwrap();

@@ -15,6 +15,7 @@ pub mod nsswitch;
 pub mod passwd;
 pub mod service;
 pub mod sshd;
+pub mod state_file;
 pub mod sudoers;
 
 pub use command::CommandError;

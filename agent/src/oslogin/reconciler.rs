@@ -9,12 +9,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::service::OsLogin;
 use crate::config::Config;
+use crate::host::state_file::{self, StateFile};
 use crate::host::{files, nsswitch, sshd};
 use crate::mds::Snapshot;
 use crate::reconcile::Reconciler;
@@ -47,6 +47,22 @@ struct State {
     sshd_reload_pending: bool,
 }
 
+/// Versions: 1 the file of guest-agent 0.1.0 (no `"version"`), 2 the same fields with a
+/// version (see [`state_file`] for upgrades and downgrades).
+impl StateFile for State {
+    const WHAT: &'static str = "OS Login state";
+    const VERSION: u32 = if cfg!(feature = "next-version") { 3 } else { 2 };
+    fn migrate(
+        from: u32,
+        _object: &mut serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), String> {
+        match from {
+            1 => Ok(()),
+            _ => state_file::next_version_step(from, 2),
+        }
+    }
+}
+
 pub struct OsLoginReconciler {
     service: Arc<OsLogin>,
     config: watch::Receiver<Arc<Config>>,
@@ -70,23 +86,11 @@ impl OsLoginReconciler {
     }
 
     fn load_state(&self) -> State {
-        match files::read_optional(&self.paths.state) {
-            Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(path = %self.paths.state.display(), error = %e, "unreadable state; starting afresh");
-                State::default()
-            }),
-            _ => State::default(),
-        }
+        state_file::load(&self.paths.state)
     }
 
     fn save_state(&self, state: &State) -> anyhow::Result<()> {
-        if let Some(dir) = self.paths.state.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let bytes = serde_json::to_vec_pretty(state)?;
-        files::write_atomic(&self.paths.state, &bytes, 0o600, None)?;
-        Ok(())
+        state_file::save(&self.paths.state, state)
     }
 
     fn settings(&self) -> sshd::SshdSettings {
