@@ -66,18 +66,59 @@ pub fn coarse_ms() -> u64 {
         .saturating_add(ts.tv_nsec as u64 / 1_000_000)
 }
 
-/// How a process sees the cache file.
-pub struct Mapping {
+/// One file, as last looked at.
+struct Slot {
     loaded: Option<Loaded>,
     /// The version of the file last looked at (also when it was invalid, so an invalid file is
     /// not parsed again until it changes).
     stamp: Option<Stamp>,
+}
+
+impl Slot {
+    const fn new() -> Slot {
+        Slot {
+            loaded: None,
+            stamp: None,
+        }
+    }
+
+    /// Remaps the file at `path` if it changed since it was last looked at.
+    fn refresh(&mut self, path: &CStr, require_root_owner: bool) {
+        let current = stat(path);
+        if current.is_some() && current == self.stamp {
+            return;
+        }
+        self.loaded = None;
+        self.stamp = None;
+        if current.is_some() {
+            let (stamp, loaded) = load(path, require_root_owner);
+            self.stamp = stamp;
+            self.loaded = loaded;
+        }
+    }
+
+    /// Forgets the file (so it is looked at again when next needed).
+    fn clear(&mut self) {
+        self.loaded = None;
+        self.stamp = None;
+    }
+}
+
+/// How a process sees the cache file: the daemon's file, or, when that one does not open
+/// (another release's format, during an upgrade or a downgrade), the file of this module's own
+/// format version beside it (`cache::compat_path`), which a daemon of the next release keeps
+/// fresh for the modules of the previous one.
+pub struct Mapping {
+    main: Slot,
+    compat: Slot,
     checked_at_ms: Option<u64>,
 }
 
 /// Where and how to read the file.
 pub struct Source<'a> {
     pub path: &'a CStr,
+    /// The file of this module's format version, read when `path` does not open.
+    pub compat_path: &'a CStr,
     pub recheck_ms: u64,
     /// Refuse a file not owned by root or writable by group or others.
     pub require_root_owner: bool,
@@ -86,19 +127,24 @@ pub struct Source<'a> {
 impl Mapping {
     pub const fn new() -> Mapping {
         Mapping {
-            loaded: None,
-            stamp: None,
+            main: Slot::new(),
+            compat: Slot::new(),
             checked_at_ms: None,
         }
     }
 
-    /// The cache, if the file is there and opens. The borrow ends with the lock
+    /// The cache, if a file is there and opens. The borrow ends with the lock
     /// that guards `self`, so nothing read from the mapping outlives a remapping.
     pub fn cache<'s>(&'s self) -> Option<&'s Cache<'s>> {
-        self.loaded.as_ref().map(|l| &l.cache)
+        self.main
+            .loaded
+            .as_ref()
+            .or(self.compat.loaded.as_ref())
+            .map(|l| &l.cache)
     }
 
-    /// Looks at the file again if the recheck interval has passed, and remaps it if it changed.
+    /// Looks at the file again if the recheck interval has passed, and remaps it if it changed;
+    /// the compat file only while the main one does not open.
     pub fn refresh(&mut self, src: &Source<'_>) {
         let now = coarse_ms();
         if self
@@ -108,16 +154,11 @@ impl Mapping {
             return;
         }
         self.checked_at_ms = Some(now);
-        let current = stat(src.path);
-        if current.is_some() && current == self.stamp {
-            return;
-        }
-        self.loaded = None;
-        self.stamp = None;
-        if current.is_some() {
-            let (stamp, loaded) = load(src);
-            self.stamp = stamp;
-            self.loaded = loaded;
+        self.main.refresh(src.path, src.require_root_owner);
+        if self.main.loaded.is_some() {
+            self.compat.clear();
+        } else {
+            self.compat.refresh(src.compat_path, src.require_root_owner);
         }
     }
 }
@@ -135,10 +176,10 @@ fn stat(path: &CStr) -> Option<Stamp> {
 
 /// Opens and maps the file and checks its header and sections (not its records: lookups
 /// check what they read); the stamp is that of the file actually opened.
-fn load(src: &Source<'_>) -> (Option<Stamp>, Option<Loaded>) {
+fn load(path: &CStr, require_root_owner: bool) -> (Option<Stamp>, Option<Loaded>) {
     let flags = libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NOCTTY;
     // SAFETY: path is NUL-terminated.
-    let fd = unsafe { libc::open(src.path.as_ptr(), flags) };
+    let fd = unsafe { libc::open(path.as_ptr(), flags) };
     if fd < 0 {
         return (None, None);
     }
@@ -153,7 +194,7 @@ fn load(src: &Source<'_>) -> (Option<Stamp>, Option<Loaded>) {
     let st = unsafe { st.assume_init() };
     let stamp = Some(Stamp::of(&st));
     let regular = st.st_mode & libc::S_IFMT == libc::S_IFREG;
-    let owner_ok = !src.require_root_owner || (st.st_uid == 0 && st.st_mode & 0o022 == 0);
+    let owner_ok = !require_root_owner || (st.st_uid == 0 && st.st_mode & 0o022 == 0);
     let Ok(len) = usize::try_from(st.st_size) else {
         return (stamp, None);
     };

@@ -50,6 +50,8 @@ struct State {
 /// One configuration of the module: the exported functions use [`Module::system`].
 pub struct Module {
     cache_path: CString,
+    /// The file of this module's cache format beside it (read when `cache_path` does not open).
+    compat_path: CString,
     socket_path: CString,
     no_socket_var: CString,
     recheck_ms: u64,
@@ -101,6 +103,10 @@ impl Module {
         let c = |s: &str| CString::new(s).unwrap_or_default();
         Module {
             cache_path: c(cache_path),
+            compat_path: c(&guest_agent_wire::cache::compat_path(
+                cache_path,
+                guest_agent_wire::cache::VERSION,
+            )),
             socket_path: c(socket_path),
             no_socket_var: no_socket_var.to_owned(),
             recheck_ms,
@@ -118,6 +124,7 @@ impl Module {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.map.refresh(&Source {
             path: &self.cache_path,
+            compat_path: &self.compat_path,
             recheck_ms: self.recheck_ms,
             require_root_owner: self.require_root_owner,
         });

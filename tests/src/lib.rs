@@ -14,6 +14,7 @@ pub mod env;
 pub mod netns;
 pub mod notify;
 pub mod oslogin;
+pub mod packages;
 pub mod process;
 pub mod vm;
 

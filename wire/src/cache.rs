@@ -81,6 +81,38 @@ pub const VERSION: u32 = 2;
 pub const VERSION: u32 = 3;
 /// Oldest version this code reads (the layout of every version from here to [`VERSION`]).
 pub const MIN_READ_VERSION: u32 = 2;
+/// Older versions the daemon also writes, each to [`compat_path`] next to the file, so that an
+/// NSS module of the previous release, still loaded in a long-running process after an upgrade
+/// (or loaded by a new process in the moment of a downgrade, before the older daemon has
+/// written its own file), reads a fresh file of its own version instead of depending on the
+/// daemon for every name. A module that cannot read [`CACHE_PATH`] reads the compat file of its
+/// own version, and only when neither opens asks the daemon. Today none (version 2 is the
+/// first with this rule); with `next-version`, version 2 (the same layout under its own
+/// number).
+#[cfg(not(feature = "next-version"))]
+pub const COMPAT_VERSIONS: &[u32] = &[];
+#[cfg(feature = "next-version")]
+pub const COMPAT_VERSIONS: &[u32] = &[2];
+
+/// Where the file of format `version` is written beside `path` (`directory.cache` ->
+/// `directory.v2.cache`).
+pub fn compat_path(path: &str, version: u32) -> String {
+    match path.strip_suffix(".cache") {
+        Some(stem) => format!("{stem}.v{version}.cache"),
+        None => format!("{path}.v{version}"),
+    }
+}
+
+/// The file `bytes` (as [`CacheBuilder::build`] made it) in the older format `version`, for
+/// [`COMPAT_VERSIONS`] only (they share this layout: only the number differs); None otherwise.
+pub fn in_compat_version(bytes: &[u8], version: u32) -> Option<Vec<u8>> {
+    if !COMPAT_VERSIONS.contains(&version) || bytes.len() < HEADER_LEN {
+        return None;
+    }
+    let mut out = bytes.to_vec();
+    out.get_mut(8..12)?.copy_from_slice(&version.to_le_bytes());
+    Some(out)
+}
 /// Size of the header.
 pub const HEADER_LEN: usize = 104;
 /// Longest gecos, home or shell the builder keeps (longer entries are dropped).

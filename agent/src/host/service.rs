@@ -172,6 +172,11 @@ mod tests {
         let tmp = TempDir::new("service");
         // A copy of sleep called `sshd` stands in for the daemon; a plain sleep for a stranger.
         std::fs::copy("/bin/sleep", tmp.join("sshd")).unwrap();
+        // Children inherit an ignored SIGHUP (a test run started under `nohup`): the stand-in
+        // must die of it as sshd would reload on it.
+        // SAFETY: setting a signal's disposition to the default handler.
+        unsafe { nix::sys::signal::signal(Signal::SIGHUP, nix::sys::signal::SigHandler::SigDfl) }
+            .unwrap();
         let mut stranger = std::process::Command::new("/bin/sleep")
             .arg("30")
             .spawn()
@@ -189,7 +194,7 @@ mod tests {
         let pid = daemon.id() as i32;
         // The kernel names the process a moment after spawn() returns (exec closes the
         // CLOEXEC pipe spawn waits on before it sets the new name).
-        for _ in 0..200 {
+        for _ in 0..2000 {
             if is_process(&t.proc_dir, pid, "sshd") {
                 break;
             }

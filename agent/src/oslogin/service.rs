@@ -455,6 +455,7 @@ impl OsLogin {
             super::effects::write_sudoers(&self.paths.sudoers, &[]).map_err(anyhow::Error::msg)?;
         }
         crate::host::files::remove_if_exists(&self.paths.cache)?;
+        super::effects::remove_compat_caches(&self.paths.cache, &[]).map_err(anyhow::Error::msg)?;
         Ok(())
     }
 

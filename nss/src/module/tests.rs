@@ -564,3 +564,35 @@ fn lookups_from_many_threads() {
         }
     });
 }
+
+#[test]
+fn a_cache_of_another_format_is_never_read_and_the_compat_file_is() {
+    use guest_agent_wire::cache::{VERSION, compat_path};
+    // The daemon's file in a format this module does not know (a newer release's): refused,
+    // so alice is asked of the daemon (which here knows only dave), never misread.
+    let f = fixture("compat", UNSET);
+    let main = f.dir.path("cache");
+    let mut bytes = std::fs::read(&main).unwrap();
+    bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    std::fs::write(format!("{main}.tmp"), &bytes).unwrap();
+    std::fs::rename(format!("{main}.tmp"), &main).unwrap();
+    let mut pw = Pw::new(1024);
+    assert_eq!(getpwnam(&f.module, "alice", &mut pw), Status::NotFound);
+    assert_eq!(f.server.count(), 1, "asked the daemon");
+    assert_eq!(getpwnam(&f.module, "dave", &mut pw), Status::Success);
+    assert_eq!(f.server.count(), 2);
+    // The newer daemon's file of this module's format beside it: read, the daemon not asked.
+    write_cache(
+        &compat_path(&main, VERSION),
+        1000,
+        &[user("alice", 5001, &[])],
+        &[],
+    );
+    assert_eq!(getpwnam(&f.module, "alice", &mut pw), Status::Success);
+    assert_eq!((pw.name(), pw.ids()), ("alice".into(), (5001, 5001)));
+    assert_eq!(f.server.count(), 2, "the compat file answered");
+    // The main file readable again (the older daemon back, a downgrade): it wins.
+    standard_cache(&main);
+    assert_eq!(getpwnam(&f.module, "carol", &mut pw), Status::Success);
+    assert_eq!(f.server.count(), 2);
+}
