@@ -354,7 +354,7 @@ mod tests {
         let daemon = fake_daemon(&path, older, if retries { 2 } else { 1 });
         let reply = ask(&cpath, &r, Duration::from_secs(60));
         let seen = daemon.join().unwrap();
-        assert_eq!(seen[0], r.encode());
+        assert_eq!(seen.first(), Some(&r.encode()));
         if retries {
             assert_eq!(
                 reply,
