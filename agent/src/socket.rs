@@ -494,7 +494,7 @@ async fn connection(
     };
     // Neither the request (it may carry a certificate) nor the answer (it may carry a token)
     // is logged: only what kind they were.
-    tracing::debug!(uid = peer.uid, verb = ?verb.trim_end(), answer = answer_kind(&answer), "socket request");
+    tracing::debug!(uid = peer.uid, version, verb = ?verb.trim_end(), answer = answer_kind(&answer), "socket request");
     match tokio::time::timeout(WRITE_TIMEOUT, write.write_all(answer.encode().as_bytes())).await {
         Ok(r) => r?,
         Err(_) => return Ok(()), // a client that does not read: dropped
