@@ -75,13 +75,14 @@ async fn hang_until_cleared() {
     let st = emu.state();
     st.add_fault(fault("/", FaultKind::Hang, Some(1)));
     let req = tokio::spawn(async move { get(addr, &format!("{V1}/instance/hostname")).await });
+    wait_recorded(&st, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!req.is_finished(), "hangs");
     // The fault used its count, yet the hung request waits for a clear.
     assert!(st.faults().is_empty());
     assert_eq!(get(addr, &hostname()).await.status, 200);
     st.clear_faults();
-    let r = tokio::time::timeout(Duration::from_secs(2), req)
+    let r = tokio::time::timeout(Duration::from_secs(10), req)
         .await
         .expect("released")
         .expect("task");
@@ -94,7 +95,7 @@ async fn hang_ends_when_client_leaves() {
     let (emu, addr) = start_default().await;
     emu.state().add_fault(fault("/", FaultKind::Hang, None));
     let req = tokio::spawn(async move { get(addr, &hostname()).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_recorded(&emu.state(), 1).await;
     req.abort();
     let _ = req.await;
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -139,13 +139,16 @@ async fn wait_for_change_holds_then_wakes_fast() {
         "{V1}/?recursive=true&alt=json&wait_for_change=true&last_etag={etag}&timeout_sec=30"
     );
     let poll = tokio::spawn(async move { (get(addr, &path).await, Instant::now()) });
+    wait_recorded(&st, 1).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert!(!poll.is_finished(), "held while nothing changes");
     st.set_attribute(Scope::Instance, "x", "1");
     let changed_at = Instant::now();
     let (r, answered_at) = poll.await.expect("poll task");
     let lag = answered_at.duration_since(changed_at);
-    assert!(lag < Duration::from_millis(100), "woke after {lag:?}");
+    // Milliseconds; the bound is what a missed wake-up (answered at the 30 s timeout) cannot
+    // meet, not a speed a loaded machine might miss.
+    assert!(lag < Duration::from_secs(5), "woke after {lag:?}");
     assert_eq!(r.status, 200);
     assert_ne!(r.etag(), etag);
     assert_eq!(r.json()["instance"]["attributes"]["x"], "1");
@@ -192,8 +195,9 @@ async fn wait_for_change_times_out_with_current_value() {
     let took = t.elapsed();
     assert_eq!(r.status, 200);
     assert_eq!(r.etag(), etag);
+    // Never before the 1 s timeout; after it within 10x.
     assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(950) && took < Duration::from_secs(10),
         "{took:?}"
     );
     let bad = get(
@@ -214,12 +218,12 @@ async fn per_key_long_poll_sees_only_its_key() {
     let etag = get(addr, &key).await.etag();
     let path = format!("{key}?wait_for_change=true&last_etag={etag}&timeout_sec=30");
     let poll = tokio::spawn(async move { get(addr, &path).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_recorded(&st, 2).await;
     st.set_attribute(Scope::Project, "other", "1");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!poll.is_finished(), "other keys do not wake a per-key poll");
     st.set_attribute(Scope::Instance, "ssh-keys", "b");
-    let r = tokio::time::timeout(Duration::from_secs(2), poll)
+    let r = tokio::time::timeout(Duration::from_secs(10), poll)
         .await
         .expect("woken")
         .expect("task");
@@ -234,7 +238,7 @@ async fn abandoned_long_poll_is_recorded_unanswered() {
     let etag = emu.state().etag();
     let path = format!("{V1}/?recursive=true&wait_for_change=true&last_etag={etag}");
     let poll = tokio::spawn(async move { get(addr, &path).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_recorded(&emu.state(), 1).await;
     poll.abort();
     let _ = poll.await;
     tokio::time::sleep(Duration::from_millis(100)).await;

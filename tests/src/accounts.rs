@@ -36,7 +36,7 @@ impl KeysVm {
             config: format!("{TEST_CONFIG}{check}{extra_config}"),
             ..Default::default()
         });
-        env.wait_ready(t0, Duration::from_secs(15));
+        env.wait_ready(t0, Duration::from_secs(30));
         let sshd = crate::vm::start_sshd(env.vm(), sshd_args);
         KeysVm {
             sshd: Some(sshd),

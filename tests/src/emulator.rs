@@ -50,7 +50,7 @@ impl Emulator {
         proc.expect_line(
             Instant::now() - Duration::from_secs(60),
             &["serving metadata"],
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         Emulator { proc, control }
     }

@@ -49,15 +49,15 @@ impl OsLoginVm {
             config,
             ..Default::default()
         });
-        vm.env.wait_ready(start, Duration::from_secs(10));
+        vm.env.wait_ready(start, Duration::from_secs(30));
         vm.env.agent().expect_line(
             start,
             &["OS Login directory synced"],
-            Duration::from_secs(10),
+            Duration::from_secs(30),
         );
         vm.env
             .agent()
-            .expect_line(start, &["OS Login enabled"], Duration::from_secs(10));
+            .expect_line(start, &["OS Login enabled"], Duration::from_secs(30));
         vm.start_sshd();
         vm
     }

@@ -27,15 +27,22 @@ impl Vm {
         let mut cmd = env.ns.command(Path::new("unshare"));
         cmd.args(["-m", "--propagation", "private", "sleep", "3600"]);
         let holder = Proc::spawn("vm-holder", cmd);
-        // Wait until the holder is in its new mount namespace.
+        // Wait until the holder is in its new mount namespace (milliseconds; a loaded machine
+        // is given 30 s, and the setup below never runs anywhere else).
         let pid = holder.pid();
-        for _ in 0..200 {
+        let t0 = std::time::Instant::now();
+        loop {
             let mine = std::fs::read_link("/proc/self/ns/mnt").ok();
             let its = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
             let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
             if its.is_some() && its != mine && exe.is_some_and(|e| e.ends_with("sleep")) {
                 break;
             }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(30),
+                "the VM's holder never reached its mount namespace: {}",
+                holder.dump()
+            );
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
         let vm = Vm { holder, root };
@@ -150,6 +157,10 @@ pub fn start_sshd(vm: &Vm, extra: &[&str]) -> Proc {
         .args(extra);
     let t0 = std::time::Instant::now();
     let sshd = Proc::spawn("sshd", cmd);
-    sshd.expect_line(t0, &["Server listening"], std::time::Duration::from_secs(5));
+    sshd.expect_line(
+        t0,
+        &["Server listening"],
+        std::time::Duration::from_secs(30),
+    );
     sshd
 }

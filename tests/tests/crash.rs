@@ -739,7 +739,7 @@ fn metadata_keys_survive_fifty_kills_during_reconciles_of_200_users() {
     let (fin, fin_key) = if on_b { (&b, &key_b) } else { (&a, &key_a) };
     let t0 = start(&mut env, &config);
     wait_ready(&mut env, t0);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(120);
     let (view, keys) = loop {
         let r = check_keys_vm(&env, &base, &universe, &a, &b, &sshd_config, &nsswitch);
         let done = r.as_ref().ok().and_then(|(view, keys)| {
@@ -762,7 +762,7 @@ fn metadata_keys_survive_fifty_kills_during_reconciles_of_200_users() {
         }
         assert!(
             Instant::now() < deadline,
-            "no convergence to {} within 30 s: {:?}\n{}",
+            "no convergence to {} within 120 s: {:?}\n{}",
             if on_b { "B" } else { "A" },
             r.map(|(v, k)| (
                 v,
@@ -1112,8 +1112,8 @@ fn oslogin_files_survive_fifty_kills_during_syncs_rotations_and_toggles() {
         let t0 = Instant::now();
         while !ok(env) {
             assert!(
-                t0.elapsed() < Duration::from_secs(30),
-                "no convergence ({what}) within 30 s\n{}",
+                t0.elapsed() < Duration::from_secs(120),
+                "no convergence ({what}) within 120 s\n{}",
                 env.agent().dump()
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -77,12 +77,11 @@ fn doctor(env: &TestEnv, args: &[&str]) -> Report {
         .arg("--json")
         .output()
         .expect("run doctor");
+    // How long it took is for the CI log: every step has its own deadline (3 s per metadata
+    // request, 5 s per sshd run, 2 s for the daemon), checked where one is cut (below).
     let took = t0.elapsed();
+    eprintln!("doctor {args:?}: {took:?}");
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        took < Duration::from_secs(10),
-        "doctor took {took:?}:\n{raw}"
-    );
     let json: Value = serde_json::from_str(&raw).unwrap_or_else(|e| {
         panic!(
             "doctor output is not JSON ({e}):\n{raw}\n{}",
@@ -320,7 +319,10 @@ fn doctor_finds_account_faults_one_at_a_time() {
     );
     r.expect(&[("authorization", "skip")]);
 
-    // A hanging metadata service costs one request deadline, not a hang.
+    // A hanging metadata service costs one request deadline, not a hang: the tree request
+    // is cut by its deadline and nothing more is asked (the daemon is stopped: every request
+    // the emulator sees is the doctor's). The bound is 10x that 3 s deadline.
+    vm.env.emulator().clear_requests();
     vm.env
         .emulator()
         .add_fault(json!({"path_prefix": "/", "kind": {"kind": "hang"}, "count": null}));
@@ -328,7 +330,13 @@ fn doctor_finds_account_faults_one_at_a_time() {
     let r = doctor(&vm.env, &["alice"]);
     let took = t0.elapsed();
     r.expect_fail("metadata", "within 3s");
-    assert!(took < Duration::from_secs(5), "doctor took {took:?}");
+    let asked = vm.env.emulator().requests();
+    assert_eq!(
+        asked.len(),
+        1,
+        "a hanging service costs one request, not one per check: {asked:#?}"
+    );
+    assert!(took < Duration::from_secs(30), "doctor took {took:?}");
 }
 
 #[test]
@@ -359,7 +367,7 @@ fn doctor_finds_metadata_key_faults() {
         .code()
         != Some(0)
     {
-        assert!(t0.elapsed() < Duration::from_secs(15), "{}", vm.dump());
+        assert!(t0.elapsed() < Duration::from_secs(30), "{}", vm.dump());
         std::thread::sleep(Duration::from_millis(100));
     }
 

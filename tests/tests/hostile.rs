@@ -19,6 +19,8 @@ use guest_agent_e2e::require_root;
 /// The daemon's per-uid lookup budget (agent/src/socket.rs): burst and refill per second.
 const LOOKUP_BURST: f64 = 20.0;
 const LOOKUP_REFILL_PER_SEC: f64 = 5.0;
+/// Connections one unprivileged uid may have open at once (agent/src/socket.rs).
+const MAX_CONNECTIONS_PER_UID: u64 = 32;
 
 /// The socket attacker: `MODE ARGS...`, prints `KEY VALUE` lines at the end.
 const CLIENT: &str = r##"
@@ -45,18 +47,29 @@ if ($mode eq 'ask') {
     $t{ask("$req\n")}++ for 1 .. $n;
 } elsif ($mode eq 'lookups') {
     # Random unknown names in a tight loop: each is a miss the daemon could take to the service.
-    my ($secs) = @a;
+    # At least SECS seconds and until MIN lookups were turned away (KIND 'unavail': answered
+    # UNAVAIL; 'any': UNAVAIL or the connection closed or refused), so what the test counts on
+    # happened however the loop was scheduled; 'capped' when that took 60 s more.
+    my ($secs, $min, $kind) = @a;
     my $end = time + $secs;
     my $i = 0;
-    while (time < $end) { $i++; $t{ask("getpwnam rnd${$}x$i\n")}++; }
+    my $away = 0;
+    while (time < $end || $away < $min) {
+        if (time > $end + 60) { $t{capped} = 1; last }
+        $i++;
+        my $w = ask("getpwnam rnd${$}x$i\n");
+        $t{$w}++;
+        $away++ if $w eq 'UNAVAIL' || ($kind eq 'any' && ($w eq 'CLOSED' || $w eq 'NOCONN'));
+    }
     $t{total} = $i;
 } elsif ($mode eq 'hold') {
     # N connections kept open, each sent one byte every 100 ms, never a newline; reopened
-    # whenever the daemon closes them.
-    my ($n, $secs) = @a;
+    # whenever the daemon closes them. At least SECS seconds and until the daemon closed MIN.
+    my ($n, $secs, $min) = @a;
     my $end = time + $secs;
     my @s;
-    while (time < $end) {
+    while (time < $end || ($t{closed_by_daemon} // 0) < $min) {
+        if (time > $end + 60) { $t{capped} = 1; last }
         for my $k (0 .. $n - 1) {
             if (!$s[$k]) {
                 $s[$k] = conn();
@@ -69,14 +82,16 @@ if ($mode eq 'ask') {
         sleep 0.1;
     }
 } elsif ($mode eq 'junk') {
-    # Malformed and oversized requests.
+    # Malformed and oversized requests; at least SECS seconds and until an oversized line was
+    # answered ERR (the per-user connection cap may close many of them first).
     my ($secs) = @a;
     my $end = time + $secs;
     my $big = 'A' x (1 << 20);
     my @junk = ("\n", "getpwnam\n", "getpwnam ../../etc/passwd\n", "\xff\xfe\x00\x01\n",
                 "token\n", "getpwuid 99999999999999\n", "getpwnam " . ('a' x 20000) . "\n",
                 "authorized-keys root -\n");
-    while (time < $end) {
+    while (time < $end || !$t{big_ERR}) {
+        if (time > $end + 60) { $t{capped} = 1; last }
         $t{"junk_" . ask($_)}++ for @junk;
         my $s = conn() or next;
         my $w = syswrite($s, $big);
@@ -99,13 +114,16 @@ if ($mode eq 'ask') {
     $t{median_us} = int($d[$#d / 2] * 1e6);
 }
 print "$_ $t{$_}\n" for sort keys %t;
+print "done 1\n";
 "##;
 
 /// The home racer: swaps `~/.ssh` and `~/.ssh/authorized_keys` between the real thing and
-/// symlinks to targets outside the home, N times.
+/// symlinks to targets outside the home, at least N times and until the file STOP exists (the
+/// test makes it once enough of the agent's writes overlapped the race; 300 s at most).
 const RACER: &str = r##"
-use strict; use warnings; use Time::HiRes qw(sleep);
-my ($n, $home) = @ARGV;
+use strict; use warnings; use Time::HiRes qw(sleep time);
+my ($n, $home, $stop) = @ARGV;
+my $cap = time + 300;
 chdir $home or die "chdir $home: $!";
 my @dirs = ('/root/.ssh', '/etc/sudoers.d', '/home/victim/.ssh', '/etc');
 my @files = ('/etc/shadow', '/etc/passwd', '/root/.ssh/authorized_keys',
@@ -128,7 +146,8 @@ sub normal {
     }
     mkdir '.ssh', 0700 unless -e '.ssh';
 }
-for my $i (1 .. $n) {
+for (my $i = 1; $i <= $n || !-e $stop; $i++) {
+    if (time > $cap) { $t{capped} = 1; last }
     normal();
     if ($i % 2) {
         my $target = $dirs[int($i / 2) % @dirs];
@@ -157,6 +176,7 @@ for my $i (1 .. $n) {
 normal();
 unlink '.ssh/ak.lnk', '.ssh/ak.new';
 print "$_ $t{$_}\n" for sort keys %t;
+print "done 1\n";
 "##;
 
 /// Copies a script into the VM's /srv (root-owned 0755 tmpfs) where the attacker can read it.
@@ -200,13 +220,10 @@ fn run_tally(mut cmd: Command) -> BTreeMap<String, u64> {
     tally(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// The tally an exited attacker printed (its output is collected by threads: waits for it).
-fn proc_tally(p: &Proc) -> BTreeMap<String, u64> {
-    let t0 = Instant::now();
-    while p.lines().is_empty() && t0.elapsed() < Duration::from_secs(3) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+/// The tally an exited attacker started after `since` printed (its output is collected by
+/// threads: waits for its last line, `done 1`).
+fn proc_tally(p: &Proc, since: Instant) -> BTreeMap<String, u64> {
+    p.wait_for_line(since, &["done 1"], Duration::from_secs(30));
     tally(&p.lines().join("\n"))
 }
 
@@ -282,13 +299,16 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
         ],
     ));
     assert_eq!(get(&t, "DENIED"), 200, "{t:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Logged once per user and kind a minute: one line each, unless this phase itself took
+    // over a minute (a slow machine), which allows one more per minute.
+    let at_most = |since: Instant| 1 + (since.elapsed().as_secs() / 60) as usize;
+    agent.expect_line(t0, &["refused a token"], Duration::from_secs(30));
+    agent.expect_line(t0, &["refused a login question"], Duration::from_secs(30));
     let token_lines = agent.lines_since(t0, &["refused a token"]).len();
     let login_lines = agent.lines_since(t0, &["refused a login question"]).len();
-    assert_eq!(
-        (token_lines, login_lines),
-        (1, 1),
-        "refusals logged once per user, not per attempt:\n{}",
+    assert!(
+        token_lines <= at_most(t0) && login_lines <= at_most(t0),
+        "refusals logged once per user, not per attempt ({token_lines} and {login_lines} lines):\n{}",
         agent.dump()
     );
 
@@ -313,21 +333,32 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
             .count()
     };
     // Random unknown names alone first, so the lookup budget (not the connection cap) is
-    // what holds them back.
+    // what holds them back: at least 5 s and until one was answered UNAVAIL.
     env.emulator().clear_requests();
     let t = Instant::now();
     let limits_start = t;
-    let alone = run_tally(as_user(env, MALLORY, &["perl", &client, "lookups", "5"]));
+    let alone = run_tally(as_user(
+        env,
+        MALLORY,
+        &["perl", &client, "lookups", "5", "1", "unavail"],
+    ));
     let alone_secs = t.elapsed().as_secs_f64();
     let alone_fetches = attacker_fetches(env);
+    // What the budget guarantees whatever the scheduling: the whole burst (the bucket is full,
+    // and a lookup is only turned away once it is spent), and no more than the burst plus the
+    // refill over the time the loop ran (measured around it), plus slack for a fraction.
     let most = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * alone_secs + 2.0;
-    let least = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * (alone_secs - 1.0);
     eprintln!(
         "lookups alone {alone_secs:.1} s: {alone:?}; {alone_fetches} reached the service \
-         (allowed {least:.0} to {most:.0})"
+         (allowed {LOOKUP_BURST:.0} to {most:.0})"
+    );
+    assert_eq!(
+        get(&alone, "capped"),
+        0,
+        "never answered UNAVAIL: {alone:?}"
     );
     assert!(
-        (least..=most).contains(&(alone_fetches as f64)),
+        (LOOKUP_BURST..=most).contains(&(alone_fetches as f64)),
         "{alone_fetches} lookups reached the service in {alone_secs:.1} s: {alone:?}"
     );
     assert_eq!(
@@ -343,18 +374,59 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
 
     let pid = agent.pid();
     let rss_before = status_kib(pid, "VmRSS");
-    std::thread::sleep(Duration::from_secs(4)); // the budget refills
+    // The budget refills: LOOKUP_BURST / LOOKUP_REFILL_PER_SEC = 4 s (sleeping longer only
+    // fills it up to the burst).
+    std::thread::sleep(Duration::from_secs(4));
     env.emulator().clear_requests();
     const FLOOD_SECS: u64 = 10;
+    // Turned away during the flood, at least: four times what the budget lets through in
+    // FLOOD_SECS (the lookup loop runs until it has that many).
+    let min_turned_away = (4.0 * (LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * FLOOD_SECS as f64)) as u64;
     let flood_start = Instant::now();
     let secs = FLOOD_SECS.to_string();
     let lookups = Proc::spawn(
         "lookups",
-        as_user(env, MALLORY, &["perl", &client, "lookups", &secs]),
+        as_user(
+            env,
+            MALLORY,
+            &[
+                "perl",
+                &client,
+                "lookups",
+                &secs,
+                &min_turned_away.to_string(),
+                "any",
+            ],
+        ),
     );
+    // The lookups spend the refilled burst before the connections pile up, so the flood's
+    // lookups did reach the service however the attacker's processes are scheduled.
+    let t = Instant::now();
+    while attacker_fetches(env) < LOOKUP_BURST as usize {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the attacker's lookups never reached the service ({})\n{}",
+            attacker_fetches(env),
+            agent.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The per-user connection cap lets at most MAX_CONNECTIONS_PER_UID of the 500 stay open:
+    // the loop runs until the daemon closed at least the rest once.
     let hold = Proc::spawn(
         "hold",
-        as_user(env, MALLORY, &["perl", &client, "hold", "500", &secs]),
+        as_user(
+            env,
+            MALLORY,
+            &[
+                "perl",
+                &client,
+                "hold",
+                "500",
+                &secs,
+                &(500 - MAX_CONNECTIONS_PER_UID).to_string(),
+            ],
+        ),
     );
     let junk = Proc::spawn(
         "junk",
@@ -370,10 +442,11 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
         c
     });
     assert_eq!(get(&root_known, "OK"), 40, "{root_known:?}");
-    // Root through glibc and the NSS module (90 ms deadline): names not in the cache file,
-    // which the daemon fetches from the service (root has no lookup budget).
-    // Slack for a loaded machine: one retry (the first answer lands in the directory even
-    // when the module's deadline passed), counted.
+    // Root through glibc and the NSS module: names not in the cache file, which the daemon
+    // fetches from the service (root has no lookup budget). The module gives up after 90 ms,
+    // which a loaded machine may miss: then the answer lands in the directory (or, when the
+    // daemon took a slow answer for a hanging service, its next probe fetches it) and a retry
+    // finds it. Retries are counted, for the CI log.
     let mut getent_ms = Vec::new();
     let mut retried = 0;
     for i in 1..=4 {
@@ -381,13 +454,13 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
         let t = Instant::now();
         let (mut code, mut out) = vm_run(env, "getent", &["passwd", &name]);
         getent_ms.push(t.elapsed().as_millis());
-        if code != 0 {
+        while code != 0 && t.elapsed() < Duration::from_secs(30) {
             retried += 1;
+            std::thread::sleep(Duration::from_millis(200));
             (code, out) = vm_run(env, "getent", &["passwd", &name]);
         }
         assert_eq!(code, 0, "root's getent of {name} during the flood: {out}");
     }
-    assert!(retried <= 1, "root's getent needed {retried} retries");
     // The cached user, through glibc.
     let t = Instant::now();
     assert_eq!(vm_run(env, "getent", &["passwd", "alice"]).0, 0);
@@ -400,14 +473,27 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
     let (code, _) = vm_run_as(env, MALLORY, "getent", &["passwd", "nosuchzz1"]);
     let mallory_miss_ms = t.elapsed().as_millis();
     assert_eq!(code, 2, "an unknown name is simply not found");
-    // An sshd login decision (AuthorizedKeysCommand as nobody, live authorize).
-    let t = Instant::now();
+    // An sshd login decision (AuthorizedKeysCommand as nobody, live authorize), answered by
+    // the daemon itself (the helper did not have to ask the service on its own).
+    let t_login = Instant::now();
     let out = vm.ssh(&alice_key, "alice", "true");
-    let login_ms = t.elapsed().as_millis();
+    let login_ms = t_login.elapsed().as_millis();
     assert!(
         out.status.success(),
         "alice's login during the flood: {}\n{}",
         String::from_utf8_lossy(&out.stderr),
+        vm.sshd().dump()
+    );
+    agent.expect_line(
+        t_login,
+        &["login authorized", "alice"],
+        Duration::from_secs(30),
+    );
+    assert!(
+        vm.sshd()
+            .lines_since(t_login, &["asking the metadata service directly"])
+            .is_empty(),
+        "the daemon dropped sshd's question during the flood:\n{}",
         vm.sshd().dump()
     );
     let in_flood = flood_log.elapsed();
@@ -415,7 +501,7 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
     let mut procs = [lookups, hold, junk];
     for p in procs.iter_mut() {
         assert!(
-            p.wait_exit(Duration::from_secs(FLOOD_SECS + 30)).is_some(),
+            p.wait_exit(Duration::from_secs(FLOOD_SECS + 120)).is_some(),
             "attacker did not end"
         );
     }
@@ -423,7 +509,11 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
     let rss_after = status_kib(pid, "VmRSS");
     let hwm = status_kib(pid, "VmHWM");
     let [lookups, hold, junk] = procs;
-    let (lk, hd, jk) = (proc_tally(&lookups), proc_tally(&hold), proc_tally(&junk));
+    let (lk, hd, jk) = (
+        proc_tally(&lookups, flood_start),
+        proc_tally(&hold, flood_start),
+        proc_tally(&junk, flood_start),
+    );
     let reqs = env.emulator().requests();
     let to_service = attacker_fetches(env);
     let root_fetches = reqs
@@ -448,8 +538,16 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
     assert!(vm.env.agent_mut().is_running(), "the daemon died");
     let env = &vm.env;
     let agent = env.agent();
+    for (what, t) in [("lookups", &lk), ("hold", &hd), ("junk", &jk)] {
+        assert_eq!(
+            get(t, "capped"),
+            0,
+            "{what} never saw what it waits for: {t:?}"
+        );
+    }
 
-    // The rate limit held: at most the burst plus the refill over the flood (slack of 5).
+    // The rate limit held: at most the burst plus the refill over the flood (slack of 5);
+    // the flood's share of the burst reached the service (waited for above).
     let budget = LOOKUP_BURST + LOOKUP_REFILL_PER_SEC * flood_secs + 5.0;
     assert!(
         (to_service as f64) <= budget,
@@ -459,24 +557,26 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
         to_service >= LOOKUP_BURST as usize,
         "the flood did reach the service ({to_service})"
     );
-    assert!(
-        get(&lk, "total") > 4 * to_service as u64,
-        "the attacker asked far more than went out: {lk:?}"
-    );
     // Beyond what reached the service, each lookup was turned away at once: UNAVAIL from the
     // budget, or its connection closed by the per-uid cap (which of the two depends on how the
-    // attacker's 500 held connections happen to be scheduled; UNAVAIL alone is checked above).
+    // attacker's 500 held connections happen to be scheduled; UNAVAIL alone is checked above),
+    // and far more were turned away than went out (the loop ran until they were).
+    let turned_away = get(&lk, "UNAVAIL") + get(&lk, "CLOSED") + get(&lk, "NOCONN");
     assert!(
-        get(&lk, "UNAVAIL") + get(&lk, "CLOSED") + to_service as u64 >= get(&lk, "total"),
+        turned_away + to_service as u64 >= get(&lk, "total"),
         "limited lookups were not turned away: {lk:?} ({to_service} reached the service)"
     );
-    // Connections: the attacker never held more than its share, and was refused the rest.
     assert!(
-        get(&hd, "max_open") >= 400,
+        turned_away >= min_turned_away,
+        "the attacker asked far more than went out: {lk:?}"
+    );
+    // Connections: the attacker opened its 500, and the daemon closed all it may not keep.
+    assert!(
+        get(&hd, "opened") >= 500,
         "the attacker kept trying 500: {hd:?}"
     );
     assert!(
-        get(&hd, "closed_by_daemon") > 500,
+        get(&hd, "closed_by_daemon") >= 500 - MAX_CONNECTIONS_PER_UID,
         "connections beyond the per-user cap are closed: {hd:?}"
     );
     // Junk is answered ERR (or dropped), never anything else.
@@ -502,13 +602,25 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
         get(&jk, "big_ERR") > 0,
         "an oversized line is refused: {jk:?}"
     );
-    // Root was served promptly throughout.
+    // Root was served throughout: every lookup answered (above), none waiting for a slot the
+    // attacker held. Such a wait would last until the daemon dropped a slow connection (its
+    // 5 s read deadline); the bound is half of that, 60x the largest figure seen unloaded
+    // (40 ms; median 1 ms).
     assert!(
-        get(&root_known, "max_us") < 500_000,
+        get(&root_known, "max_us") < 2_500_000,
         "root's lookups stalled: {root_known:?}"
     );
-    assert!(login_ms < 5000, "alice's login took {login_ms} ms");
-    assert_eq!(root_fetches, 4, "root's misses went to the service");
+    assert!(
+        root_fetches >= 4,
+        "root's misses went to the service ({root_fetches})"
+    );
+    assert!(
+        agent
+            .lines_since(limits_start, &["too many lookups", "uid=0 "])
+            .is_empty(),
+        "root was rate limited:\n{}",
+        agent.dump()
+    );
     // Memory stays bounded.
     assert!(
         rss_after < rss_before + 32 * 1024 && hwm < 128 * 1024,
@@ -517,9 +629,15 @@ fn a_hostile_local_user_is_refused_rate_limited_and_cannot_stall_the_socket() {
     // Limits logged once each (per user and minute), not per request.
     for what in ["too many lookups", "too many connections"] {
         let n = agent.lines_since(limits_start, &[what]).len();
-        assert_eq!(n, 1, "{what}: logged {n} times\n{}", agent.dump());
+        assert!(
+            (1..=at_most(limits_start)).contains(&n),
+            "{what}: logged {n} times in {:?}\n{}",
+            limits_start.elapsed(),
+            agent.dump()
+        );
     }
-    // The budget refills: after a pause the attacker's lookups reach the service again.
+    // The budget refills: after a pause the attacker's lookups reach the service again
+    // (2 s: LOOKUP_REFILL_PER_SEC * 2 lookups; sleeping longer only adds to them).
     std::thread::sleep(Duration::from_secs(2));
     let t = run_tally(as_user(
         env,
@@ -571,6 +689,7 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
     }
     let started = Instant::now();
     let mut keys = None;
+    let t_setup = Instant::now();
     let mut vm = KeysVm::start("race", "check_interval_secs = 1\n", &[], |env| {
         // /root is the host's: the VM gets a private one.
         env.vm().run(
@@ -593,7 +712,7 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
     let t = Instant::now();
     while !vm.env.vm().read(ak).is_some_and(|s| s.contains(&a_pub)) {
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < Duration::from_secs(30),
             "mallory's keys never written\n{}",
             vm.dump()
         );
@@ -601,23 +720,51 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
     }
     let uid: u32 = vm.vm("id -u mallory").trim().parse().unwrap();
     let racer = install(&vm.env, "racer.pl", RACER);
-    std::thread::sleep(Duration::from_millis(1500)); // settle (sudo group, sudoers)
+    // Settled: the pass that made mallory (user, sudo group, sudoers, keys) has ended.
+    vm.env.agent().expect_line(
+        t_setup,
+        &["metadata accounts reconciled"],
+        Duration::from_secs(30),
+    );
     let before = outside(&vm);
 
     const ITERATIONS: &str = "10000";
+    const STOP: &str = "/srv/racer.stop";
+    // Enough of the agent's passes overlapping the race that it means something.
+    const WRITTEN: usize = 20;
+    const WRITTEN_OR_REFUSED: usize = 40;
     let race_start = Instant::now();
     let mut attacker = Proc::spawn(
         "racer",
-        as_user(&vm.env, uid, &["perl", &racer, ITERATIONS, "/home/mallory"]),
+        as_user(
+            &vm.env,
+            uid,
+            &["perl", &racer, ITERATIONS, "/home/mallory", STOP],
+        ),
     );
+    let mallory_lines = |needle: &str| {
+        vm.env
+            .agent()
+            .lines_since(race_start, &[needle, "mallory"])
+            .len()
+    };
     // Meanwhile the keys change in metadata every 100 ms (each change is a write), and the
-    // 1 s check rewrites the damaged file.
+    // 1 s check rewrites the damaged file. The racer goes on (past its iterations) until the
+    // agent's writes and refusals during the race reach the counts below, however the
+    // machine schedules the two.
     let mut changes = 0;
+    let mut stopped = false;
     while attacker.wait_exit(Duration::from_millis(100)).is_none() {
         assert!(
-            race_start.elapsed() < Duration::from_secs(180),
+            race_start.elapsed() < Duration::from_secs(360),
             "the race never ended"
         );
+        let written = mallory_lines("authorized_keys updated");
+        let refused = mallory_lines("managed keys not written");
+        if !stopped && written >= WRITTEN && written + refused >= WRITTEN_OR_REFUSED {
+            vm.vm(&format!("touch {STOP}"));
+            stopped = true;
+        }
         let text = if changes % 2 == 0 {
             format!("mallory:{a_pub}\nmallory:{b_pub}")
         } else {
@@ -628,7 +775,7 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
     }
     let race = race_start.elapsed();
     let race_end = Instant::now();
-    let stats = proc_tally(&attacker);
+    let stats = proc_tally(&attacker, race_start);
     let agent = vm.env.agent();
     let during = |needle: &str| agent.lines_since(race_start, &[needle, "mallory"]).len();
     // Lines up to the end of the race only.
@@ -644,14 +791,19 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
         "race {race:?}: attacker {stats:?}; {changes} metadata changes; agent wrote mallory's \
          file {written} times and refused {refused} times during the race"
     );
-    assert_eq!(get(&stats, "iterations"), 10_000, "{stats:?}");
+    assert_eq!(
+        get(&stats, "capped"),
+        0,
+        "the race was cut at 300 s: {stats:?}"
+    );
+    assert!(get(&stats, "iterations") >= 10_000, "{stats:?}");
     assert!(
         get(&stats, "ssh_dir_swapped") > 1000 && get(&stats, "file_swapped") > 1000,
         "the swaps happened: {stats:?}"
     );
     assert_eq!(get(&stats, "hardlinked"), 0, "protected_hardlinks held");
     assert!(
-        written >= 20 && written + refused >= 40,
+        written >= WRITTEN && written + refused >= WRITTEN_OR_REFUSED,
         "the race overlapped too few agent writes ({written} written, {refused} refused)\n{}",
         vm.dump()
     );
@@ -661,7 +813,8 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
     assert_eq!(before, after, "something outside mallory's home changed");
     assert!(vm.env.agent_mut().is_running(), "the agent died");
 
-    // The attack stops: the file comes back right (final keys, a regular file of mallory's).
+    // The attack stops: the file comes back right (final keys, a regular file of mallory's);
+    // how soon (about 0.1 s) is for the CI log.
     let t = Instant::now();
     vm.set_keys(&format!("mallory:{b_pub}"));
     loop {
@@ -679,7 +832,7 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(5),
+            t.elapsed() < Duration::from_secs(30),
             "mallory's file not restored: {text}\n{}",
             vm.dump()
         );

@@ -30,7 +30,7 @@ fn under_a_journal_stream_the_agent_logs_to_journald_and_never_a_token() {
     let t0 = Instant::now();
     while env.vm().sh("systemd-cat -t probe echo ready").status.code() != Some(0) {
         assert!(
-            t0.elapsed() < Duration::from_secs(5),
+            t0.elapsed() < Duration::from_secs(30),
             "journald did not start: {}",
             journald.dump()
         );
@@ -53,7 +53,7 @@ fn under_a_journal_stream_the_agent_logs_to_journald_and_never_a_token() {
             break;
         }
         assert!(
-            t0.elapsed() < Duration::from_secs(10),
+            t0.elapsed() < Duration::from_secs(30),
             "nothing in the journal: {j}\n{}",
             agent.dump()
         );
@@ -77,7 +77,7 @@ fn under_a_journal_stream_the_agent_logs_to_journald_and_never_a_token() {
         if out.status.success() {
             break String::from_utf8_lossy(&out.stdout).trim().to_owned();
         }
-        assert!(t0.elapsed() < Duration::from_secs(5), "no token");
+        assert!(t0.elapsed() < Duration::from_secs(30), "no token");
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(!token.is_empty());

@@ -45,6 +45,38 @@ fn alice(tag: &str, config: &str) -> Alice {
     }
 }
 
+/// `getent DB KEY` in the VM until it finds the entry (30 s at most): a name the daemon has
+/// to fetch is answered within the module's 90 ms deadline on an idle machine, and a loaded
+/// one may miss it; the fetched answer still lands in the directory, so the next lookup finds
+/// it without asking the service again. Returns the last (exit code, output) and how many
+/// lookups it took (for the CI log).
+fn getent_found(vm: &OsLoginVm, db: &str, key: &str) -> (i32, String, u32) {
+    let t0 = Instant::now();
+    let mut tries = 1;
+    loop {
+        let (code, out) = vm.vm_run("getent", &[db, key]);
+        if code == 0 || t0.elapsed() > Duration::from_secs(30) {
+            return (code, out, tries);
+        }
+        tries += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Requests the emulator saw with `PARAM` among their query's parameters.
+fn asked_for(vm: &OsLoginVm, param: &str) -> usize {
+    vm.env
+        .emulator()
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["query"]
+                .as_str()
+                .is_some_and(|q| q.split('&').any(|p| p == param))
+        })
+        .count()
+}
+
 fn roles(a: &Alice, name: &str, login: bool, admin: bool) {
     a.vm.env.emulator().ok(
         "PUT",
@@ -109,8 +141,8 @@ fn users_and_groups_resolve_through_glibc() {
 }
 
 #[test]
-fn a_user_created_after_the_sync_resolves_on_first_lookup() {
-    if !require_root("a_user_created_after_the_sync_resolves_on_first_lookup") {
+fn a_user_created_after_the_sync_is_fetched_by_the_daemon() {
+    if !require_root("a_user_created_after_the_sync_is_fetched_by_the_daemon") {
         return;
     }
     let a = alice("miss", "[daemon]\nlog_level = \"debug\"\n");
@@ -120,10 +152,17 @@ fn a_user_created_after_the_sync_resolves_on_first_lookup() {
         "/oslogin/users",
         Some(&user("carol", 200003, &carol_pub, true, false).to_string()),
     );
-    let (code, out) = a.vm.vm_run("getent", &["passwd", "carol"]);
+    // A miss is taken to the service by the daemon (the request at the emulator) and
+    // answered (at the first lookup unless a loaded machine missed the module's deadline).
+    let (code, out, tries) = getent_found(&a.vm, "passwd", "carol");
+    eprintln!("carol resolved at lookup {tries}");
     assert_eq!(code, 0, "a miss is answered by the daemon: {out}");
     assert!(out.starts_with("carol:*:200003:200003:"), "{out}");
-    let (code, out) = a.vm.vm_run("getent", &["passwd", "200003"]);
+    assert!(
+        asked_for(&a.vm, "username=carol") >= 1,
+        "carol was not fetched"
+    );
+    let (code, out, _) = getent_found(&a.vm, "passwd", "200003");
     assert_eq!(code, 0, "{out}");
 }
 
@@ -167,27 +206,21 @@ fn ssh_login_follows_the_login_role_live() {
 
     // Revoking the role: the very next login fails; granting it again: it works.
     roles(&a, "alice", false, false);
+    let t0 = Instant::now();
     let out = a.vm.ssh(&a.alice_key, "alice", "true");
     assert!(
         !out.status.success(),
         "revoked role must cut access at once"
     );
     assert!(
-        !a.vm
-            .env
+        a.vm.env
             .agent()
-            .lines_since(
-                Instant::now() - Duration::from_secs(5),
-                &["login role not granted"]
-            )
-            .is_empty()
+            .wait_for_line(t0, &["login role not granted"], Duration::from_secs(10))
+            .is_some()
             || !a
                 .vm
                 .sshd()
-                .lines_since(
-                    Instant::now() - Duration::from_secs(5),
-                    &["login role not granted"]
-                )
+                .lines_since(t0, &["login role not granted"])
                 .is_empty(),
         "the refusal is logged with its reason:\n{}\n{}",
         a.vm.env.agent().dump(),
@@ -235,21 +268,30 @@ fn the_admin_role_gives_passwordless_sudo() {
     );
 }
 
+/// An OS Login request a login can cause: not the periodic CA refresh (every 60 s) nor a
+/// directory sync's listing pages, which may land in any window whatever its length.
+fn asked_by_a_login(r: &serde_json::Value) -> bool {
+    let path = r["path"].as_str().unwrap_or("");
+    let query = r["query"].as_str().unwrap_or("");
+    path.contains("/oslogin/") && !path.ends_with("/certificates") && !query.contains("pagesize=")
+}
+
 #[test]
 fn a_warm_login_costs_at_most_two_metadata_requests() {
     if !require_root("a_warm_login_costs_at_most_two_metadata_requests") {
         return;
     }
     let a = alice("reqs", "");
+    // A login's requests are all made before its answer (the login and admin decisions are
+    // awaited together), so none of the first login's lands after the clear below.
     assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
-    std::thread::sleep(Duration::from_millis(200));
     let emu = a.vm.env.emulator();
     emu.clear_requests();
     assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
     let oslogin: Vec<_> = emu
         .requests()
         .into_iter()
-        .filter(|r| r["path"].as_str().is_some_and(|p| p.contains("/oslogin/")))
+        .filter(asked_by_a_login)
         .collect();
     assert!(
         oslogin.len() <= 2,
@@ -267,15 +309,33 @@ fn a_warm_login_costs_at_most_two_metadata_requests() {
         Some(&user("carol", 200003, &carol_pub, true, false).to_string()),
     );
     emu.clear_requests();
-    assert!(a.vm.ssh(&carol_key, "carol", "true").status.success());
+    // sshd's own first lookup of carol goes to the daemon, within the module's 90 ms; a loaded
+    // machine may miss that ("Invalid user"): then the next login is the one that counts, and
+    // the profile the first one fetched is not fetched again, so the count below still holds.
+    let t0 = Instant::now();
+    if !a.vm.ssh(&carol_key, "carol", "true").status.success() {
+        assert!(
+            !a.vm
+                .sshd()
+                .lines_since(t0, &["Invalid user carol"])
+                .is_empty(),
+            "carol's cold login failed for another reason:\n{}\n{}",
+            a.vm.env.agent().dump(),
+            a.vm.sshd().dump()
+        );
+        eprintln!("carol's first login missed the module's deadline; once more");
+        assert!(a.vm.ssh(&carol_key, "carol", "true").status.success());
+    }
     let cold: Vec<String> = emu
         .requests()
         .into_iter()
-        .filter_map(|r| {
-            r["path"]
-                .as_str()
-                .filter(|p| p.contains("/oslogin/"))
-                .map(str::to_owned)
+        .filter(asked_by_a_login)
+        .map(|r| {
+            format!(
+                "{}?{}",
+                r["path"].as_str().unwrap_or(""),
+                r["query"].as_str().unwrap_or("")
+            )
         })
         .collect();
     assert!(
@@ -303,13 +363,13 @@ fn turning_os_login_off_restores_sshd_config_and_nsswitch_byte_for_byte() {
         ),
         ..Default::default()
     });
-    env.wait_ready(start, Duration::from_secs(10));
+    env.wait_ready(start, Duration::from_secs(30));
     for round in 0..2 {
         let t0 = Instant::now();
         env.emulator()
             .set_attribute("instance", "enable-oslogin", "true");
         env.agent()
-            .expect_line(t0, &["OS Login enabled"], Duration::from_secs(10));
+            .expect_line(t0, &["OS Login enabled"], Duration::from_secs(30));
         let on = snapshot(&env);
         assert_ne!(on, before, "round {round}: enabling changed nothing");
         assert!(
@@ -321,7 +381,7 @@ fn turning_os_login_off_restores_sshd_config_and_nsswitch_byte_for_byte() {
         env.emulator()
             .set_attribute("instance", "enable-oslogin", "false");
         env.agent()
-            .expect_line(t0, &["OS Login disabled"], Duration::from_secs(10));
+            .expect_line(t0, &["OS Login disabled"], Duration::from_secs(30));
         assert_eq!(
             snapshot(&env),
             before,
@@ -348,16 +408,52 @@ fn key_logins_work_without_pam_too() {
     assert!(!a.vm.ssh(&a.bob_key, "bob", "true").status.success());
 }
 
+/// Waits until the daemon has logged a socket request made after everything before this call
+/// (a `token` question; the debug log has a line for every socket request, in order on the
+/// daemon's stderr), so that counting earlier lines is complete. Needs `log_level = "debug"`.
+fn flush_daemon_log(a: &Alice) {
+    let t = Instant::now();
+    let _ = a.vm.vm_run(guest_agent_e2e::vm::AGENT, &["token"]);
+    a.vm.env
+        .agent()
+        .expect_line(t, &["socket request", "\"token\""], Duration::from_secs(30));
+}
+
+/// The NSS module's deadline on the daemon's socket (nss/src/client.rs).
+const NSS_DEADLINE: Duration = Duration::from_millis(90);
+/// The daemon's rules for lookups while the service hangs (agent/src/oslogin/service.rs): a
+/// lookup unanswered after LOOKUP_SLOW marks the service hanging; from then on unknown names
+/// are answered "unavailable" without asking, one probe per LOOKUP_PROBE_EVERY, the hanging
+/// lookup itself ending at LOOKUP_TIMEOUT.
+const LOOKUP_SLOW: Duration = Duration::from_millis(100);
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+const LOOKUP_PROBE_EVERY: Duration = Duration::from_secs(2);
+
 #[test]
 fn with_the_service_hanging_lookups_stay_fast_and_logins_fail_closed() {
     if !require_root("with_the_service_hanging_lookups_stay_fast_and_logins_fail_closed") {
         return;
     }
-    let a = alice("hang", "");
+    // Debug logging: a line per socket request, to tell which lookups reached the daemon.
+    let a = alice("hang", "[daemon]\nlog_level = \"debug\"\n");
     assert!(a.vm.ssh(&a.alice_key, "alice", "true").status.success());
-    a.vm.env.emulator().add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "hang"}, "count": null}));
+    let emu = a.vm.env.emulator();
+    let agent = a.vm.env.agent();
+    emu.add_fault(json!({"path_prefix": "/computeMetadata/v1/oslogin/", "kind": {"kind": "hang"}, "count": null}));
+    // Requests for `username=NAME` the service has seen.
+    let asked = |name: &str| {
+        let q = format!("username={name}");
+        emu.requests()
+            .iter()
+            .filter(|r| {
+                r["query"]
+                    .as_str()
+                    .is_some_and(|s| s.split('&').any(|p| p == q))
+            })
+            .count()
+    };
     // The lookup itself, timed inside one process (perl's getpwnam through glibc and the
-    // module), so starting processes on a busy test machine does not count.
+    // module), for the CI log; the checks are on which path answered, not on the time.
     let lookup = |name: &str| -> (bool, Duration) {
         let script = format!(
             "use Time::HiRes qw(time); my $t = time; my @p = getpwnam('{name}'); printf('%d %.3f', scalar(@p) > 0, (time - $t) * 1000)"
@@ -370,34 +466,95 @@ fn with_the_service_hanging_lookups_stay_fast_and_logins_fail_closed() {
             Duration::from_secs_f64(ms.parse::<f64>().unwrap_or(f64::MAX) / 1000.0),
         )
     };
-    // Cached: the best of three fresh processes (each loads the module and maps the cache).
-    let (found, took) = (0..3)
-        .map(|_| lookup("alice"))
-        .min_by_key(|(_, t)| *t)
-        .unwrap_or((false, Duration::MAX));
-    assert!(found);
+
+    // Cached: the module answers from the cache file, asking neither the daemon nor the
+    // service (the real figure, about 1 ms, is bench-report's "service hanging" row).
+    let t_cached = Instant::now();
+    let cached: Vec<(bool, Duration)> = (0..3).map(|_| lookup("alice")).collect();
+    eprintln!("cached lookups with the service hanging: {cached:?}");
+    assert!(cached.iter().all(|(found, _)| *found), "{cached:?}");
+    flush_daemon_log(&a);
+    let asked_daemon = agent.lines_since(t_cached, &["socket request", "\"getpwnam\""]);
     assert!(
-        took < Duration::from_millis(50),
-        "cached lookup took {took:?}"
+        asked_daemon.is_empty(),
+        "a cached name was asked of the daemon: {asked_daemon:#?}"
     );
+    assert_eq!(asked("alice"), 0, "a cached name was asked of the service");
+
+    // The first unknown name goes to the service, which hangs: the module's deadline cuts it.
+    let t_first = Instant::now();
     let (found, took) = lookup("nosuchuser");
+    eprintln!("first unknown name with the service hanging: {took:?}");
     assert!(!found, "no such user (for now)");
+    // Bound: 10x the module's 90 ms deadline (without the deadline: the daemon's 2 s).
     assert!(
-        took < Duration::from_millis(150),
-        "unknown user took {took:?}"
+        took < NSS_DEADLINE * 10,
+        "the first unknown name took {took:?} (deadline {NSS_DEADLINE:?})"
     );
-    // The hanging lookup marks the service failing: later unknown names are answered at once.
+    let t = Instant::now();
+    while asked("nosuchuser") == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the daemon never asked the service about nosuchuser\n{}",
+            agent.dump()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The hanging request has now been in flight for longer than LOOKUP_SLOW (the emulator
+    // records it on arrival, after the daemon started it); sleeping only makes it older.
+    std::thread::sleep(LOOKUP_SLOW * 2);
+
+    // Later unknown names are answered "unavailable" without asking the service.
     let (found, took) = lookup("nosuchuser2");
+    let window = t_first.elapsed();
+    eprintln!("next unknown name: {took:?}, {window:?} after the first began");
     assert!(!found);
     assert!(
-        took < Duration::from_millis(50),
-        "unknown user after the first took {took:?}"
+        took < NSS_DEADLINE * 10,
+        "the next unknown name took {took:?}"
     );
+    flush_daemon_log(&a);
+    // The daemon turns names away from LOOKUP_SLOW after the hanging request began until
+    // LOOKUP_PROBE_EVERY after it timed out (LOOKUP_TIMEOUT); `window` ends after the daemon
+    // had the question, so within it the answer is certain. A machine too slow for that
+    // (over 4 s for two perl runs) may see the one probe the design allows.
+    if window < LOOKUP_TIMEOUT + LOOKUP_PROBE_EVERY {
+        assert_eq!(
+            asked("nosuchuser2"),
+            0,
+            "the next unknown name was asked of the service:\n{}",
+            agent.dump()
+        );
+        // The daemon's own word for it: hanging, or failing once the request timed out.
+        assert!(
+            !agent
+                .lines_since(t_first, &["unknown names are answered", "at once"])
+                .is_empty(),
+            "no \"answered unavailable at once\" warning:\n{}",
+            agent.dump()
+        );
+    } else {
+        eprintln!(
+            "(the machine was too slow to stay within the daemon's window: one probe allowed)"
+        );
+        assert!(asked("nosuchuser2") <= 1, "more than the one probe");
+    }
+
+    // A login needs a live decision: refused (fail closed) when the authorize deadline
+    // (authorize_timeout_ms, 2 s) cuts the hanging request.
     let t0 = Instant::now();
     let out = a.vm.ssh(&a.alice_key, "alice", "true");
     let took = t0.elapsed();
+    eprintln!("ssh login with the service hanging: refused after {took:?}");
     assert!(!out.status.success(), "fail closed: no decision, no login");
-    assert!(took < Duration::from_secs(5), "refusal took {took:?}");
+    agent.expect_line(
+        t0,
+        &["metadata service unavailable", "alice"],
+        Duration::from_secs(30),
+    );
+    // Bound: 10x the expected 2.4 s (the 2 s deadline plus ssh's own; bench-report's "ssh
+    // login with the service hanging" row has the real figure).
+    assert!(took < Duration::from_secs(24), "refusal took {took:?}");
     a.vm.env.emulator().clear_faults();
 }
 
@@ -418,7 +575,7 @@ fn a_grace_period_lets_recently_authorized_users_in_during_an_outage() {
     );
     a.vm.env
         .agent()
-        .expect_line(t0, &["grace period"], Duration::from_secs(2));
+        .expect_line(t0, &["grace period"], Duration::from_secs(10));
     // bob never had a positive decision: still refused.
     assert!(!a.vm.ssh(&a.bob_key, "bob", "true").status.success());
     // A denial is never overridden by the grace period.
@@ -443,18 +600,15 @@ fn the_helper_decides_alone_when_the_daemon_is_down() {
         .signal(nix::sys::signal::Signal::SIGKILL);
     a.vm.env
         .agent_mut()
-        .wait_exit(Duration::from_secs(2))
+        .wait_exit(Duration::from_secs(10))
         .expect("agent killed");
+    let t0 = Instant::now();
     let out = a.vm.ssh(&a.alice_key, "alice", "id -un");
     assert!(out.status.success(), "{}", a.vm.sshd().dump());
     assert!(
-        !a.vm
-            .sshd()
-            .lines_since(
-                Instant::now() - Duration::from_secs(10),
-                &["daemon not running"]
-            )
-            .is_empty(),
+        a.vm.sshd()
+            .wait_for_line(t0, &["daemon not running"], Duration::from_secs(10))
+            .is_some(),
         "{}",
         a.vm.sshd().dump()
     );
@@ -582,10 +736,16 @@ fn reference_profile_fixtures_resolve_as_documented() {
                         ),
                     );
                 });
-                let (code, out) = vm.vm_run("getent", &["passwd", "foo"]);
                 match &want {
-                    Some(line) => assert_eq!((code, out.trim()), (0, line.as_str()), "{file}"),
-                    None => assert_eq!(code, 2, "{file}: {out}"),
+                    Some(line) => {
+                        let (code, out, _) = getent_found(&vm, "passwd", "foo");
+                        assert_eq!((code, out.trim()), (0, line.as_str()), "{file}")
+                    }
+                    None => {
+                        let (code, out) = vm.vm_run("getent", &["passwd", "foo"]);
+                        assert_eq!(code, 2, "{file}: {out}");
+                        assert!(asked_for(&vm, "username=foo") >= 1, "{file}: never asked");
+                    }
                 }
             })
         })
@@ -612,10 +772,10 @@ fn local_accounts_win_over_directory_names_and_ids() {
     let t0 = Instant::now();
     vm.env
         .agent()
-        .expect_line(t0, &["local accounts changed"], Duration::from_secs(5));
+        .expect_line(t0, &["local accounts changed"], Duration::from_secs(30));
     vm.env
         .agent()
-        .expect_line(t0, &["left out of the directory"], Duration::from_secs(5));
+        .expect_line(t0, &["left out of the directory"], Duration::from_secs(30));
     let (_, out) = vm.vm_run("getent", &["passwd", "200001"]);
     assert!(
         out.starts_with("localalice:"),
@@ -656,7 +816,7 @@ fn a_failed_or_shrinking_sync_keeps_the_last_good_directory() {
     vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
     vm.env
         .agent()
-        .expect_line(t0, &["directory sync failed"], Duration::from_secs(5));
+        .expect_line(t0, &["directory sync failed"], Duration::from_secs(30));
     assert_eq!(cache(), before, "a failed sync leaves the cache alone");
     assert_eq!(vm.vm_run("getent", &["passwd", "alice"]).0, 0);
     emu.clear_faults();
@@ -672,20 +832,26 @@ fn a_failed_or_shrinking_sync_keeps_the_last_good_directory() {
     }
     let t0 = Instant::now();
     vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
-    vm.env
-        .agent()
-        .expect_line(t0, &["directory synced", "users=5"], Duration::from_secs(5));
+    vm.env.agent().expect_line(
+        t0,
+        &["directory synced", "users=5"],
+        Duration::from_secs(30),
+    );
     for name in ["bob", "carol", "dave", "erin"] {
         emu.ok("DELETE", &format!("/oslogin/users/{name}"), None);
     }
     let t0 = Instant::now();
     vm.env.agent().signal(nix::sys::signal::Signal::SIGUSR1);
-    vm.env
-        .agent()
-        .expect_line(t0, &["reading it again to confirm"], Duration::from_secs(5));
-    vm.env
-        .agent()
-        .expect_line(t0, &["directory synced", "users=1"], Duration::from_secs(5));
+    vm.env.agent().expect_line(
+        t0,
+        &["reading it again to confirm"],
+        Duration::from_secs(30),
+    );
+    vm.env.agent().expect_line(
+        t0,
+        &["directory synced", "users=1"],
+        Duration::from_secs(30),
+    );
     assert_eq!(vm.vm_run("getent", &["passwd", "alice"]).0, 0);
 }
 
@@ -711,14 +877,14 @@ fn an_sshd_reload_a_killed_agent_missed_is_done_at_the_next_start() {
         config,
         ..Default::default()
     });
-    env.wait_ready(t0, Duration::from_secs(10));
+    env.wait_ready(t0, Duration::from_secs(30));
     env.agent().expect_line(
         t0,
         &["reloading sshd: an earlier run"],
-        Duration::from_secs(5),
+        Duration::from_secs(30),
     );
     a.vm.sshd()
-        .expect_line(t0, &["Received SIGHUP"], Duration::from_secs(5));
+        .expect_line(t0, &["Received SIGHUP"], Duration::from_secs(30));
     let state: serde_json::Value =
         serde_json::from_str(&a.vm.env.vm().read(path).unwrap()).unwrap();
     assert_eq!(state["sshd_reload_pending"], json!(false), "{state}");
@@ -731,7 +897,12 @@ fn an_sshd_reload_a_killed_agent_missed_is_done_at_the_next_start() {
         config,
         ..Default::default()
     });
-    env.wait_ready(t1, Duration::from_secs(10));
+    env.wait_ready(t1, Duration::from_secs(30));
+    // The daemon's own account of its first pass: nothing changed, nothing reloaded.
+    env.agent()
+        .expect_line(t1, &["OS Login enabled"], Duration::from_secs(30));
+    let line = env.agent().lines_since(t1, &["OS Login enabled"]);
+    assert!(line.iter().all(|l| l.contains("reloaded=None")), "{line:?}");
     std::thread::sleep(Duration::from_millis(500));
     assert!(
         a.vm.sshd().lines_since(t1, &["Received SIGHUP"]).is_empty(),

@@ -383,7 +383,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         "guest-agent active (running)",
         "guest-agent",
         props,
-        Duration::from_secs(30),
+        Duration::from_secs(120),
         |p| p["ActiveState"] == "active" && p["SubState"] == "running",
     );
     let booted = t0.elapsed();
@@ -398,12 +398,17 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     let status = boot.run("systemctl status --no-pager guest-agent");
     assert!(status.contains("Active: active (running)"), "{status}");
     assert!(status.contains("Status: \"running"), "{status}");
-    // READY=1 came from the first reconcile, not from the startup deadline.
+    // READY=1 came from the first reconcile, not from the startup deadline (the daemon logs
+    // this line only then; its STATUS says so too). The time it took is for the CI log.
     let journal = boot.run("journalctl --no-pager -o cat -u guest-agent");
     assert!(
-        journal.contains("first reconcile done; ready") && ready < 5_000_000,
+        journal.contains("first reconcile done; ready"),
         "{journal}\n{}",
         boot.diag()
+    );
+    assert!(
+        status.contains("Status: \"running: metadata received and applied"),
+        "{status}"
     );
 
     // What the sandboxed agent must be able to write: /etc (user, group, sudoers), the home,
@@ -421,7 +426,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         "ssh.service active",
         "ssh",
         "ActiveState",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         |p| p["ActiveState"] == "active",
     );
     let out = guest_agent_e2e::vm::ssh(&ns, &key, USER, "id -un; sudo -n id -u");
@@ -442,9 +447,9 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     boot.wait_journal(
         "-u guest-agent",
         "OS Login enabled",
-        Duration::from_secs(10),
+        Duration::from_secs(60),
     );
-    boot.wait_journal("-u ssh", "Reloaded ssh.service", Duration::from_secs(10));
+    boot.wait_journal("-u ssh", "Reloaded ssh.service", Duration::from_secs(60));
     let nss = boot.run("grep -E '^(passwd|group):' /etc/nsswitch.conf; ls /etc/ssh/sshd_config.d");
     assert!(nss.contains("files guestagent"), "{nss}");
     let errors = boot.run("journalctl --no-pager -o cat -p warning -u guest-agent; true");
@@ -461,7 +466,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         "restart after kill -9",
         "guest-agent",
         props,
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         |p| {
             p["NRestarts"].parse::<u32>().unwrap_or(0) >= 1
                 && p["ActiveState"] == "active"
@@ -483,7 +488,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         "restart with WatchdogSec=1s",
         "guest-agent",
         props,
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         |p| p["ActiveState"] == "active" && p["WatchdogUSec"] == "1s",
     );
     std::thread::sleep(Duration::from_secs(3));
@@ -514,7 +519,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         "restart after a stall",
         "guest-agent",
         props,
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         |p| {
             p["NRestarts"].parse::<u32>().unwrap_or(0) > restarts
                 && p["ActiveState"] == "active"
@@ -533,7 +538,7 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     // Poweroff: PID 1 exits, every process and mount goes with the namespaces.
     let init = boot.init_pid().expect("init pid");
     let _ = boot.sh("systemctl --no-block poweroff");
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Path::new(&format!("/proc/{init}")).exists() {
         assert!(
             Instant::now() < deadline,
@@ -545,11 +550,11 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     let mut boot = boot;
     let mut holder = boot.holder.take().expect("holder");
     assert!(
-        holder.wait_exit(Duration::from_secs(5)).is_some(),
+        holder.wait_exit(Duration::from_secs(30)).is_some(),
         "holder still running\n{}",
         holder.dump()
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !boot.procs().is_empty() {
         assert!(
             Instant::now() < deadline,

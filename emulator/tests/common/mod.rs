@@ -166,3 +166,17 @@ pub async fn start_default() -> (Running, SocketAddr) {
     let addr = r.metadata_addrs()[0];
     (r, addr)
 }
+
+/// Waits until the emulator has recorded at least `n` requests (it records one as it arrives),
+/// so a test acts on a request known to be there rather than after a sleep.
+pub async fn wait_recorded(emu: &guest_agent_emulator::Emulator, n: usize) {
+    let t0 = std::time::Instant::now();
+    while emu.requests().len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "{} of {n} requests recorded",
+            emu.requests().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

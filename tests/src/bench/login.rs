@@ -13,10 +13,13 @@
 //!    with `useradd -m -p '*'` in the VM with `~/.ssh/authorized_keys`, interleaved.
 //! 3. Metadata requests under `/computeMetadata/v1/oslogin/` per login: warm (user in the
 //!    directory), cold (user created in the emulator after the agent's sync), local user; and
-//!    `guest-agent token` beside `curl` fetching the token from the metadata service.
+//!    `guest-agent token` beside `curl` fetching the token from the metadata service; a
+//!    metadata change made while the agent's long poll waits (the production 60 s), until the
+//!    agent logs it.
 //! 4. With the service hanging (a `hang` fault on the OS Login endpoints): `getent passwd
 //!    alice` (in the cache), `getent passwd nosuchuser`, and how long until alice's SSH login
 //!    is refused.
+//! 5. SIGTERM with a long poll in flight: until the daemon has exited.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -82,6 +85,10 @@ pub struct LoginResult {
     pub requests_local: BTreeMap<String, usize>,
     pub token: Stats,
     pub curl_token: Stats,
+    /// A metadata change made while the long poll waits, until the agent logged it.
+    pub change_seen: Stats,
+    /// SIGTERM (a long poll in flight) until the daemon exited, and its exit code.
+    pub stop: Option<(Duration, Option<i32>)>,
     /// Service hanging: cached user, files-only user, unknown user (each a getent process).
     pub hang_cached: Stats,
     pub hang_root: Stats,
@@ -106,7 +113,7 @@ impl LoginResult {
 pub fn run(record: &Path, params: Params) -> Result<LoginResult, String> {
     let t_all = Instant::now();
     let mut keys = None;
-    let vm = OsLoginVm::start("lbench", "", |env| {
+    let mut vm = OsLoginVm::start("lbench", "", |env| {
         let (alice_key, alice_pub) = keypair(env.dir(), "alice");
         env.emulator().ok(
             "POST",
@@ -119,10 +126,41 @@ pub fn run(record: &Path, params: Params) -> Result<LoginResult, String> {
     let result = measure(&vm, keys.ok_or("setup did not run")?, params);
     // Release anything held by the hang fault before the processes go.
     let _ = vm.env.emulator().control("DELETE", "/faults", None);
-    drop(vm);
     let mut r = result?;
+    // 5. SIGTERM with a long poll in flight.
+    eprintln!("  login 5/5: SIGTERM with a long poll in flight ...");
+    poll_in_flight(vm.env.emulator())?;
+    let t0 = Instant::now();
+    vm.env.agent().signal(nix::sys::signal::Signal::SIGTERM);
+    r.stop = vm
+        .env
+        .agent_mut()
+        .wait_exit(Duration::from_secs(30))
+        .map(|status| (t0.elapsed(), status.code()));
+    drop(vm);
     r.took = t_all.elapsed();
     Ok(r)
+}
+
+/// Waits until the agent's whole-tree long poll is in flight at the emulator (the last tree
+/// request, unanswered).
+fn poll_in_flight(emu: &Emulator) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        let last = emu.tree_requests().last().cloned();
+        if last.as_ref().is_some_and(|r| {
+            r["status"] == json!(0)
+                && r["query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains("wait_for_change=true"))
+        }) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(format!("no long poll in flight: {last:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Requests under the OS Login prefix, by the last path segment ("users", "authorize", ...).
@@ -247,7 +285,7 @@ fn measure(
 
     // 1. AuthorizedKeysCommand.
     eprintln!(
-        "  login 1/4: AuthorizedKeysCommand ({} runs per series) ...",
+        "  login 1/5: AuthorizedKeysCommand ({} runs per series) ...",
         p.key_runs
     );
     let out = env
@@ -284,7 +322,7 @@ fn measure(
     r.keys_unknown_user = series(false, "ghost")?;
 
     // 2. Full login wall time, OS Login user beside a local user.
-    eprintln!("  login 2/4: ssh logins ({} per user) ...", p.logins);
+    eprintln!("  login 2/5: ssh logins ({} per user) ...", p.logins);
     let (local_key, local_pub) = keypair(env.dir(), "localuser");
     env.vm().run(&format!(
         "set -e
@@ -306,7 +344,7 @@ chmod 600 /home/localuser/.ssh/authorized_keys"
     r.login_local = Stats::new(l);
 
     // 3. Metadata requests per login.
-    eprintln!("  login 3/4: metadata requests per login ...");
+    eprintln!("  login 3/5: metadata requests per login ...");
     r.requests_warm = requests_per_login(vm, &alice_key, "alice")?;
     let (carol_key, carol_pub) = keypair(env.dir(), "carol");
     emu.ok(
@@ -335,8 +373,26 @@ chmod 600 /home/localuser/.ssh/authorized_keys"
     r.token = Stats::new(tok);
     r.curl_token = Stats::new(curl);
 
+    // 3c. A metadata change made while the long poll waits, until the agent logs it.
+    let mut seen = Vec::new();
+    for i in 0..p.logins {
+        poll_in_flight(emu)?;
+        let t0 = Instant::now();
+        emu.set_attribute("instance", "bench-change", &i.to_string());
+        let at = env
+            .agent()
+            .wait_for_line(
+                t0,
+                &["instance.attributes.bench-change"],
+                Duration::from_secs(90),
+            )
+            .ok_or("the agent did not log a metadata change")?;
+        seen.push(at.saturating_duration_since(t0));
+    }
+    r.change_seen = Stats::new(seen);
+
     // 4. The service hanging.
-    eprintln!("  login 4/4: with the OS Login endpoints hanging ...");
+    eprintln!("  login 4/5: with the OS Login endpoints hanging ...");
     emu.add_fault(json!({"path_prefix": OSLOGIN_PREFIX, "kind": {"kind": "hang"}, "count": null}));
     let getent = |name: &str, n: usize| time_in_vm(env.vm(), n, false, "getent", &["passwd", name]);
     let (alice_nss, alice_codes) = getent("alice", p.getent_runs)?;
@@ -370,6 +426,10 @@ chmod 600 /home/localuser/.ssh/authorized_keys"
 const KEYS_GOAL: Duration = Duration::from_millis(3);
 /// The goal for a lookup while the service fails: under 100 ms.
 const DOWN_GOAL: Duration = Duration::from_millis(100);
+/// A metadata change reaches the agent within a second (the long poll in flight wakes).
+const CHANGE_GOAL: Duration = Duration::from_secs(1);
+/// SIGTERM ends the daemon within 2 s (it does not wait for the long poll in flight).
+const STOP_GOAL: Duration = Duration::from_secs(2);
 
 /// The rows for the AuthorizedKeysCommand, logins and requests per login.
 pub fn rows(r: &LoginResult) -> Vec<Row> {
@@ -425,6 +485,35 @@ pub fn rows(r: &LoginResult) -> Vec<Row> {
         "49",
         "",
     ));
+    rows.push(
+        row(
+            "metadata change seen by the agent (the long poll in flight woken)",
+            r.change_seen.brief(),
+            "",
+            "< 1 s",
+        )
+        .judged(r.change_seen.max() < CHANGE_GOAL),
+    );
+    rows.push(match r.stop {
+        Some((took, code)) => row(
+            "daemon stop: SIGTERM to exit, a long poll in flight",
+            format!(
+                "{} (exit {})",
+                fmt_d(took),
+                code.map_or("by a signal".to_owned(), |c| c.to_string())
+            ),
+            "",
+            "< 2 s, exit 0",
+        )
+        .judged(took < STOP_GOAL && code == Some(0)),
+        None => row(
+            "daemon stop: SIGTERM to exit, a long poll in flight",
+            "STILL RUNNING after 30 s",
+            "",
+            "< 2 s, exit 0",
+        )
+        .judged(false),
+    });
     rows.push(row(
         "guest-agent token (daemon) / curl from the metadata service",
         format!(
