@@ -23,8 +23,10 @@
 //!    answers right, also while the daemon restarts. (Before that file existed, this test
 //!    caught an old-module lookup failing in the restart window: the module could neither read
 //!    the cache nor reach the daemon.)
-//! 5. `dpkg -i` N over N+1 (the downgrade), the same restart; N reads the newer state files
-//!    with the fields it knows and rewrites the cache in its format.
+//! 5. `dpkg -i` N over N+1 (the downgrade): before the restart, N's helper and N's module are
+//!    answered by N+1's daemon in version 1 (checked on purpose: no helper deciding alone, a
+//!    user the cache does not hold found); then the same restart; N reads the newer state
+//!    files with the fields it knows and rewrites the cache in its format.
 //!
 //! After each step: users, keys and sudo rules are what they were, the state files carry the
 //! version of the daemon that wrote them. At the end: every login and lookup of the whole run
@@ -498,6 +500,45 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
         // The downgrade.
         let said = dpkg_install(&iso, &n.deb, "dpkg -i N (downgrade)");
         assert!(said.contains("0.1.0"), "{said}");
+        // N+1's daemon still runs: N's helper and N's module speak version 1, which it
+        // answers itself (no helper deciding alone, the lookup answered in version 1).
+        if matches!(mode, Mode::OsLogin) {
+            let since = Instant::now();
+            login(&ns, &key, "carol").unwrap_or_else(|e| panic!("old helper, new daemon: {e}"));
+            emulator.ok(
+                "POST",
+                "/oslogin/users",
+                Some(&oslogin::user("frank", 200003, &public, true, false).to_string()),
+            );
+            let mut tries = 0;
+            let frank = loop {
+                tries += 1;
+                let out = iso.sh("getent passwd frank");
+                if out.status.success() || tries == 20 {
+                    break text(&out);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            assert!(
+                frank.starts_with("frank:"),
+                "old module, new daemon: {frank}"
+            );
+            daemon.proc().expect_line(
+                since,
+                &[
+                    "socket request",
+                    "version=1",
+                    "\"getpwnam\"",
+                    "answer=\"ok\"",
+                ],
+                Duration::from_secs(10),
+            );
+            let alone = sshd.lines_since(since, &["asking the metadata service directly"]);
+            assert!(
+                alone.is_empty(),
+                "the new daemon did not answer the old helper: {alone:?}"
+            );
+        }
         daemon.restart();
         daemon.proc().expect_line(
             t0,
