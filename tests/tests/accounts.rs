@@ -309,10 +309,19 @@ fn existing_users_get_keys_but_are_never_deleted_and_removed_users_lose_sudo() {
         "{}",
         vm.dump()
     );
-    assert!(
-        vm.vm("getent group guest-agent-sudoers")
-            .contains("localuser")
-    );
+    // The group is written after the keys in a pass: waited for, as below.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !vm
+        .vm("getent group guest-agent-sudoers")
+        .contains("localuser")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "localuser not put in the sudo group:\n{}",
+            vm.dump()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // localuser leaves metadata: managed keys and sudo go, the account and its own key stay.
     vm.set_keys(&format!("newbie:{p2}\n"));
     assert!(
@@ -324,7 +333,16 @@ fn existing_users_get_keys_but_are_never_deleted_and_removed_users_lose_sudo() {
             .contains(" own"),
         "the user's own key stays"
     );
-    let group = vm.vm("getent group guest-agent-sudoers");
+    // The keys go first in the pass, the group after them: wait for the group (a wait, not a
+    // bound: the pass may be slow on a loaded machine).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let group = loop {
+        let group = vm.vm("getent group guest-agent-sudoers");
+        if !group.contains("localuser") || std::time::Instant::now() > deadline {
+            break group;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         !group.contains("localuser") && group.contains("newbie"),
         "{group}"
