@@ -428,9 +428,13 @@ fn turning_os_login_on_strips_managed_keys_and_sudo_but_keeps_users_own_keys() {
         .emulator()
         .set_attribute("instance", "enable-oslogin", "true");
     // One managed user is all of them: held for a second answer (5 s long poll), then applied.
+    // The keys and then the sudo group, in one pass: waited for both.
     let file_clean = || {
         !vm.vm("cat /home/ivy/.ssh/authorized_keys")
             .contains("BEGIN guest-agent")
+            && !vm
+                .vm("getent group guest-agent-sudoers || true")
+                .contains("ivy")
     };
     let t0 = std::time::Instant::now();
     while !file_clean() && t0.elapsed() < Duration::from_secs(60) {
