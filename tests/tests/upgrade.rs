@@ -103,6 +103,15 @@ impl<'a> Daemon<'a> {
     }
 }
 
+/// Sets the flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// What a login loop and the lookups counted.
 #[derive(Default, Debug)]
 struct Tally {
@@ -389,6 +398,9 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
     let tally = Mutex::new(Tally::default());
     std::thread::scope(|scope| {
         let looping = scope.spawn(|| login_loop(&ns, &iso, &work, &stop, &tally));
+        // A failed check below ends the loop too (the scope waits for it before the panic
+        // goes on, and everything is then dropped: processes killed, namespaces deleted).
+        let _stop_on_panic = StopOnDrop(&stop);
 
         // N+1 unpacked over the running N.
         let said = dpkg_install(&iso, &next.deb, "dpkg -i N+1");
