@@ -268,6 +268,81 @@ fn the_admin_role_gives_passwordless_sudo() {
     );
 }
 
+/// Restarts the agent as a crash, an upgrade or a reboot would (SIGKILL, same config) and
+/// waits for READY; returns when it was started.
+fn restart_agent(a: &mut Alice) -> Instant {
+    let env = &mut a.vm.env;
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    env.agent = None; // SIGKILL
+    let t0 = Instant::now();
+    env.start_agent(guest_agent_e2e::AgentOptions {
+        config,
+        ..Default::default()
+    });
+    env.wait_ready(t0, Duration::from_secs(30));
+    t0
+}
+
+#[test]
+fn a_sudo_rule_from_before_a_restart_is_kept_only_when_the_admin_role_is_confirmed() {
+    if !require_root(
+        "a_sudo_rule_from_before_a_restart_is_kept_only_when_the_admin_role_is_confirmed",
+    ) {
+        return;
+    }
+    const RULE: &str = "alice ALL=(ALL:ALL) NOPASSWD: ALL";
+    let mut a = alice("admin-restart", "");
+    roles(&a, "alice", true, true);
+    let out = a.vm.ssh(&a.alice_key, "alice", "sudo -n true");
+    assert!(
+        out.status.success(),
+        "admin: sudo\n{}",
+        a.vm.env.agent().dump()
+    );
+    let sudoers = |a: &Alice| a.vm.env.vm().read("/etc/sudoers.d/guest-agent-oslogin");
+    assert!(sudoers(&a).is_some_and(|s| s.contains(RULE)));
+    // Restarted with the role still granted: confirmed without a login, the rule stays.
+    let t0 = restart_agent(&mut a);
+    a.vm.env.agent().expect_line(
+        t0,
+        &[
+            "sudo rules from an earlier run checked",
+            "kept=1",
+            "removed=0",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(sudoers(&a).is_some_and(|s| s.contains(RULE)));
+    // The attack: the admin role revoked while the agent is down (the login role kept). The
+    // agent's memory of admins starts empty, so before the fix the old rule stayed and alice's
+    // next login had `sudo` (that login's own adminLogin denial changed nothing in memory).
+    a.vm.env.agent = None;
+    roles(&a, "alice", true, false);
+    let t0 = restart_agent(&mut a);
+    // Removed at start, with no login at all.
+    a.vm.env.agent().expect_line(
+        t0,
+        &[
+            "sudo rules from an earlier run checked",
+            "kept=0",
+            "removed=1",
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        sudoers(&a).is_none(),
+        "the revoked admin's rule survived the restart: {:?}",
+        sudoers(&a)
+    );
+    let out = a.vm.ssh(&a.alice_key, "alice", "id -un; sudo -n true");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "alice",
+        "login kept"
+    );
+    assert!(!out.status.success(), "no sudo after the revocation");
+}
+
 /// An OS Login request a login can cause: not the periodic CA refresh (every 60 s) nor a
 /// directory sync's listing pages, which may land in any window whatever its length.
 fn asked_by_a_login(r: &serde_json::Value) -> bool {

@@ -85,6 +85,24 @@ pub fn render(grantees: &[Grantee]) -> Result<Option<String>, SudoersError> {
     Ok(Some(text))
 }
 
+/// What a drop-in this module wrote grants, read back: the grantees of its rule lines (any
+/// other line, and a rule of another shape, is not ours and is skipped).
+pub fn parse(text: &str) -> Vec<Grantee> {
+    text.lines()
+        .filter_map(|line| line.strip_suffix(" ALL=(ALL:ALL) NOPASSWD: ALL"))
+        .filter_map(|who| match who.strip_prefix('%') {
+            Some(group) => is_valid_name(group).then(|| Grantee::Group(group.to_owned())),
+            None => is_valid_name(who).then(|| Grantee::User(who.to_owned())),
+        })
+        .collect()
+}
+
+/// The grantees of the drop-in at `path` (none when it does not exist).
+pub fn read(path: &Path) -> Result<Vec<Grantee>, FileError> {
+    let bytes = files::read_optional(path)?.unwrap_or_default();
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
+}
+
 /// Whether sudo's `#includedir` reads a file with this name.
 pub fn is_included_name(name: &OsStr) -> bool {
     let name = name.as_encoded_bytes();
@@ -185,6 +203,24 @@ mod tests {
                 Err(SudoersError::InvalidName(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_rendered_file_parses_back_to_its_grantees() {
+        let grantees = vec![
+            Grantee::User("alice".into()),
+            Grantee::User("bob.smith".into()),
+            Grantee::Group("admins".into()),
+        ];
+        let text = render(&grantees).unwrap().unwrap();
+        let mut back = parse(&text);
+        back.sort();
+        let mut want = grantees.clone();
+        want.sort();
+        assert_eq!(back, want);
+        // Lines of another shape or with bad names are not ours.
+        let text = "root ALL=(ALL) ALL\nBad ALL=(ALL:ALL) NOPASSWD: ALL\n# eve ALL=(ALL:ALL) NOPASSWD: ALL\neve ALL=(ALL:ALL) NOPASSWD: ALL\n";
+        assert_eq!(parse(text), vec![Grantee::User("eve".into())]);
     }
 
     #[test]

@@ -190,9 +190,15 @@ impl OsLogin {
     pub(super) async fn update_admin(&self, user: &str, decision: &Decision) {
         let changed = {
             let mut admins = lock(&self.admins);
+            let mut inherited = lock(&self.inherited_admins);
             match decision {
-                Decision::Allowed => admins.insert(user.to_owned()),
-                Decision::Denied => admins.remove(user),
+                // Confirmed: an inherited rule becomes this run's.
+                Decision::Allowed => {
+                    inherited.remove(user);
+                    admins.insert(user.to_owned())
+                }
+                // A rule an earlier run wrote goes too, though this run never granted it.
+                Decision::Denied => inherited.remove(user) | admins.remove(user),
                 Decision::Unavailable(_) => false,
             }
         };

@@ -61,9 +61,16 @@ impl OsLogin {
             })
         };
         let mut failures = Episode::default();
+        // The admins in the sudoers drop-in when this process started (an earlier run wrote
+        // them): confirmed once, after the first sync.
+        let mut inherited = true;
         loop {
             if self.is_enabled() {
-                match self.sync_once().await {
+                let synced = self.sync_once().await;
+                if std::mem::take(&mut inherited) {
+                    self.confirm_inherited_admins(synced.is_ok()).await;
+                }
+                match synced {
                     Ok(()) => {
                         if let Some((n, lasted)) = failures.success() {
                             tracing::info!(failed_attempts = n, outage = %format_args!("{:.1}s", lasted.as_secs_f32()), "OS Login directory sync works again");
@@ -150,6 +157,59 @@ impl OsLogin {
         Ok(())
     }
 
+    /// The sudo rules an earlier run left in the drop-in: the admin list lives in memory, so a
+    /// restart (an upgrade, a reboot, a crash) would otherwise keep them until that user's next
+    /// login, whatever happened to the role meanwhile. Each user is asked adminLogin now; a
+    /// rule stays only when the answer is yes. Denied, no longer in the directory, or not
+    /// confirmed because the service does not answer (or the first sync failed): removed, and
+    /// logged (sudo is a privilege: it is not kept on an unverified state; the next login that
+    /// the role allows writes it again).
+    async fn confirm_inherited_admins(&self, directory_ok: bool) {
+        let users: Vec<String> = std::mem::take(&mut *lock(&self.inherited_admins))
+            .into_iter()
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let client = self.client().ok();
+        let mut removed = Vec::new();
+        for name in &users {
+            let email = lock(&self.directory).user(name).map(|u| u.email.clone());
+            let decision = match (&client, email, directory_ok) {
+                (Some(client), Some(email), true) => {
+                    ask(client, &email, Policy::AdminLogin, None).await
+                }
+                (_, None, true) => Decision::Denied,
+                _ => Decision::Unavailable("the directory could not be read".into()),
+            };
+            if lock(&self.admins).contains(name) {
+                continue; // a login confirmed it meanwhile
+            }
+            match decision {
+                Decision::Allowed => {
+                    lock(&self.admins).insert(name.clone());
+                }
+                Decision::Denied => {
+                    tracing::info!(user = %name, "sudo rule from an earlier run removed: the admin role is not granted");
+                    removed.push(name.clone());
+                }
+                Decision::Unavailable(why) => {
+                    tracing::warn!(user = %name, reason = %why, "sudo rule from an earlier run removed until the admin role is confirmed (the metadata service did not answer)");
+                    removed.push(name.clone());
+                }
+            }
+        }
+        // Rewritten from the confirmed set (and the admins logins confirmed meanwhile).
+        if !removed.is_empty() {
+            self.write_sudoers().await;
+        }
+        tracing::info!(
+            kept = users.len() - removed.len(),
+            removed = removed.len(),
+            "sudo rules from an earlier run checked"
+        );
+    }
+
     /// Asks adminLogin again for everyone in the sudoers drop-in.
     async fn recheck_admins(&self) {
         let admins: Vec<String> = lock(&self.admins).iter().cloned().collect();
@@ -189,9 +249,13 @@ impl OsLogin {
         }
     }
 
-    /// Rewrites the sudoers drop-in from the admins set.
+    /// Rewrites the sudoers drop-in from the admins set (and the rules an earlier run left that
+    /// are not confirmed or refused yet: another user's login before the first sync must not
+    /// take them out).
     pub(super) async fn write_sudoers(&self) {
-        let admins: Vec<String> = lock(&self.admins).iter().cloned().collect();
+        let mut admins: std::collections::BTreeSet<String> = lock(&self.admins).clone();
+        admins.extend(lock(&self.inherited_admins).iter().cloned());
+        let admins: Vec<String> = admins.into_iter().collect();
         let path = self.paths.sudoers.clone();
         let result =
             tokio::task::spawn_blocking(move || super::effects::write_sudoers(&path, &admins))

@@ -79,6 +79,9 @@ pub struct OsLogin {
     pub(super) authorizer: Authorizer,
     /// Users currently in the sudoers drop-in.
     pub(super) admins: Mutex<BTreeSet<String>>,
+    /// Users an earlier run left in the sudoers drop-in and no answer has confirmed yet (read
+    /// at start; emptied after the first sync, see `confirm_inherited_admins`).
+    pub(super) inherited_admins: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
     lookups: Mutex<LookupHealth>,
     sync_requested: Notify,
@@ -121,7 +124,21 @@ fn group_line(g: &Group) -> String {
 
 impl OsLogin {
     pub fn new(config: watch::Receiver<Arc<Config>>, paths: Paths) -> Arc<OsLogin> {
+        let inherited = match crate::host::sudoers::read(&paths.sudoers) {
+            Ok(grantees) => grantees
+                .into_iter()
+                .filter_map(|g| match g {
+                    crate::host::sudoers::Grantee::User(u) => Some(u),
+                    crate::host::sudoers::Grantee::Group(_) => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the OS Login sudoers drop-in");
+                BTreeSet::new()
+            }
+        };
         Arc::new(OsLogin {
+            inherited_admins: Mutex::new(inherited),
             config,
             paths,
             directory: Mutex::new(Directory::default()),
@@ -450,6 +467,7 @@ impl OsLogin {
     /// cache file.
     pub fn clear(&self) -> anyhow::Result<()> {
         *lock(&self.directory) = Directory::default();
+        lock(&self.inherited_admins).clear();
         let had_admins = !std::mem::take(&mut *lock(&self.admins)).is_empty();
         if had_admins || self.paths.sudoers.exists() {
             super::effects::write_sudoers(&self.paths.sudoers, &[]).map_err(anyhow::Error::msg)?;
