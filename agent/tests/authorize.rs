@@ -184,3 +184,21 @@ async fn failures_are_unavailable_and_grace_follows_the_last_positive_decision()
     );
     assert!(!auth.within_grace("nobody@example.com", Policy::Login, grace));
 }
+
+#[tokio::test]
+async fn without_a_connection_id_a_decision_is_reused_only_within_the_operators_window() {
+    let emu = emulator().await;
+    let auth = Authorizer::default();
+    let c = client(&emu);
+    let reuse = Duration::from_secs(1);
+    let decide = || auth.decide(&c, "alice@example.com", Policy::Login, None, None, reuse);
+    assert_eq!(decide().await, Decision::Allowed);
+    assert_eq!(decide().await, Decision::Allowed);
+    assert_eq!(authorize_requests(&emu), 1, "reused within decision_reuse_secs");
+    // Past the operator's 1 s (slept for 1.5 s: a slower machine only sleeps longer), the
+    // service is asked again. Before the fix the connection scope's 60 s applied to "no
+    // connection" too, and this second login reused the first one's decision.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(decide().await, Decision::Allowed);
+    assert_eq!(authorize_requests(&emu), 2, "asked again after the window");
+}

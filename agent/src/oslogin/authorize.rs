@@ -74,9 +74,13 @@ impl Authorizer {
         let now = Instant::now();
         {
             let recent = lock(&self.recent);
-            let scopes = [(connection.unwrap_or(""), CONNECTION_REUSE), ("", reuse)];
+            // The connection's own scope only with a connection id: without one, the 60 s of
+            // CONNECTION_REUSE must not stretch the operator's cross-login window.
+            let connection = connection.filter(|c| !c.is_empty());
+            let scopes = [(connection, CONNECTION_REUSE), (Some(""), reuse)];
             for (scope, window) in scopes {
-                if scope.is_empty() && window.is_zero() {
+                let Some(scope) = scope else { continue };
+                if window.is_zero() {
                     continue;
                 }
                 if let Some((at, d)) = recent.get(&(question.clone(), scope.to_owned()))
@@ -111,7 +115,7 @@ impl Authorizer {
                 let horizon = CONNECTION_REUSE.max(reuse);
                 recent.retain(|_, (at, _)| now.duration_since(*at) < horizon);
             }
-            if let Some(c) = connection {
+            if let Some(c) = connection.filter(|c| !c.is_empty()) {
                 recent.insert((question.clone(), c.to_owned()), (now, decision.clone()));
             }
             if !reuse.is_zero() {
