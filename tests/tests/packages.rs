@@ -310,15 +310,21 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
         ),
     );
 
-    // Remove: the sshd and nsswitch edits go (they point at files that are gone), the
-    // runtime directory too; accounts, homes, sudo rules, CA, state and config stay.
+    // Remove: the sshd and nsswitch edits go (they point at files that are gone), the OS
+    // Login admins' sudo rules and the runtime directory too; accounts, homes, the metadata
+    // users' sudo rule, CA, state and config stay.
     iso.run("dpkg -r", "dpkg -r guest-agent");
-    for gone in ["/usr/bin/guest-agent", SSHD_DROPIN, "/run/guest-agent"] {
+    for gone in [
+        "/usr/bin/guest-agent",
+        SSHD_DROPIN,
+        "/run/guest-agent",
+        // Granted by name: with the agent gone nobody would revoke it.
+        SUDOERS_OSLOGIN,
+    ] {
         assert!(!iso.exists(gone), "{gone} is still there after dpkg -r");
     }
     assert!(!iso.exists(&format!("{MULTIARCH_LIBDIR}/libnss_guestagent.so.2")));
     for kept in [
-        SUDOERS_OSLOGIN,
         SUDOERS_ACCOUNTS,
         CA_FILE,
         CACHE,
