@@ -194,7 +194,11 @@ async fn without_a_connection_id_a_decision_is_reused_only_within_the_operators_
     let decide = || auth.decide(&c, "alice@example.com", Policy::Login, None, None, reuse);
     assert_eq!(decide().await, Decision::Allowed);
     assert_eq!(decide().await, Decision::Allowed);
-    assert_eq!(authorize_requests(&emu), 1, "reused within decision_reuse_secs");
+    assert_eq!(
+        authorize_requests(&emu),
+        1,
+        "reused within decision_reuse_secs"
+    );
     // Past the operator's 1 s (slept for 1.5 s: a slower machine only sleeps longer), the
     // service is asked again. Before the fix the connection scope's 60 s applied to "no
     // connection" too, and this second login reused the first one's decision.

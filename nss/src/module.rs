@@ -20,6 +20,12 @@ pub const DEFAULT_FLOOR: u32 = 1000;
 /// The environment variable that keeps the module off the socket (the daemon sets it).
 pub const NO_SOCKET_VAR: &CStr = c"GUEST_AGENT_NSS_NO_SOCKET";
 
+unsafe extern "C" {
+    /// glibc's getenv that returns null in a process running with AT_SECURE (setuid, setgid,
+    /// file capabilities); the libc crate does not declare it for Linux.
+    fn secure_getenv(name: *const libc::c_char) -> *mut libc::c_char;
+}
+
 /// What an NSS function reports (the exported layer turns it into a status and errno).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -131,9 +137,12 @@ impl Module {
         st
     }
 
+    /// The daemon sets the variable for itself. Read with `secure_getenv`: in a setuid or
+    /// otherwise privileged program (AT_SECURE) the caller's environment is not trusted, so a
+    /// user cannot turn the socket off for `sudo`, `su` or `passwd` (glibc 2.17 and later).
     fn socket_disabled(&self) -> bool {
         // SAFETY: a NUL-terminated name; the result is only compared with null.
-        unsafe { !libc::getenv(self.no_socket_var.as_ptr()).is_null() }
+        unsafe { !secure_getenv(self.no_socket_var.as_ptr()).is_null() }
     }
 
     /// Runs `f` on the lines of the daemon's answer to `request` (or of this thread's

@@ -268,6 +268,54 @@ fn the_admin_role_gives_passwordless_sudo() {
     );
 }
 
+#[test]
+fn a_user_cannot_turn_the_socket_off_for_a_setuid_program() {
+    if !require_root("a_user_cannot_turn_the_socket_off_for_a_setuid_program") {
+        return;
+    }
+    let a = alice("secure-env", "");
+    // A user the cache does not hold yet: only the daemon can answer for sam.
+    a.vm.env.emulator().ok(
+        "POST",
+        "/oslogin/users",
+        Some(&user("sam", 200005, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl sam", true, false).to_string()),
+    );
+    let vm = a.vm.env.vm();
+    let setup = vm.sh("install -m 4755 -o root /usr/bin/getent /srv/getent-suid");
+    assert!(setup.status.success(), "{setup:?}");
+    // As nobody, with the variable the daemon sets for itself.
+    let as_nobody = |program: &str| {
+        let out = vm.sh(&format!(
+            "setpriv --reuid=65534 --regid=65534 --clear-groups env GUEST_AGENT_NSS_NO_SOCKET=1 {program} passwd sam"
+        ));
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // An ordinary program: the variable keeps the module off the socket (the cache alone
+    // answers, and does not know sam).
+    assert_eq!(
+        as_nobody("/usr/bin/getent").0,
+        Some(2),
+        "the variable works"
+    );
+    // A setuid program: the caller's variable is not trusted, the daemon is asked. (Read with
+    // getenv, the user turned the socket off for sudo, su or passwd.) The daemon's fetch may
+    // miss the module's 90 ms deadline on a busy machine: asked until found (it remembers).
+    let mut tries = 0;
+    let (code, out) = loop {
+        tries += 1;
+        let r = as_nobody("/srv/getent-suid");
+        if r.0 == Some(0) || tries == 20 {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(code, Some(0), "setuid program kept off the socket: {out}");
+    assert!(out.starts_with("sam:*:200005:"), "{out}");
+}
+
 /// Restarts the agent as a crash, an upgrade or a reboot would (SIGKILL, same config) and
 /// waits for READY; returns when it was started.
 fn restart_agent(a: &mut Alice) -> Instant {
