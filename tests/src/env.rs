@@ -104,6 +104,27 @@ impl TestEnv {
         self.agent = Some(Proc::spawn("guest-agent", cmd));
     }
 
+    /// Every message the agent has sent to its notify socket so far (READY=1, STATUS=...,
+    /// WATCHDOG=1, STOPPING=1); none before it was started.
+    pub fn notify_messages(&mut self) -> Vec<String> {
+        self.notify
+            .as_mut()
+            .map(|n| n.messages())
+            .unwrap_or_default()
+    }
+
+    /// READY came from the first reconcile of the metadata, not from the startup deadline (the
+    /// daemon's STATUS says which; with the service up, the deadline's READY is the regression).
+    pub fn assert_ready_from_metadata(&mut self, what: &str) {
+        let msgs = self.notify_messages();
+        assert!(
+            msgs.iter()
+                .any(|m| m == "STATUS=running: metadata received and applied"),
+            "{what}: READY not from the metadata: {msgs:?}\n{}",
+            self.agent.as_ref().map(|a| a.dump()).unwrap_or_default()
+        );
+    }
+
     /// Waits for READY=1 on the notify socket; returns how long it took from `since`.
     pub fn wait_ready(&mut self, since: Instant, timeout: Duration) -> Duration {
         let notify = self.notify.as_mut().expect("agent started");

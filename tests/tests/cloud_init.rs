@@ -69,18 +69,8 @@ fn accounts_wait_for_cloud_init_and_its_default_user_is_adopted_never_deleted() 
     // READY does not wait for cloud-init: it came from the first reconcile (its STATUS), not
     // from the startup deadline, while cloud-init still runs (it is finished only below).
     eprintln!("READY {:?} after the start", t0.elapsed());
-    let msgs = vm
-        .env
-        .notify
-        .as_mut()
-        .map(|n| n.messages())
-        .unwrap_or_default();
-    assert!(
-        msgs.iter()
-            .any(|m| m == "STATUS=running: metadata received and applied"),
-        "READY must not wait for cloud-init: {msgs:?}\n{}",
-        vm.dump()
-    );
+    vm.env
+        .assert_ready_from_metadata("READY must not wait for cloud-init");
     vm.env
         .agent()
         .expect_line(t0, &["cloud-init is provisioning"], Duration::from_secs(30));

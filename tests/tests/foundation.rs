@@ -19,26 +19,10 @@ fn ready_env(tag: &str, config: &str) -> TestEnv {
     });
     let took = env.wait_ready(start, Duration::from_secs(30));
     eprintln!("READY after {took:?} with the service up");
-    ready_from_metadata(&mut env);
+    env.assert_ready_from_metadata("with the service up");
     env.agent()
         .expect_line(start, &["metadata received"], Duration::from_secs(30));
     env
-}
-
-/// READY came from the first reconcile of the metadata, not from the startup deadline (the
-/// daemon's STATUS says which; with the service up, the deadline's READY is the regression).
-fn ready_from_metadata(env: &mut TestEnv) {
-    let msgs = env
-        .notify
-        .as_mut()
-        .map(|n| n.messages())
-        .unwrap_or_default();
-    assert!(
-        msgs.iter()
-            .any(|m| m == "STATUS=running: metadata received and applied"),
-        "READY not from the metadata: {msgs:?}\n{}",
-        env.agent().dump()
-    );
 }
 
 /// Waits until the agent's whole-tree long poll is in flight at the emulator (the last tree
@@ -296,6 +280,32 @@ fn fault_wrong_shape() {
     }
 }
 
+/// READY sent by the startup deadline (the agent started at `start`, the service not
+/// answering `why`): never before the deadline; the bound is 10x the deadline, since what it
+/// tells apart is READY at all (the incumbent never sends it; bench-report's READY row has the
+/// figure, 10.01 s); that the deadline sent it is the STATUS and the daemon's line.
+fn ready_at_the_deadline(env: &mut TestEnv, start: Instant, deadline: Duration, why: &str) {
+    let took = env.wait_ready(start, deadline * 10 + Duration::from_secs(10));
+    eprintln!("READY after {took:?} with {why} ({deadline:?} deadline)");
+    assert!(took < deadline * 10, "READY after {took:?} with {why}");
+    assert!(
+        took >= deadline,
+        "READY after {took:?}, before any metadata and before the deadline"
+    );
+    env.agent().expect_line(
+        start,
+        &["metadata not received within the startup deadline"],
+        Duration::from_secs(30),
+    );
+    let msgs = env.notify_messages();
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("STATUS=") && m.contains("not answering")),
+        "{msgs:?}"
+    );
+    assert!(env.agent_mut().is_running());
+}
+
 #[test]
 fn ready_within_the_startup_deadline_when_the_service_is_unreachable() {
     if !require_root("ready_within_the_startup_deadline_when_the_service_is_unreachable") {
@@ -305,34 +315,12 @@ fn ready_within_the_startup_deadline_when_the_service_is_unreachable() {
     let mut env = TestEnv::new("noready");
     let start = Instant::now();
     env.start_agent(AgentOptions::default());
-    const DEADLINE: Duration = Duration::from_secs(10);
-    // READY at the deadline (bench-report's READY row has the figure: 10.01 s). The bound is
-    // 10x the deadline: what it tells apart is READY at all (the incumbent never sends it);
-    // that the deadline sent it is the STATUS below and the daemon's line.
-    let took = env.wait_ready(start, DEADLINE * 10 + Duration::from_secs(10));
-    eprintln!("READY after {took:?} with nothing listening ({DEADLINE:?} deadline)");
-    assert!(took < DEADLINE * 10, "READY after {took:?}");
-    // Never before the deadline: the agent started after `start`.
-    assert!(
-        took >= DEADLINE,
-        "READY after {took:?}, before any metadata and before the deadline"
-    );
-    env.agent().expect_line(
+    ready_at_the_deadline(
+        &mut env,
         start,
-        &["metadata not received within the startup deadline"],
-        Duration::from_secs(30),
+        Duration::from_secs(10),
+        "nothing listening",
     );
-    let msgs = env
-        .notify
-        .as_mut()
-        .map(|n| n.messages())
-        .unwrap_or_default();
-    assert!(
-        msgs.iter()
-            .any(|m| m.starts_with("STATUS=") && m.contains("not answering")),
-        "{msgs:?}"
-    );
-    assert!(env.agent_mut().is_running());
 }
 
 #[test]
@@ -348,34 +336,12 @@ fn ready_within_the_startup_deadline_when_the_service_hangs() {
         config: "[daemon]\nstartup_deadline_secs = 3\n".into(),
         ..Default::default()
     });
-    const DEADLINE: Duration = Duration::from_secs(3);
-    // As above: 10x the deadline; the STATUS and the daemon's line say the deadline sent it.
-    let took = env.wait_ready(start, DEADLINE * 10 + Duration::from_secs(10));
-    eprintln!("READY after {took:?} with the service hanging ({DEADLINE:?} deadline)");
-    assert!(
-        took < DEADLINE * 10,
-        "READY after {took:?} with a 3 s deadline"
-    );
-    assert!(
-        took >= DEADLINE,
-        "READY after {took:?}, before any metadata arrived"
-    );
-    let msgs = env
-        .notify
-        .as_mut()
-        .map(|n| n.messages())
-        .unwrap_or_default();
-    assert!(
-        msgs.iter()
-            .any(|m| m.starts_with("STATUS=") && m.contains("not answering")),
-        "{msgs:?}"
-    );
-    env.agent().expect_line(
+    ready_at_the_deadline(
+        &mut env,
         start,
-        &["metadata not received within the startup deadline"],
-        Duration::from_secs(30),
+        Duration::from_secs(3),
+        "the service hanging",
     );
-    assert!(env.agent_mut().is_running());
 }
 
 #[test]
@@ -401,7 +367,7 @@ fn proxy_variables_change_nothing() {
     // READY from the metadata, fetched without the (dead) proxy, not from the deadline.
     let took = env.wait_ready(start, Duration::from_secs(30));
     eprintln!("READY after {took:?} with proxy variables set");
-    ready_from_metadata(&mut env);
+    env.assert_ready_from_metadata("with the service up");
     long_poll_in_flight(&env);
     let t0 = Instant::now();
     env.emulator()
@@ -551,11 +517,7 @@ fn sigterm_exits_zero_without_waiting_for_the_long_poll() {
     let status = status.unwrap_or_else(|| panic!("still running 5 s after SIGTERM"));
     eprintln!("exited {took:?} after SIGTERM");
     assert!(status.success(), "exit status {status:?}");
-    let msgs = env
-        .notify
-        .as_mut()
-        .map(|n| n.messages())
-        .unwrap_or_default();
+    let msgs = env.notify_messages();
     assert!(msgs.iter().any(|m| m == "STOPPING=1"), "{msgs:?}");
 }
 
@@ -576,10 +538,7 @@ fn the_watchdog_is_fed_when_systemd_asks() {
     let t0 = Instant::now();
     let pings = loop {
         let pings = env
-            .notify
-            .as_mut()
-            .map(|n| n.messages())
-            .unwrap_or_default()
+            .notify_messages()
             .iter()
             .filter(|m| *m == "WATCHDOG=1")
             .count();

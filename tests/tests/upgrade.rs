@@ -425,15 +425,7 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             // remembers erin, so the check is which requests the daemon answered (its debug
             // line per socket request names the version), with lookups until one succeeds.
             let since = Instant::now();
-            let mut tries = 0;
-            let erin = loop {
-                tries += 1;
-                let out = iso.sh("getent passwd erin");
-                if out.status.success() || tries == 20 {
-                    break text(&out);
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            };
+            let (erin, tries) = getent_found(&iso, "erin");
             assert!(
                 erin.starts_with("erin:"),
                 "new module, old daemon: {erin} ({tries} tries)"
@@ -468,14 +460,7 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             Duration::from_secs(30),
         );
         if matches!(mode, Mode::OsLogin) {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while cache_version(&iso) != 3 {
-                assert!(
-                    Instant::now() < deadline,
-                    "N+1 did not write cache format 3"
-                );
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_for("N+1 writing cache format 3", || cache_version(&iso) == 3);
             // And format 2 beside it, for N's modules.
             assert_eq!(
                 file_version(&iso, COMPAT_CACHE),
@@ -497,17 +482,12 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             before,
             "users, keys or sudo changed by the upgrade"
         );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while state_version(&iso, state) != json!(3) {
-            assert!(
-                Instant::now() < deadline,
-                "N+1 did not save state version 3"
-            );
+        wait_for("N+1 saving state version 3", || {
             if matches!(mode, Mode::OsLogin) {
                 let _ = iso.sh("guest-agent authorized-keys carol >/dev/null");
             }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+            state_version(&iso, state) == json!(3)
+        });
 
         // The downgrade.
         let said = dpkg_install(&iso, &n.deb, "dpkg -i N (downgrade)");
@@ -522,15 +502,7 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
                 "/oslogin/users",
                 Some(&oslogin::user("frank", 200003, &public, true, false).to_string()),
             );
-            let mut tries = 0;
-            let frank = loop {
-                tries += 1;
-                let out = iso.sh("getent passwd frank");
-                if out.status.success() || tries == 20 {
-                    break text(&out);
-                }
-                std::thread::sleep(Duration::from_millis(500));
-            };
+            let (frank, _) = getent_found(&iso, "frank");
             assert!(
                 frank.starts_with("frank:"),
                 "old module, new daemon: {frank}"
@@ -558,11 +530,9 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             Duration::from_secs(30),
         );
         if matches!(mode, Mode::OsLogin) {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while cache_version(&iso) != 2 {
-                assert!(Instant::now() < deadline, "N did not rewrite the cache");
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            wait_for("N rewriting the cache in format 2", || {
+                cache_version(&iso) == 2
+            });
             // N keeps no compat file: N+1's is removed with its first write.
             assert!(!iso.exists(COMPAT_CACHE), "{COMPAT_CACHE} left by N+1");
         }
@@ -604,6 +574,31 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
     drop(sshd);
     drop(iso);
     drop(emulator);
+}
+
+/// Waits until `done` holds, checked every 100 ms; fails after 30 s (a wait, not a bound).
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "30 s without {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `getent passwd NAME` in the root until it finds the user (20 tries, 0.5 s apart): a name
+/// the daemon has to fetch is answered within the module's 90 ms deadline on an idle machine,
+/// and a busy one may miss it while the daemon goes on and remembers the answer. Returns the
+/// last output and the number of tries.
+fn getent_found(iso: &Isolated, name: &str) -> (String, u32) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let out = iso.sh(&format!("getent passwd {name}"));
+        if out.status.success() || tries == 20 {
+            return (text(&out), tries);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Waits until the loop has done `n` more successful logins or lookups.
