@@ -358,6 +358,7 @@ mod tests {
             uid: 0,
             gid: 0,
             home: home.to_string_lossy().into_owned(),
+            shell: "/bin/bash".into(),
         };
         let key =
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl k";
