@@ -131,13 +131,17 @@ fn users_and_groups_resolve_through_glibc() {
     // Unknown users: "no such user" (exit 2), quickly.
     let (code, _) = vm.vm_run("getent", &["passwd", "nosuchuser"]);
     assert_eq!(code, 2);
-    // The nsswitch.conf the agent edited.
+    // The nsswitch.conf the agent edited: the module after `files` and after `systemd`/`sss`
+    // when they are there (their accounts win too).
     let nss = vm.env.vm().read("/etc/nsswitch.conf").unwrap();
-    assert!(
-        nss.lines()
-            .any(|l| l.starts_with("passwd:") && l.contains("files guestagent")),
-        "{nss}"
-    );
+    let line = nss.lines().find(|l| l.starts_with("passwd:")).unwrap();
+    let items: Vec<&str> = line.split_whitespace().collect();
+    let at = |m: &str| items.iter().position(|i| *i == m);
+    let ours = at("guestagent").expect(line);
+    assert!(at("files").is_some_and(|f| f < ours), "{line}");
+    for other in ["systemd", "sss"] {
+        assert!(at(other).is_none_or(|o| o < ours), "{line}");
+    }
 }
 
 #[test]

@@ -6,8 +6,10 @@
 //! [`disable`] after [`enable`] gives back the original file byte for byte.
 //!
 //! Where the module goes: right after `files` (or `compat`) and the action items that belong
-//! to it, so local accounts always win and an operator's `files [NOTFOUND=return]` keeps its
-//! meaning (then our module is never asked, which is what that operator asked for). Without
+//! to it, and after the `systemd` and `sss` entries that follow those, so local accounts
+//! always win, and so do the accounts systemd (DynamicUser, homed, userdb) and sssd (LDAP, AD)
+//! serve: a directory name must not shadow them. An operator's `files [NOTFOUND=return]` keeps
+//! its meaning (then our module is never asked, which is what that operator asked for). Without
 //! `files` or `compat` it goes at the end of the line. A database with no line at all behaves
 //! as `files` in glibc, so we add `DB: files MODULE # added by guest-agent` at the end of the
 //! file, marked so that [`disable`] recognises and deletes the whole line. A line that names a
@@ -129,9 +131,15 @@ pub fn enable(
             .position(|it| !it.action && matches!(&line[it.start..it.end], "files" | "compat"))
         {
             Some(k) => {
-                let rest = &items[k + 1..];
-                let actions = rest.iter().take_while(|it| it.action).count();
-                items[k + actions].end
+                // `files` and its actions, then each `systemd` / `sss` and its actions.
+                let mut last = k + items[k + 1..].iter().take_while(|it| it.action).count();
+                while let Some(next) = items.get(last + 1)
+                    && !next.action
+                    && matches!(&line[next.start..next.end], "systemd" | "sss")
+                {
+                    last += 1 + items[last + 2..].iter().take_while(|it| it.action).count();
+                }
+                items[last].end
             }
             None => match items.last() {
                 Some(last) => last.end,
@@ -279,11 +287,11 @@ mod tests {
             let (new, added) = round_trip(text);
             assert_eq!(added, ["passwd", "group"]);
             assert!(
-                new.contains("\npasswd:         files guestagent systemd\n"),
+                new.contains("\npasswd:         files systemd guestagent\n"),
                 "{new}"
             );
             assert!(
-                new.contains("\ngroup:          files guestagent systemd\n"),
+                new.contains("\ngroup:          files systemd guestagent\n"),
                 "{new}"
             );
             assert!(new.contains("\nshadow:         files"), "shadow untouched");
@@ -295,11 +303,11 @@ mod tests {
         let cases = [
             (
                 "passwd:\tfiles\tsss\ngroup:\tcompat\n",
-                "passwd:\tfiles guestagent\tsss\ngroup:\tcompat guestagent\n",
+                "passwd:\tfiles\tsss guestagent\ngroup:\tcompat guestagent\n",
             ),
             (
                 "passwd: files [NOTFOUND=return] systemd # local first\ngroup: files   \n",
-                "passwd: files [NOTFOUND=return] guestagent systemd # local first\ngroup: files guestagent   \n",
+                "passwd: files [NOTFOUND=return] systemd guestagent # local first\ngroup: files guestagent   \n",
             ),
             (
                 "passwd: sss ldap\ngroup: files",
@@ -319,12 +327,31 @@ mod tests {
             ),
             (
                 "passwd: files systemd\npasswd: compat\ngroup: files\n",
-                "passwd: files guestagent systemd\npasswd: compat guestagent\ngroup: files guestagent\n",
+                "passwd: files systemd guestagent\npasswd: compat guestagent\ngroup: files guestagent\n",
             ),
         ];
         for (before, after) in cases {
             let (new, _) = round_trip(before);
             assert_eq!(new, after);
+        }
+    }
+
+    #[test]
+    fn goes_after_systemd_and_sss_that_follow_files() {
+        for (before, after) in [
+            (
+                "passwd: files systemd sss [UNAVAIL=continue] ldap\n",
+                "passwd: files systemd sss [UNAVAIL=continue] guestagent ldap\n",
+            ),
+            (
+                "passwd: files ldap systemd\n",
+                "passwd: files guestagent ldap systemd\n",
+            ),
+            ("passwd: files sss\n", "passwd: files sss guestagent\n"),
+        ] {
+            let (new, added) = enable(before, DEFAULT_MODULE, &["passwd"]).unwrap();
+            assert_eq!(new, after);
+            assert_eq!(disable(&new, DEFAULT_MODULE, &added), before);
         }
     }
 
