@@ -1,7 +1,9 @@
 //! The helpers sshd runs. They print what sshd needs on stdout, the reason for an empty
 //! answer on stderr (sshd logs it), and exit 0: an empty answer is a refusal, not an error.
 //! They ask the daemon; when it is not running they ask the metadata service themselves
-//! (profile and live authorization, same deadline, fail closed, no side effects).
+//! (profile and live authorization, same deadline, fail closed, no side effects), and decide
+//! with the daemon's own rules (`oslogin::decision`: local accounts win, id floors, reserved
+//! names, homes): a directory profile named `root` or `debian` logs in as nobody, daemon or not.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,7 +15,10 @@ use crate::client::{self, ClientError};
 use crate::config::Config;
 use crate::daemon::ConfigSource;
 use crate::mds::{ClientSettings, GceClient, query_escape};
-use crate::oslogin::authorize::{Decision, Policy, ask};
+use crate::oslogin::authorize::ask;
+use crate::oslogin::authorize::{Decision, Policy};
+use crate::oslogin::decision::{self, Rules, Verdict};
+use crate::oslogin::directory::LocalAccounts;
 use crate::oslogin::profile::{OsUser, parse_single_user};
 
 /// Everything a helper run does fits in this (sshd waits far longer, a person does not).
@@ -101,8 +106,18 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The decision without the daemon, within `budget`.
+/// The decision without the daemon, within `budget`. The local accounts come from the files
+/// (unreadable: nothing is admitted, as in the daemon with no good view).
 fn direct(config: &Config, user: &str, question: &Question, budget: Duration) -> Answer {
+    let local = LocalAccounts::read(Path::new("/etc/passwd"), Path::new("/etc/group"))
+        .unwrap_or_else(|e| {
+            say(user, &format!("cannot read the local accounts: {e}"));
+            LocalAccounts {
+                stale: true,
+                ..Default::default()
+            }
+        });
+    let rules = Rules::from_config(config);
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -125,18 +140,9 @@ fn direct(config: &Config, user: &str, question: &Question, budget: Duration) ->
                             .duration_since(UNIX_EPOCH)
                             .map(|d| d.as_secs())
                             .unwrap_or(0);
-                        if !info.is_valid_at(now) || !info.principals.iter().any(|p| p == user) {
-                            return Answer::Denied(
-                                "certificate not valid now or not for this user".into(),
-                            );
-                        }
-                        match info.fingerprint {
-                            Some(id) => Some(id),
-                            None => {
-                                return Answer::Denied(
-                                    "the certificate carries no OS Login id".into(),
-                                );
-                            }
+                        match decision::certificate_id(&info, user, now) {
+                            Ok(id) => Some(id.to_owned()),
+                            Err(why) => return Answer::Denied(why.into()),
                         }
                     }
                     Err(why) => return Answer::Denied(format!("certificate unreadable: {why}")),
@@ -153,20 +159,21 @@ fn direct(config: &Config, user: &str, question: &Question, budget: Duration) ->
                 Ok(p) if p.username == user => p,
                 _ => return Answer::NotFound,
             };
-            match ask(&client, &profile.email, Policy::Login, cert_id.as_deref()).await {
-                Decision::Allowed if cert_id.is_some() => {
+            let profile = std::sync::Arc::new(profile);
+            if let Err(why) = decision::admit_user(&profile, &local, &rules, false, false) {
+                say(user, &format!("not served: {why}"));
+                return Answer::NotFound;
+            }
+            let login: Decision =
+                ask(&client, &profile.email, Policy::Login, cert_id.as_deref()).await;
+            // No grace here: the helper keeps no record of earlier decisions.
+            match decision::login_verdict(&login, false) {
+                Verdict::Allow { .. } if cert_id.is_some() => {
                     Answer::Ok(vec![profile.username.clone()])
                 }
-                Decision::Allowed => Answer::Ok(
-                    profile
-                        .keys
-                        .iter()
-                        .filter(|k| k.is_valid_at(now))
-                        .map(|k| k.line.clone())
-                        .collect(),
-                ),
-                Decision::Denied => Answer::Denied("login role not granted".into()),
-                Decision::Unavailable(why) => Answer::Unavailable(why),
+                Verdict::Allow { .. } => Answer::Ok(crate::oslogin::login::keys_of(&profile)),
+                Verdict::Deny(why) => Answer::Denied(why),
+                Verdict::Unavailable(why) => Answer::Unavailable(why),
             }
         };
         tokio::time::timeout(budget, work)

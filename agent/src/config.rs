@@ -138,6 +138,11 @@ pub struct OsLoginConfig {
     pub command_user: String,
     /// Create the home directory (from /etc/skel) at the first authorized login.
     pub create_home: bool,
+    /// Where OS Login homes may be. A profile's `homeDirectory` is used when it is normalised
+    /// (no `.` or `..`) and lies strictly below one of these; otherwise the user gets
+    /// `FIRST/NAME` (logged once). A directory administrator must not be able to hand a user
+    /// a directory of the system (`/etc/systemd/system/ssh.service.d`).
+    pub home_bases: Vec<String>,
     /// The file sshd's `TrustedUserCAKeys` points at (the CAs that sign OS Login
     /// certificates), a regular file replaced atomically.
     pub ca_file: String,
@@ -165,6 +170,7 @@ impl Default for OsLoginConfig {
             helper_path: "/usr/bin/guest-agent".into(),
             command_user: "nobody".into(),
             create_home: true,
+            home_bases: vec!["/home".into()],
             ca_file: "/etc/ssh/guest-agent/trusted-ca.pub".into(),
             ca_refresh_secs: 60,
             ca_max_stale_secs: 3600,
@@ -323,6 +329,20 @@ impl Config {
                 "metadata.backoff_min_ms",
                 &m.backoff_min_ms,
                 "must not exceed metadata.backoff_max_ms",
+            );
+        }
+        let bases = &self.oslogin.home_bases;
+        if bases.is_empty()
+            || bases.iter().any(|b| {
+                !b.starts_with('/')
+                    || b.split('/').any(|p| p == "." || p == "..")
+                    || b.contains([':', '\n', '\0'])
+            })
+        {
+            return invalid(
+                "oslogin.home_bases",
+                &format!("{bases:?}"),
+                "must be a non-empty list of absolute paths without . or .. (e.g. [\"/home\"])",
             );
         }
         if !(1024..=(256 << 20)).contains(&m.max_body_bytes) {

@@ -2,9 +2,9 @@
 //! groups and members, negative answers; and the directory cache file built from it for the
 //! NSS module (names and ids only, no keys).
 //!
-//! Names or ids that a local account already holds (`/etc/passwd`, `/etc/group`) are never
-//! served: a cloud identity must not shadow or alias a local one. The NSS module relies on
-//! the daemon for this rule (it reads only the cache and the socket).
+//! What is served is what `super::decision` admits (local accounts win, id floors, reserved
+//! names, homes below the bases): the NSS module relies on the daemon for these rules (it
+//! reads only the cache and the socket).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent_wire::cache::{CacheBuilder, GroupEntry, UserEntry};
 
+use super::decision::{self, Rules};
 use super::profile::OsUser;
 use crate::host::passwd;
 
@@ -39,12 +40,17 @@ pub struct LocalAccounts {
     pub uids: HashSet<u32>,
     pub group_names: HashSet<String>,
     pub gids: HashSet<u32>,
+    /// The files could not be read: this is the last good view (or none at all), and no
+    /// name the daemon did not serve before is admitted (see `decision`).
+    pub stale: bool,
 }
 
 impl LocalAccounts {
-    /// Reads passwd(5) and group(5) files; unreadable files count as empty (logged).
-    pub fn read(passwd: &Path, group: &Path) -> LocalAccounts {
-        LocalAccounts::parse(&passwd::read(passwd), &passwd::read(group))
+    /// Reads passwd(5) and group(5) files (as bytes: see `passwd::try_read`). An unreadable
+    /// file is an error, never "no local accounts": the caller keeps its last good view.
+    pub fn read(passwd: &Path, group: &Path) -> Result<LocalAccounts, String> {
+        let read = |p: &Path| passwd::try_read(p).map_err(|e| format!("{}: {e}", p.display()));
+        Ok(LocalAccounts::parse(&read(passwd)?, &read(group)?))
     }
 
     pub fn parse(passwd_text: &str, group_text: &str) -> LocalAccounts {
@@ -60,24 +66,9 @@ impl LocalAccounts {
         l
     }
 
-    /// Whether serving this user would shadow a local account (its name, its uid, or the name
-    /// or id of its personal group, which shares the user's name and gid on most systems).
-    pub fn clashes_with_user(&self, u: &OsUser) -> bool {
-        self.user_names.contains(&u.username) || self.uids.contains(&u.uid)
-    }
-
     pub fn clashes_with_group(&self, name: &str, gid: u32) -> bool {
         self.group_names.contains(name) || self.gids.contains(&gid)
     }
-}
-
-/// What the cache is built with.
-#[derive(Debug, Clone)]
-pub struct CacheSettings {
-    pub min_id: u32,
-    /// The group every OS Login user belongs to (for sshd's Match Group).
-    pub users_group: String,
-    pub users_group_gid: u32,
 }
 
 #[derive(Debug, Default)]
@@ -188,11 +179,13 @@ impl Directory {
         self.negative.insert(miss, Instant::now());
     }
 
-    /// The cache file's bytes, and the names left out because they clash with local accounts.
+    /// The cache file's bytes, and the entries left out (with the reason). `homes_taken`:
+    /// users whose home exists and belongs to another account (see `decision::admit_user`).
     pub fn build_cache(
         &self,
-        s: &CacheSettings,
+        s: &Rules,
         local: &LocalAccounts,
+        homes_taken: &HashSet<String>,
         now_unix: u64,
     ) -> (Vec<u8>, Vec<String>) {
         let mut skipped = Vec::new();
@@ -204,8 +197,8 @@ impl Directory {
         let mut groups: Vec<&Arc<Group>> = self.groups.values().collect();
         groups.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         for g in groups {
-            if local.clashes_with_group(&g.name, g.gid) || g.gid == s.users_group_gid {
-                skipped.push(format!("group {}", g.name));
+            if let Err(why) = decision::admit_group(&g.name, g.gid, local, s, true) {
+                skipped.push(format!("group {}: {why}", g.name));
                 continue;
             }
             for m in &g.members {
@@ -230,10 +223,14 @@ impl Directory {
         let mut users: Vec<&Arc<OsUser>> = self.users.values().collect();
         users.sort_unstable_by(|a, b| a.username.cmp(&b.username));
         for u in users {
-            if local.clashes_with_user(u) {
-                skipped.push(format!("user {}", u.username));
-                continue;
-            }
+            let taken = homes_taken.contains(&u.username);
+            let u = match decision::admit_user(u, local, s, true, taken) {
+                Ok((served, _)) => served,
+                Err(why) => {
+                    skipped.push(format!("user {}: {why}", u.username));
+                    continue;
+                }
+            };
             if let Some(g) = self.personal_group(&Miss::Gid(u.uid))
                 && !local.clashes_with_group(&g.name, g.gid)
                 && g.gid != s.users_group_gid
@@ -295,11 +292,13 @@ mod tests {
         }
     }
 
-    fn settings() -> CacheSettings {
-        CacheSettings {
+    fn settings() -> Rules {
+        Rules {
             min_id: 1000,
+            home_bases: vec!["/home".into()],
             users_group: "guest-agent-oslogin".into(),
             users_group_gid: 4_000_000_000,
+            extra_reserved: Vec::new(),
         }
     }
 
@@ -331,10 +330,13 @@ mod tests {
             "bob:x:5000:5000::/home/bob:/bin/sh\nlocal:x:1000:1000::/:/bin/sh\n",
             "",
         );
-        let (bytes, skipped) = d.build_cache(&settings(), &local, 1);
+        let (bytes, skipped) = d.build_cache(&settings(), &local, &HashSet::new(), 1);
         assert_eq!(
             skipped,
-            vec!["user bob".to_string(), "user carol".to_string()]
+            vec![
+                "user bob: a local account holds the name \"bob\"".to_string(),
+                "user carol: a local user holds uid 1000".to_string()
+            ]
         );
         let c = Cache::parse(&bytes).unwrap();
         c.validate_all().unwrap();
@@ -371,8 +373,13 @@ mod tests {
                 })
                 .collect();
             d.replace(vec![user("alice", 200001), user("bob", 200002)], groups);
-            d.build_cache(&settings(), &LocalAccounts::parse("", ""), 1)
-                .0
+            d.build_cache(
+                &settings(),
+                &LocalAccounts::parse("", ""),
+                &HashSet::new(),
+                1,
+            )
+            .0
         };
         let first = build();
         for _ in 0..10 {

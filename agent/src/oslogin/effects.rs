@@ -71,15 +71,29 @@ pub fn write_sudoers(path: &Path, admins: &[String]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-/// The user's home from the skeleton, at the first authorized login; true when created.
-pub fn ensure_home(user: &OsUser, skel: &Path) -> Result<bool, String> {
+/// What [`ensure_home`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Home {
+    Created,
+    /// There already, the user's own.
+    Exists,
+    /// There already, owned by this other uid (root included): never adopted.
+    TakenBy(u32),
+}
+
+/// The user's home from the skeleton, at the first authorized login.
+pub fn ensure_home(user: &OsUser, skel: &Path) -> Result<Home, String> {
+    use std::os::unix::fs::MetadataExt;
     let paths = home::HomePaths {
         skel: skel.to_owned(),
         ..Default::default()
     };
     match home::create_home(&paths, Path::new(&user.home), user.uid, user.gid) {
-        Ok(home::HomeOutcome::Created) => Ok(true),
-        Ok(_) => Ok(false),
+        Ok(home::HomeOutcome::Created) => Ok(Home::Created),
+        Ok(_) => match std::fs::symlink_metadata(&user.home) {
+            Ok(m) if m.uid() != user.uid => Ok(Home::TakenBy(m.uid())),
+            _ => Ok(Home::Exists),
+        },
         Err(e) => Err(e.to_string()),
     }
 }

@@ -1,6 +1,17 @@
-//! The login decision for sshd's AuthorizedKeysCommand: who the user is, whether the login
-//! role is granted now, which keys are valid, and the side effects of a positive decision
-//! (home directory, sudo rule for admins).
+//! sshd's AuthorizedKeysCommand and AuthorizedPrincipalsCommand in the daemon: gathers what
+//! `super::decision` decides from (the admitted user, the authorization answers, the clock) and
+//! carries out the side effects of a positive decision (home directory, sudo rule for admins).
+//!
+//! Side effects wait for proof: sshd runs the command once when the client offers a key (the
+//! query, which anyone who knows the public key can make) and once when the client sends the
+//! signature. A grant (the home, the sudo rule) is carried out only at the second run of one
+//! connection for one key; a removal (a denied admin role) at any run. When the connection
+//! cannot be identified, every run counts as the second (effects as before). A client that
+//! signs without querying first gets its home at its next login.
+//!
+//! A key sshd offers that the profile does not list triggers one refresh of that profile (a
+//! key registered since the last sync), at most once per user per [`REFRESH_EVERY`]: offering
+//! many unknown keys costs the service nothing more.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +21,7 @@ use ssh_key::{HashAlg, PublicKey};
 use guest_agent_wire::proto::Answer;
 
 use super::authorize::{Decision, Policy};
+use super::decision::{self, Verdict};
 use super::profile::OsUser;
 use super::service::{OsLogin, lock, now_usec};
 use crate::mds::query_escape;
@@ -19,6 +31,37 @@ use crate::oslogin::directory::Miss;
 pub fn fingerprint(line: &str) -> Option<String> {
     let key = PublicKey::from_openssh(line).ok()?;
     Some(key.fingerprint(HashAlg::Sha256).to_string())
+}
+
+/// At most one profile refresh per user for an unknown key in this period.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(10);
+/// How long the first run of a connection for a key waits for the second.
+const PASS_WINDOW: Duration = Duration::from_secs(60);
+/// Bound on remembered runs and refreshes (pruned of old ones past this).
+const MAX_REMEMBERED: usize = 4096;
+
+/// Remembered instants by key, bounded.
+#[derive(Debug, Default)]
+pub struct Seen(std::collections::HashMap<String, std::time::Instant>);
+
+impl Seen {
+    /// Whether `key` was noted less than `window` ago; notes it now when not.
+    pub fn check_and_note(&mut self, key: String, window: Duration) -> bool {
+        let now = std::time::Instant::now();
+        if self.0.len() > MAX_REMEMBERED {
+            self.0.retain(|_, at| now.duration_since(*at) < window);
+            if self.0.len() > MAX_REMEMBERED {
+                self.0.clear();
+            }
+        }
+        match self.0.get(&key) {
+            Some(at) if now.duration_since(*at) < window => true,
+            _ => {
+                self.0.insert(key, now);
+                false
+            }
+        }
+    }
 }
 
 fn valid_keys(user: &OsUser) -> Vec<String> {
@@ -31,14 +74,24 @@ fn valid_keys(user: &OsUser) -> Vec<String> {
 }
 
 impl OsLogin {
+    /// Whether this run is the second of `connection` for `key` (see the module's comment).
+    fn proven(&self, connection: Option<&str>, key: &str) -> bool {
+        match connection.filter(|c| !c.is_empty()) {
+            None => true,
+            Some(c) => lock(&self.passes).check_and_note(format!("{c} {key}"), PASS_WINDOW),
+        }
+    }
+
     /// The live decision for a login of `name` (with a certificate's OS Login id when
     /// `cert_id` is given): the login role now (or the grace period), the admin role's sudo
-    /// rule, the home at the first login. `Ok` carries the user and whether it is an admin.
+    /// rule, the home at the first login (those two only when `proven`). `Ok` carries the
+    /// user and whether it is an admin.
     async fn decide_login(
         &self,
         name: &str,
         cert_id: Option<&str>,
         connection: Option<&str>,
+        proven: bool,
     ) -> Result<(Arc<OsUser>, bool), Answer> {
         if !self.is_enabled() {
             tracing::info!(decision = "none", reason = "OS Login is off");
@@ -73,29 +126,34 @@ impl OsLogin {
             ),
         );
         let grace = Duration::from_secs(o.grace_period_secs);
-        match &login {
-            Decision::Allowed => {}
-            Decision::Denied => {
-                tracing::info!(email = %user.email, decision = "deny", reason = "login role not granted");
-                self.update_admin(&user.username, &Decision::Denied).await;
-                return Err(Answer::Denied("login role not granted".into()));
-            }
-            Decision::Unavailable(why)
-                if self
-                    .authorizer
-                    .within_grace(&user.email, Policy::Login, grace) =>
-            {
-                tracing::warn!(email = %user.email, decision = "allow", reason = "grace period", error = %why,
+        let within_grace = self
+            .authorizer
+            .within_grace(&user.email, Policy::Login, grace);
+        match decision::login_verdict(&login, within_grace) {
+            Verdict::Allow { by_grace: false } => {}
+            Verdict::Allow { by_grace: true } => {
+                tracing::warn!(email = %user.email, decision = "allow", reason = "grace period", error = ?login,
                     "metadata service unavailable; allowed by the grace period");
             }
-            Decision::Unavailable(why) => {
+            Verdict::Deny(why) => {
+                tracing::info!(email = %user.email, decision = "deny", reason = %why);
+                self.update_admin(&user.username, &Decision::Denied).await;
+                return Err(Answer::Denied(why));
+            }
+            Verdict::Unavailable(why) => {
                 tracing::warn!(email = %user.email, decision = "deny", reason = "metadata service unavailable", error = %why);
-                return Err(Answer::Unavailable(why.clone()));
+                return Err(Answer::Unavailable(why));
             }
         }
-        self.update_admin(&user.username, &admin).await;
-        if o.create_home {
+        // A grant waits for the signature run; a removal does not.
+        if proven || !matches!(admin, Decision::Allowed) {
+            self.update_admin(&user.username, &admin).await;
+        }
+        if o.create_home && proven {
             self.ensure_home(&user).await;
+        }
+        if !proven {
+            tracing::debug!("first run of this connection for this key: no side effects yet");
         }
         Ok((user, matches!(admin, Decision::Allowed)))
     }
@@ -115,22 +173,28 @@ impl OsLogin {
             fingerprint = fingerprint.unwrap_or("-")
         );
         let _enter = span.enter();
-        let (mut user, admin) = match self.decide_login(name, None, connection).await {
+        let proven = self.proven(connection, fingerprint.unwrap_or(""));
+        let (mut user, admin) = match self.decide_login(name, None, connection, proven).await {
             Ok(u) => u,
             Err(a) => return a,
         };
         let mut keys = valid_keys(&user);
-        // A key registered since the last sync: refresh this one profile.
+        // A key registered since the last sync: refresh this one profile (budgeted per user).
         if let Some(fp) = fingerprint
             && !keys
                 .iter()
                 .any(|k| self::fingerprint(k).as_deref() == Some(fp))
         {
+            let budget_left =
+                !lock(&self.refreshes).check_and_note(user.username.clone(), REFRESH_EVERY);
             let query = format!("username={}", query_escape(name));
-            if let Ok(fresh) = self
+            if !budget_left {
+                tracing::debug!("unknown key: this profile was refreshed moments ago");
+            } else if let Ok(fresh) = self
                 .fetch_user(&query, Miss::UserName(name.to_owned()))
                 .await
                 && fresh.username == user.username
+                && let Ok(fresh) = self.admit(&fresh, true)
             {
                 user = fresh;
                 keys = valid_keys(&user);
@@ -163,20 +227,15 @@ impl OsLogin {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let refuse = |why: &str| {
-            tracing::info!(decision = "deny", reason = why, key_id = %info.key_id, ca = %info.ca_fingerprint, "certificate refused");
-            Answer::Denied(why.to_owned())
+        let id = match decision::certificate_id(&info, name, now) {
+            Ok(id) => id,
+            Err(why) => {
+                tracing::info!(decision = "deny", reason = why, key_id = %info.key_id, ca = %info.ca_fingerprint, "certificate refused");
+                return Answer::Denied(why.to_owned());
+            }
         };
-        let Some(id) = info.fingerprint.as_deref() else {
-            return refuse("the certificate carries no OS Login id (fingerprint@google.com)");
-        };
-        if !info.is_valid_at(now) {
-            return refuse("the certificate is outside its validity period");
-        }
-        if !info.principals.iter().any(|p| p == name) {
-            return refuse("the certificate does not name this user");
-        }
-        match self.decide_login(name, Some(id), connection).await {
+        let proven = self.proven(connection, &format!("cert {}", fingerprint_of_text(cert)));
+        match self.decide_login(name, Some(id), connection, proven).await {
             Ok((user, admin)) => {
                 tracing::info!(email = %user.email, decision = "allow", key_id = %info.key_id, admin, "certificate login authorized");
                 Answer::Ok(vec![user.username.clone()])
@@ -208,17 +267,31 @@ impl OsLogin {
     }
 
     async fn ensure_home(&self, user: &OsUser) {
-        let user = user.clone();
+        let owned = user.clone();
         let skel = self.paths.skel.clone();
         let result =
-            tokio::task::spawn_blocking(move || super::effects::ensure_home(&user, &skel)).await;
+            tokio::task::spawn_blocking(move || super::effects::ensure_home(&owned, &skel)).await;
         match result {
-            Ok(Ok(true)) => tracing::info!("home directory created"),
-            Ok(Ok(false)) => {}
+            Ok(Ok(super::effects::Home::Created)) => tracing::info!("home directory created"),
+            Ok(Ok(super::effects::Home::Exists)) => {}
+            Ok(Ok(super::effects::Home::TakenBy(owner))) => {
+                // Not adopted: from now on the user is served BASE/NAME (logged by `admit`).
+                tracing::warn!(home = %user.home, owner, "the profile's home exists and belongs to another account; not used");
+                lock(&self.homes_taken).insert(user.username.clone());
+                self.cache_dirty().notify_one();
+            }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot create the home directory"),
             Err(e) => tracing::warn!(error = %e, "home directory task failed"),
         }
     }
+}
+
+/// A short stable tag for a certificate's text (the two runs of a connection send the same).
+fn fingerprint_of_text(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 /// Used by tests and the helper: the same rule for a user outside the daemon.

@@ -143,6 +143,11 @@ impl OsLogin {
             tracing::warn!(error = %refused, "OS Login entry refused");
         }
         let (users, groups) = (listing.users.len(), listing.groups.len());
+        if self.local().stale {
+            return Err(
+                "the local account files cannot be read: the directory is kept as it was".into(),
+            );
+        }
         lock(&self.directory).replace(listing.users, listing.groups);
         self.write_cache().await;
         tracing::info!(
@@ -229,15 +234,21 @@ impl OsLogin {
 
     /// Writes the directory cache file from the in-memory directory.
     pub(super) async fn write_cache(&self) {
-        let settings = self.cache_settings();
+        let settings = self.rules();
         let local = self.local();
+        if local.stale {
+            // The last file was built from a good view: it stays until the files read again.
+            tracing::warn!("directory cache not rebuilt: the local account files cannot be read");
+            return;
+        }
+        let taken = lock(&self.homes_taken).clone();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let (bytes, skipped) = lock(&self.directory).build_cache(&settings, &local, now);
+        let (bytes, skipped) = lock(&self.directory).build_cache(&settings, &local, &taken, now);
         if !skipped.is_empty() {
-            tracing::warn!(entries = ?skipped, "left out of the directory: a local account holds the name or id");
+            tracing::warn!(entries = ?skipped, "left out of the directory (see the reasons)");
         }
         let path = self.paths.cache.clone();
         let result =

@@ -2,6 +2,7 @@
 
 pub mod authorize;
 pub mod certificate;
+pub mod decision;
 pub mod directory;
 mod effects;
 pub mod login;

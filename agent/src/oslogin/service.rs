@@ -1,7 +1,7 @@
 //! The OS Login service inside the daemon: answers lookups and login questions that arrive on
 //! the local socket, keeps the directory in sync, and writes the directory cache file.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +13,8 @@ use guest_agent_wire::proto::Answer;
 use guest_agent_wire::records::{PasswdRecord, format_group};
 
 use super::authorize::Authorizer;
-use super::directory::{CacheSettings, Directory, Group, LocalAccounts, Miss};
+use super::decision::{self, Refusal, Rules};
+use super::directory::{Directory, Group, LocalAccounts, Miss};
 use super::profile::{OsUser, parse_group_page, parse_members, parse_single_user};
 use crate::config::Config;
 use crate::mds::{ClientSettings, GceClient, MdsError, query_escape};
@@ -83,6 +84,19 @@ pub struct OsLogin {
     /// at start; emptied after the first sync, see `confirm_inherited_admins`).
     pub(super) inherited_admins: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
+    /// The last local account view read whole (kept, marked stale, while the files cannot be
+    /// read), and whether the failure was logged.
+    last_local: Mutex<Option<LocalAccounts>>,
+    local_failing: AtomicBool,
+    /// Users whose profile home exists and belongs to another account (seen at login): they
+    /// are served `BASE/NAME` instead.
+    pub(super) homes_taken: Mutex<HashSet<String>>,
+    /// Users whose replaced home was logged (once each).
+    homes_noted: Mutex<HashSet<String>>,
+    /// Runs of the login commands by connection and key (see `login`), and profile refreshes
+    /// for unknown keys by user.
+    pub(super) passes: Mutex<super::login::Seen>,
+    pub(super) refreshes: Mutex<super::login::Seen>,
     lookups: Mutex<LookupHealth>,
     sync_requested: Notify,
     /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
@@ -145,6 +159,12 @@ impl OsLogin {
             authorizer: Authorizer::default(),
             admins: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
+            last_local: Mutex::new(None),
+            local_failing: AtomicBool::new(false),
+            homes_taken: Mutex::new(HashSet::new()),
+            homes_noted: Mutex::new(HashSet::new()),
+            passes: Mutex::new(Default::default()),
+            refreshes: Mutex::new(Default::default()),
             lookups: Mutex::new(LookupHealth::default()),
             sync_requested: Notify::new(),
             ca_requested: Notify::new(),
@@ -179,8 +199,53 @@ impl OsLogin {
         self.ca_requested.notify_one();
     }
 
+    /// The local accounts now; while the files cannot be read, the last good view marked
+    /// stale (or an empty stale view when none was ever read: nothing new is admitted then).
     pub(super) fn local(&self) -> LocalAccounts {
-        LocalAccounts::read(&self.paths.passwd, &self.paths.group)
+        match LocalAccounts::read(&self.paths.passwd, &self.paths.group) {
+            Ok(l) => {
+                if self.local_failing.swap(false, Ordering::SeqCst) {
+                    tracing::info!("the local account files are readable again");
+                }
+                *lock(&self.last_local) = Some(l.clone());
+                l
+            }
+            Err(e) => {
+                if !self.local_failing.swap(true, Ordering::SeqCst) {
+                    tracing::error!(error = %e, "cannot read the local account files; serving only OS Login names served before, from the last good view, until they can be read (check the file's permissions and contents)");
+                }
+                let mut l = lock(&self.last_local).clone().unwrap_or_default();
+                l.stale = true;
+                l
+            }
+        }
+    }
+
+    pub(super) fn rules(&self) -> Rules {
+        Rules::from_config(&self.config())
+    }
+
+    /// `u` as this VM serves it (`decision::admit_user`), a replaced home logged once.
+    /// `known`: `u` is in the directory (not fetched just now).
+    pub(super) fn admit(&self, u: &Arc<OsUser>, known: bool) -> Result<Arc<OsUser>, Refusal> {
+        let taken = lock(&self.homes_taken).contains(&u.username);
+        let (served, why) = decision::admit_user(u, &self.local(), &self.rules(), known, taken)
+            .inspect_err(|why| {
+                tracing::debug!(user = %u.username, reason = %why, "OS Login user not served");
+            })?;
+        if let Some(why) = why
+            && lock(&self.homes_noted).insert(u.username.clone())
+        {
+            tracing::warn!(user = %u.username, home = %u.home, served = %served.home, reason = why, "OS Login home not used");
+        }
+        Ok(served)
+    }
+
+    fn refusal_answer(why: Refusal) -> Answer {
+        match why {
+            Refusal::LocalAccountsUnknown(_) => Answer::Unavailable(why.to_string()),
+            _ => Answer::NotFound,
+        }
     }
 
     fn floor(&self) -> u32 {
@@ -198,20 +263,21 @@ impl OsLogin {
             }
             d.user(name)
         };
-        let user = match cached {
-            Some(u) => u,
-            None => {
+        let (user, known) = match cached {
+            Some(u) => (u, true),
+            None => (
                 self.fetch_user(
                     &format!("username={}", query_escape(name)),
                     Miss::UserName(name.to_owned()),
                 )
-                .await?
-            }
+                .await?,
+                false,
+            ),
         };
-        if user.username != name || self.local().clashes_with_user(&user) {
+        if user.username != name {
             return Err(Answer::NotFound);
         }
-        Ok(user)
+        self.admit(&user, known).map_err(Self::refusal_answer)
     }
 
     /// Whether a lookup may go to the service now: always, unless lookups are failing or one
@@ -309,6 +375,9 @@ impl OsLogin {
             return Err(Answer::NotFound);
         };
         match parse_single_user(&answer, self.floor(), now_usec()) {
+            // Not kept while the local view is stale: what the directory holds counts as
+            // served before (`decision`).
+            Ok(u) if self.local().stale => Ok(Arc::new(u)),
             Ok(u) => {
                 let u = lock(&self.directory).insert_user(u);
                 self.cache_dirty.notify_one();
@@ -344,17 +413,20 @@ impl OsLogin {
             }
             d.user_by_uid(uid)
         };
-        let user = match cached {
-            Some(u) => u,
+        let (user, known) = match cached {
+            Some(u) => (u, true),
             None => match self.fetch_user(&format!("uid={uid}"), Miss::Uid(uid)).await {
-                Ok(u) => u,
+                Ok(u) => (u, false),
                 Err(a) => return a,
             },
         };
-        if user.uid != uid || self.local().clashes_with_user(&user) {
+        if user.uid != uid {
             return Answer::NotFound;
         }
-        Answer::Ok(vec![passwd_line(&user)])
+        match self.admit(&user, known) {
+            Ok(u) => Answer::Ok(vec![passwd_line(&u)]),
+            Err(why) => Self::refusal_answer(why),
+        }
     }
 
     /// A group by name or gid: the directory, the users group, or fetched.
@@ -395,17 +467,31 @@ impl OsLogin {
             }
             .or_else(|| d.personal_group(&by).map(Arc::new))
         };
-        let group = match cached {
-            Some(g) => g,
+        let (group, known) = match cached {
+            Some(g) => (g, true),
             None => match self.fetch_group(&by).await {
-                Ok(g) => g,
+                Ok(g) => (g, false),
                 Err(a) => return a,
             },
         };
-        if !matches(&group) || local.clashes_with_group(&group.name, group.gid) {
+        if !matches(&group) {
             return Answer::NotFound;
         }
-        Answer::Ok(vec![group_line(&group)])
+        // A personal group is admitted with its user (by `user`'s rules, in the cache build).
+        let personal = lock(&self.directory)
+            .user(&group.name)
+            .is_some_and(|u| u.gid == group.gid && u.uid == group.gid);
+        if personal {
+            let user = lock(&self.directory).user(&group.name);
+            return match user.map(|u| self.admit(&u, true)) {
+                Some(Ok(_)) => Answer::Ok(vec![group_line(&group)]),
+                _ => Answer::NotFound,
+            };
+        }
+        match decision::admit_group(&group.name, group.gid, &local, &self.rules(), known) {
+            Ok(()) => Answer::Ok(vec![group_line(&group)]),
+            Err(why) => Self::refusal_answer(why),
+        }
     }
 
     async fn fetch_group(&self, by: &Miss) -> Result<Arc<Group>, Answer> {
@@ -432,8 +518,10 @@ impl OsLogin {
             gid: g.gid,
             members,
         };
-        lock(&self.directory).insert_group(group.clone());
-        self.cache_dirty.notify_one();
+        if !self.local().stale {
+            lock(&self.directory).insert_group(group.clone());
+            self.cache_dirty.notify_one();
+        }
         Ok(Arc::new(group))
     }
 
@@ -447,13 +535,15 @@ impl OsLogin {
         }
         let cfg = self.config();
         let local = self.local();
+        let rules = self.rules();
         let d = lock(&self.directory);
         let mut gids: Vec<String> = d
             .groups_of(name)
             .into_iter()
             .filter(|gid| {
-                d.group_by_gid(*gid)
-                    .is_some_and(|g| !local.clashes_with_group(&g.name, g.gid))
+                d.group_by_gid(*gid).is_some_and(|g| {
+                    decision::admit_group(&g.name, g.gid, &local, &rules, true).is_ok()
+                })
             })
             .map(|g| g.to_string())
             .collect();
@@ -475,15 +565,6 @@ impl OsLogin {
         crate::host::files::remove_if_exists(&self.paths.cache)?;
         super::effects::remove_compat_caches(&self.paths.cache, &[]).map_err(anyhow::Error::msg)?;
         Ok(())
-    }
-
-    pub(super) fn cache_settings(&self) -> CacheSettings {
-        let cfg = self.config();
-        CacheSettings {
-            min_id: cfg.oslogin.min_id,
-            users_group: cfg.oslogin.users_group.clone(),
-            users_group_gid: cfg.oslogin.users_group_gid,
-        }
     }
 
     pub(super) fn sync_requested(&self) -> &Notify {
