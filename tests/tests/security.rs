@@ -441,3 +441,42 @@ fn effects_wait_for_the_signature_and_unknown_keys_cost_one_refresh() {
         .count();
     assert_eq!(refreshes, 1, "profile fetches for five unknown keys");
 }
+
+/// Item 17 (L or D, with a local group in the way). sshd ignores OS Login users' own
+/// `~/.ssh/authorized_keys` through `Match Group guest-agent-oslogin`. A local group holding
+/// that name (a leftover, or made by an admin) has no directory members, so the rule matched
+/// nobody: alice's own key file (here holding a key the directory never registered, the way
+/// a revoked user keeps a door open) logged her in, roles or not. Now no OS Login user is
+/// served while the users group cannot work, and the error says what to change.
+#[test]
+fn a_users_group_taken_locally_fails_closed() {
+    if !require_root("a_users_group_taken_locally_fails_closed") {
+        return;
+    }
+    let mut keys = None;
+    let started = Instant::now();
+    let vm = OsLoginVm::start("sec-usersgroup", "", |env| {
+        env.vm()
+            .run("echo 'guest-agent-oslogin:x:5002:' >> /etc/group");
+        let (own, own_pub) = keypair(env.dir(), "alice-own");
+        env.vm().run(&format!(
+            "mkdir -p /home/alice/.ssh && echo '{own_pub}' > /home/alice/.ssh/authorized_keys && \
+             chown -R 200001:200001 /home/alice && chmod 700 /home/alice /home/alice/.ssh && \
+             chmod 600 /home/alice/.ssh/authorized_keys"
+        ));
+        keys = Some((own, alice_key(env)));
+    });
+    let (own, registered) = keys.unwrap();
+    let out = vm.ssh(&own, "alice", "id -un");
+    assert!(
+        !out.status.success(),
+        "alice's own key file let her in: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!vm.ssh(&registered, "alice", "true").status.success());
+    vm.env.agent().expect_line(
+        started,
+        &["a local group holds the OS Login users group's name or gid"],
+        Duration::from_secs(10),
+    );
+}

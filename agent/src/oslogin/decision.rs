@@ -18,6 +18,12 @@
 //!   base, and holds no `.` or `..`; otherwise the user gets `BASE/NAME` (the first base).
 //!   A home that exists and belongs to someone else is not adopted either (the login path
 //!   sees that; [`admit_user`] is told with `home_taken`).
+//! - escape `oslogin.ignore_user_keys`: sshd ignores OS Login users' own
+//!   `~/.ssh/authorized_keys` through `Match Group USERS_GROUP`, which only works while the
+//!   users group resolves to the name and gid we serve. When a local group holds that name or
+//!   gid, the rule cannot match anyone, so no user is admitted at all (fail closed; the error
+//!   names `oslogin.users_group` / `users_group_gid` to change) rather than every user's own
+//!   key file becoming a way in that no role revocation closes.
 //! - while the local account files cannot be read (the caller keeps the last good view and
 //!   marks it stale), admit a name the daemon did not already serve.
 
@@ -120,6 +126,8 @@ pub struct Rules {
     pub users_group_gid: u32,
     /// Further names no directory entry may take (the metadata users' sudo group).
     pub extra_reserved: Vec<String>,
+    /// sshd must ignore the users' own key files (`oslogin.ignore_user_keys`).
+    pub ignore_user_keys: bool,
 }
 
 impl Rules {
@@ -130,6 +138,7 @@ impl Rules {
             users_group: c.oslogin.users_group.clone(),
             users_group_gid: c.oslogin.users_group_gid,
             extra_reserved: vec![c.accounts.sudo_group.clone()],
+            ignore_user_keys: c.oslogin.ignore_user_keys,
         }
     }
 
@@ -165,6 +174,12 @@ pub enum Refusal {
     UsersGroupGid(u32),
     #[error("the local account files cannot be read, and {0:?} was not served before")]
     LocalAccountsUnknown(String),
+    #[error(
+        "a local group holds the OS Login users group's name or gid ({0}), so sshd could not \
+         ignore OS Login users' own key files: no OS Login user is served until \
+         oslogin.users_group / oslogin.users_group_gid name a free group"
+    )]
+    UsersGroupTaken(String),
 }
 
 /// `path` normalised (repeated and trailing `/` dropped), if it is absolute and holds no `.`
@@ -241,6 +256,13 @@ pub fn admit_user(
     }
     if local.stale && !known {
         return Err(Refusal::LocalAccountsUnknown(name.clone()));
+    }
+    if rules.ignore_user_keys && local.clashes_with_group(&rules.users_group, rules.users_group_gid)
+    {
+        return Err(Refusal::UsersGroupTaken(format!(
+            "{}:{}",
+            rules.users_group, rules.users_group_gid
+        )));
     }
     if local.user_names.contains(name) || local.group_names.contains(name) {
         return Err(Refusal::LocalName(name.clone()));

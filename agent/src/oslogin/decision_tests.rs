@@ -7,6 +7,7 @@ fn rules() -> Rules {
         home_bases: vec!["/home".into()],
         users_group: "guest-agent-oslogin".into(),
         users_group_gid: 4_000_000_000,
+        ignore_user_keys: true,
         extra_reserved: vec!["google-sudoers".into()],
     }
 }
@@ -210,6 +211,24 @@ fn a_stale_view_admits_only_names_served_before() {
 }
 
 #[test]
+fn a_local_group_holding_the_users_group_admits_nobody() {
+    let r = rules();
+    let u = user("carol", 200001, 200001, "/home/carol");
+    for group in ["guest-agent-oslogin:x:5001:\n", "other:x:4000000000:\n"] {
+        let l = LocalAccounts::parse("", group);
+        assert!(matches!(
+            admit_user(&u, &l, &r, true, false),
+            Err(Refusal::UsersGroupTaken(_))
+        ));
+        let off = Rules {
+            ignore_user_keys: false,
+            ..rules()
+        };
+        assert!(admit_user(&u, &l, &off, true, false).is_ok());
+    }
+}
+
+#[test]
 fn certificates_and_verdicts() {
     let info = CertInfo {
         key_id: "k".into(),
@@ -316,6 +335,7 @@ proptest! {
             prop_assert!(!is_reserved_name(&served.username) && served.username != "google-sudoers");
             prop_assert!(under_a_base(&served.home, &r.home_bases), "home {:?}", served.home);
             prop_assert!(!stale || known);
+            prop_assert!(!l.clashes_with_group(&r.users_group, r.users_group_gid));
             let fallback = format!("/home/{}", served.username);
             prop_assert!(!taken || served.home == fallback);
             prop_assert_eq!((&served.username, served.uid, served.gid), (&u.username, u.uid, u.gid));

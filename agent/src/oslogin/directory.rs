@@ -298,6 +298,7 @@ mod tests {
             home_bases: vec!["/home".into()],
             users_group: "guest-agent-oslogin".into(),
             users_group_gid: 4_000_000_000,
+            ignore_user_keys: true,
             extra_reserved: Vec::new(),
         }
     }

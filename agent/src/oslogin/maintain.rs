@@ -242,6 +242,15 @@ impl OsLogin {
             return;
         }
         let taken = lock(&self.homes_taken).clone();
+        if settings.ignore_user_keys
+            && local.clashes_with_group(&settings.users_group, settings.users_group_gid)
+        {
+            tracing::error!(
+                group = %settings.users_group,
+                gid = settings.users_group_gid,
+                "a local group holds the OS Login users group's name or gid: no OS Login user is served (sshd could not ignore their own key files); set oslogin.users_group and oslogin.users_group_gid to a free name and gid"
+            );
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
