@@ -239,6 +239,21 @@ fn a_primary_gid_of_a_local_group_gives_none_of_its_rights() {
         Duration::from_secs(10),
     );
     assert!(vm.ssh(&alice, "alice", "true").status.success());
+    // doctor explains it with the same rule.
+    let out = vm
+        .env
+        .vm()
+        .command(guest_agent_e2e::vm::AGENT)
+        .arg("--config")
+        .arg(vm.env.config_path())
+        .args(["doctor", "eve"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("is not served on this VM: a local group holds gid 1600"),
+        "{text}"
+    );
 }
 
 /// Item 5 (D, with an ordinary image). /etc/passwd holds a Latin-1 gecos (old images do):

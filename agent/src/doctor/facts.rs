@@ -115,6 +115,8 @@ pub struct Facts {
     pub cert: Option<(PathBuf, Result<CertInfo, String>)>,
     /// The daemon's answer time, or why it did not answer.
     pub daemon: Result<Duration, String>,
+    /// The local accounts as the agent reads them (for the OS Login admission rules).
+    pub local_accounts: Result<crate::oslogin::directory::LocalAccounts, String>,
 }
 
 pub fn stat(path: &Path) -> Result<Stat, String> {
@@ -198,6 +200,10 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
         ssh_chain,
         ca: ca_facts(Path::new(&config.oslogin.ca_file)),
         cert: cert.map(|p| (p.to_path_buf(), read_cert(p))),
+        local_accounts: crate::oslogin::directory::LocalAccounts::read(
+            Path::new("/etc/passwd"),
+            Path::new("/etc/group"),
+        ),
         daemon: daemon(),
     }
 }

@@ -61,10 +61,47 @@ pub fn oslogin(cx: &Context) -> Check {
             "fix the metadata check first; the attribute could not be read",
         ),
         (None, _) => Check::ok("oslogin", base.clone()),
-        (Some(UserKind::OsLogin), ProfileFacts::Found(p)) => Check::ok(
-            "oslogin",
-            format!("{base}; {user} is an OS Login user ({})", p.email),
-        ),
+        (Some(UserKind::OsLogin), ProfileFacts::Found(p)) => {
+            // The agent's own admission rules (local accounts, ids, reserved names, homes).
+            let rules = crate::oslogin::decision::Rules::from_config(cx.config);
+            let admitted = cx
+                .facts
+                .local_accounts
+                .as_ref()
+                .map_err(Clone::clone)
+                .and_then(|l| {
+                    crate::oslogin::decision::admit_user(
+                        &std::sync::Arc::new(p.clone()),
+                        l,
+                        &rules,
+                        false,
+                        false,
+                    )
+                    .map_err(|r| r.to_string())
+                });
+            match admitted {
+                Ok((served, None)) if served.home == p.home => Check::ok(
+                    "oslogin",
+                    format!("{base}; {user} is an OS Login user ({})", p.email),
+                ),
+                Ok((served, _)) => Check::warn(
+                    "oslogin",
+                    format!(
+                        "{base}; {user} is an OS Login user ({}), served the home {} instead of the profile's {} (below oslogin.home_bases only)",
+                        p.email, served.home, p.home
+                    ),
+                    "set the profile's home directory below oslogin.home_bases, or add its base to oslogin.home_bases",
+                ),
+                Err(why) => Check::fail(
+                    "oslogin",
+                    format!(
+                        "{base}; {user}'s OS Login profile ({}) is not served on this VM: {why}",
+                        p.email
+                    ),
+                    "change the profile's username/uid/gid in the directory, or the local account that holds it",
+                ),
+            }
+        }
         (Some(UserKind::Metadata), _) => Check::ok(
             "oslogin",
             format!("{base}; {user} is a metadata-keys user (listed in ssh-keys)"),
