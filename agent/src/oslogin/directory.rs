@@ -113,6 +113,18 @@ impl Directory {
         self.groups.insert(g.name.clone(), Arc::new(g));
     }
 
+    /// A copy of the users and groups (entries shared, negative answers left out), to build
+    /// the cache from without holding the lock lookups need.
+    pub fn snapshot(&self) -> Directory {
+        Directory {
+            users: self.users.clone(),
+            by_uid: self.by_uid.clone(),
+            groups: self.groups.clone(),
+            by_gid: self.by_gid.clone(),
+            negative: HashMap::new(),
+        }
+    }
+
     pub fn user(&self, name: &str) -> Option<Arc<OsUser>> {
         self.users.get(name).cloned()
     }

@@ -233,7 +233,13 @@ impl OsLogin {
     }
 
     /// Writes the directory cache file from the in-memory directory.
+    ///
+    /// Built from a snapshot of the directory in a blocking thread, never under the directory
+    /// lock: lookups on the socket (sshd's getpwnam and initgroups for a new user among them)
+    /// must not wait for a rebuild of a large directory. One rebuild at a time, so a later
+    /// snapshot is never overwritten by an earlier one.
     pub(super) async fn write_cache(&self) {
+        let _one_at_a_time = self.cache_writes.lock().await;
         let settings = self.rules();
         let local = self.local();
         if local.stale {
@@ -255,13 +261,16 @@ impl OsLogin {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let (bytes, skipped) = lock(&self.directory).build_cache(&settings, &local, &taken, now);
-        if !skipped.is_empty() {
-            tracing::warn!(entries = ?skipped, "left out of the directory (see the reasons)");
-        }
+        let snapshot = lock(&self.directory).snapshot();
         let path = self.paths.cache.clone();
-        let result =
-            tokio::task::spawn_blocking(move || super::effects::write_cache(&path, &bytes)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            let (bytes, skipped) = snapshot.build_cache(&settings, &local, &taken, now);
+            if !skipped.is_empty() {
+                tracing::warn!(entries = ?skipped, "left out of the directory (see the reasons)");
+            }
+            super::effects::write_cache(&path, &bytes)
+        })
+        .await;
         match result {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write the directory cache"),

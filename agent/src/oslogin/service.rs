@@ -98,6 +98,8 @@ pub struct OsLogin {
     pub(super) passes: Mutex<super::login::Seen>,
     pub(super) refreshes: Mutex<super::login::Seen>,
     lookups: Mutex<LookupHealth>,
+    /// Held across one cache rebuild and write (`write_cache`).
+    pub(super) cache_writes: tokio::sync::Mutex<()>,
     sync_requested: Notify,
     /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
     ca_requested: Notify,
@@ -166,6 +168,7 @@ impl OsLogin {
             passes: Mutex::new(Default::default()),
             refreshes: Mutex::new(Default::default()),
             lookups: Mutex::new(LookupHealth::default()),
+            cache_writes: tokio::sync::Mutex::new(()),
             sync_requested: Notify::new(),
             ca_requested: Notify::new(),
             cache_dirty: Notify::new(),
