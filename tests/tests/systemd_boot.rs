@@ -451,7 +451,18 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     );
     boot.wait_journal("-u ssh", "Reloaded ssh.service", Duration::from_secs(60));
     let nss = boot.run("grep -E '^(passwd|group):' /etc/nsswitch.conf; ls /etc/ssh/sshd_config.d");
-    assert!(nss.contains("files guestagent"), "{nss}");
+    // After files (and after systemd, when the image lists it: its accounts win too).
+    assert!(
+        nss.lines().filter(|l| l.contains(" guestagent")).count() == 2
+            && nss.lines().filter(|l| l.contains(':')).all(|l| {
+                let items: Vec<&str> = l.split_whitespace().collect();
+                let at = |m: &str| items.iter().position(|i| *i == m);
+                at("guestagent").is_some_and(|g| {
+                    at("files").is_some_and(|f| f < g) && at("systemd").is_none_or(|s| s < g)
+                })
+            }),
+        "{nss}"
+    );
     let errors = boot.run("journalctl --no-pager -o cat -p warning -u guest-agent; true");
     assert!(
         !errors.contains("cannot reload") && !errors.contains("ermission denied"),
