@@ -439,7 +439,17 @@ pub fn desired_keys(snapshot: &Snapshot, now_unix: i64, allow_root: bool) -> Des
             return d;
         }
     };
-    for cu in users {
+    for e in users.skipped {
+        d.rejected.push(Rejected {
+            source: Source::UserData,
+            attribute: "user-data",
+            line: e.line,
+            user: e.name,
+            key_type: None,
+            reason: e.reason,
+        });
+    }
+    for cu in users.users {
         let mut any = false;
         for k in &cu.ssh_authorized_keys {
             match parse_key_for(

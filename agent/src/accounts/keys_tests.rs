@@ -504,7 +504,12 @@ users:
         .iter()
         .map(|r| (r.line, r.user.as_deref(), r.reason.as_str()))
         .collect();
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+    // `- default` is skipped with its index and line (reported once by the reconciler), and
+    // the users after it are read.
+    assert_eq!((got[0].0, got[0].1), (3, None));
+    assert!(got[0].2.starts_with("users[0] is `default`"), "{got:?}");
+    let got = &got[1..];
     assert_eq!(got[0].0, 10);
     assert!(got[0].2.contains("unknown key type `not`"), "{got:?}");
     assert_eq!((got[1].0, got[1].1), (11, Some("alice")));
@@ -512,6 +517,25 @@ users:
     assert_eq!((got[2].0, got[2].1), (19, Some("root")));
     assert!(d.rejected.iter().all(|r| r.source == Source::UserData));
     assert_eq!(d.user_data_error, None);
+}
+
+/// A `- snapuser:` entry (no `name`) used to make the whole user-data unreadable: no
+/// cloud-init user got keys. Now only that entry is skipped (one rejection naming its index and
+/// line) and the user after it gets its key.
+#[test]
+fn an_entry_without_a_name_costs_only_itself() {
+    let user_data = format!(
+        "#cloud-config\nusers:\n  - snapuser: joe@example.com\n  - name: yc-user\n    ssh_authorized_keys: [{A}]\n"
+    );
+    let s = snapshot(&[("user-data", &user_data)], &[]);
+    let d = desired_keys(&s, NOW, false);
+    assert_eq!(users(&d), [("yc-user", 1)]);
+    assert_eq!(d.user_data_error, None);
+    assert_eq!(d.rejected.len(), 1, "{:?}", d.rejected);
+    assert_eq!(
+        d.rejected[0].to_string(),
+        "user-data line 3: users[0] (line 3) has no `name` (a mapping of `snapuser`:...); entry skipped"
+    );
 }
 
 #[test]
