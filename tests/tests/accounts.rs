@@ -533,3 +533,58 @@ fn a_configured_useradd_template_creates_the_users() {
         "password field still *"
     );
 }
+
+/// The attack (a mistake, really, but every real `#cloud-config` has it): user-data whose
+/// `users:` starts with `- default` and lists a `- snapuser: joe@example.com` entry, as Ubuntu
+/// images and their documentation write it, next to a named user with a key. The agent used to
+/// reject the whole user-data ("users[1] (line 4) has no name"), so `yc-user` never got an
+/// account and could not log in. Now each such entry is skipped with one log line naming its
+/// index and line, and `yc-user` logs in.
+#[test]
+fn cloud_init_default_and_snapuser_entries_do_not_cost_the_other_users() {
+    if !require_root("cloud_init_default_and_snapuser_entries_do_not_cost_the_other_users") {
+        return;
+    }
+    let mut keys = None;
+    let t0 = Instant::now();
+    let vm = KeysVm::start("ud-default", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "yc", "ed25519");
+        let user_data = format!(
+            "#cloud-config\nusers:\n  - default\n  - snapuser: joe@example.com\n  - name: yc-user\n    ssh_authorized_keys:\n      - {p}\n"
+        );
+        env.emulator()
+            .set_attribute("instance", "user-data", &user_data);
+        keys = Some(k);
+    });
+    let key = keys.unwrap();
+    assert!(
+        vm.wait_login(&key, "yc-user", true, Duration::from_secs(30))
+            .is_some(),
+        "yc-user not served:\n{}",
+        vm.dump()
+    );
+    let agent = vm.env.agent();
+    agent.expect_line(
+        t0,
+        &["user-data line 3: users[0] is `default`", "skipped"],
+        Duration::from_secs(10),
+    );
+    agent.expect_line(
+        t0,
+        &[
+            "user-data line 4: users[1] (line 4) has no `name`",
+            "snapuser",
+            "entry skipped",
+        ],
+        Duration::from_secs(10),
+    );
+    // Once each, not once per pass (several 2 s passes have run by now).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(agent.lines_since(t0, &["users[1] (line 4)"]).len(), 1);
+    assert!(
+        !vm.vm("cut -d: -f1 /etc/passwd")
+            .lines()
+            .any(|l| l == "default" || l == "snapuser"),
+        "no account made from a skipped entry"
+    );
+}

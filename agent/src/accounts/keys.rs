@@ -13,7 +13,8 @@
 //!   decode to a key of the stated type; an RSA key under [`MIN_RSA_BITS`] (sshd would refuse
 //!   it); a `google-ssh {...}` comment that is not JSON, whose `expireOn` is not a timestamp
 //!   ([`super::expiry`]), or that has expired (reason `expired`, also at the very second).
-//! - A `google-ssh` comment without `expireOn` is a key that does not expire.
+//! - A `google-ssh` comment without `expireOn` is a key that does not expire; the marker with
+//!   nothing after it (`google-ssh` alone) is refused, as Google's agent does.
 //! - What a rejection reports is safe to log: the source, the line number, the user name part
 //!   (escaped and cut short when it is not a valid name) and the key type; never the line.
 
@@ -330,7 +331,20 @@ fn parse_key_for(
 }
 
 /// The expiry a `google-ssh {"expireOn": ...}` comment sets. Other comments set none.
+///
+/// The marker alone (`google-ssh` with nothing after it) is refused, as Google's agent refuses
+/// it ("expiration missing"): the marker says the key was meant to expire, and a key whose
+/// expiry was lost on the way must not become one that never expires.
 fn expiry_of(comment: &str) -> Result<Option<i64>, String> {
+    let comment = comment.trim_matches(is_blank);
+    if comment == "google-ssh" {
+        return Err(
+            "the google-ssh comment has no expiry JSON after the marker (expected \
+                    `google-ssh {\"userName\":...,\"expireOn\":...}`); an expiring key \
+                    without its expiry is dropped"
+                .into(),
+        );
+    }
     let Some(json) = comment
         .strip_prefix("google-ssh")
         .filter(|rest| rest.starts_with(is_blank))
@@ -425,7 +439,17 @@ pub fn desired_keys(snapshot: &Snapshot, now_unix: i64, allow_root: bool) -> Des
             return d;
         }
     };
-    for cu in users {
+    for e in users.skipped {
+        d.rejected.push(Rejected {
+            source: Source::UserData,
+            attribute: "user-data",
+            line: e.line,
+            user: e.name,
+            key_type: None,
+            reason: e.reason,
+        });
+    }
+    for cu in users.users {
         let mut any = false;
         for k in &cu.ssh_authorized_keys {
             match parse_key_for(

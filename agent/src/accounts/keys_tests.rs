@@ -266,7 +266,6 @@ fn expiring_keys_in_both_forms() {
             ("alice", Some(1_796_415_120)),
             ("bob", Some(1_796_415_120)),
             ("frank", None),
-            ("ivy", None),
         ]
     );
     let reasons: Vec<(usize, &str)> = rejected
@@ -285,15 +284,47 @@ fn expiring_keys_in_both_forms() {
     assert!(reasons[3].1.contains("not valid JSON"));
     assert_eq!(reasons[4].0, 8);
     assert!(reasons[4].1.contains("expireOn is not a string"));
-    assert_eq!(reasons[5].0, 10);
-    assert!(reasons[5].1.contains("not a JSON object"));
-    assert_eq!(rejected.len(), 6);
+    // The marker alone: the expiry was meant and is missing, so the key is dropped (Google's
+    // agent: "expiration missing"), naming the user; it used to be kept as never expiring.
+    assert_eq!(reasons[5].0, 9);
+    assert!(
+        reasons[5].1.contains("no expiry JSON after the marker"),
+        "{}",
+        reasons[5].1
+    );
+    assert_eq!(rejected[5].user.as_deref(), Some("ivy"));
+    assert_eq!(reasons[6].0, 10);
+    assert!(reasons[6].1.contains("not a JSON object"));
+    assert_eq!(rejected.len(), 7);
     // The comment stays on the written line.
     assert!(
         keys[0]
             .line
             .ends_with(r#""expireOn":"2026-12-04T20:12:00+0000"}"#)
     );
+}
+
+/// `USER:KEY google-ssh` with nothing after the marker was kept as a key that never expires,
+/// while `google-ssh {garbage}` was dropped: an expiry lost on the way (a truncated line, a
+/// tool that wrote the marker only) made a temporary key permanent. Dropped now, as Google's
+/// agent drops it, with a reason naming the user and the missing JSON.
+#[test]
+fn the_google_ssh_marker_without_json_is_dropped() {
+    for tail in [" google-ssh", " google-ssh \t ", "\tgoogle-ssh"] {
+        let r = one_rejection(&format!("ivy:{A}{tail}"));
+        assert_eq!(r.user.as_deref(), Some("ivy"), "{tail:?}");
+        let shown = r.to_string();
+        assert!(
+            shown.contains("(user `ivy`)") && shown.contains("no expiry JSON after the marker"),
+            "{tail:?}: {shown}"
+        );
+    }
+    // Not the marker: comments that merely start like it set no expiry and are kept.
+    for comment in ["google-sshx", "my google-ssh", "google-ssh-key"] {
+        let (keys, rejected) = parse(&format!("ivy:{A} {comment}"));
+        assert_eq!((keys.len(), rejected.len()), (1, 0), "{comment:?}");
+        assert_eq!(keys[0].expires_unix, None);
+    }
 }
 
 #[test]
@@ -473,7 +504,12 @@ users:
         .iter()
         .map(|r| (r.line, r.user.as_deref(), r.reason.as_str()))
         .collect();
-    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got.len(), 4, "{got:?}");
+    // `- default` is skipped with its index and line (reported once by the reconciler), and
+    // the users after it are read.
+    assert_eq!((got[0].0, got[0].1), (3, None));
+    assert!(got[0].2.starts_with("users[0] is `default`"), "{got:?}");
+    let got = &got[1..];
     assert_eq!(got[0].0, 10);
     assert!(got[0].2.contains("unknown key type `not`"), "{got:?}");
     assert_eq!((got[1].0, got[1].1), (11, Some("alice")));
@@ -481,6 +517,25 @@ users:
     assert_eq!((got[2].0, got[2].1), (19, Some("root")));
     assert!(d.rejected.iter().all(|r| r.source == Source::UserData));
     assert_eq!(d.user_data_error, None);
+}
+
+/// A `- snapuser:` entry (no `name`) used to make the whole user-data unreadable: no
+/// cloud-init user got keys. Now only that entry is skipped (one rejection naming its index and
+/// line) and the user after it gets its key.
+#[test]
+fn an_entry_without_a_name_costs_only_itself() {
+    let user_data = format!(
+        "#cloud-config\nusers:\n  - snapuser: joe@example.com\n  - name: yc-user\n    ssh_authorized_keys: [{A}]\n"
+    );
+    let s = snapshot(&[("user-data", &user_data)], &[]);
+    let d = desired_keys(&s, NOW, false);
+    assert_eq!(users(&d), [("yc-user", 1)]);
+    assert_eq!(d.user_data_error, None);
+    assert_eq!(d.rejected.len(), 1, "{:?}", d.rejected);
+    assert_eq!(
+        d.rejected[0].to_string(),
+        "user-data line 3: users[0] (line 3) has no `name` (a mapping of `snapuser`:...); entry skipped"
+    );
 }
 
 #[test]

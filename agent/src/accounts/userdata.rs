@@ -3,9 +3,16 @@
 //!
 //! Read: `users:`, a list whose entries are mappings with `name`, `ssh_authorized_keys` (or
 //! `ssh-authorized-keys`; a list of strings, or one string), `sudo` and `groups` (a string
-//! `"a, b"` or a list). Ignored: the `default` entry and other bare names (they carry no keys),
-//! every other field and top-level key, and any user-data that is not `#cloud-config` (a shell
-//! script, MIME multipart, `#cloud-config-archive`, Jinja templates): that is `Ok(vec![])`.
+//! `"a, b"` or a list). Ignored: every other field and top-level key, and any user-data that is
+//! not `#cloud-config` (a shell script, MIME multipart, `#cloud-config-archive`, Jinja
+//! templates): that is no users.
+//!
+//! One entry never costs the others: an entry that is not a user with a name (`- default`,
+//! which is cloud-init's own default user; a bare name, which carries no keys; a
+//! `- snapuser: ...` mapping; any mapping without `name`) or whose fields are malformed is
+//! skipped and reported ([`UserData::skipped`], with its index and line), and the other users
+//! are read. Only a document that cannot be read as a whole (bad YAML, not a mapping, `users:`
+//! not a list, over the limits) is an error.
 //!
 //! `sudo` gives the sudo group unless it is absent, null, false (YAML 1.1 as cloud-init reads
 //! it: `false`, `no`, `off` in any usual case), the string `"false"`, an empty string or an
@@ -48,13 +55,34 @@ pub struct CloudKey {
     pub key: String,
 }
 
+/// An entry of `users:` that was not read, and why. Every field is safe to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedEntry {
+    /// Its index in `users:` (0-based, as `users[0]`).
+    pub index: usize,
+    /// Its line in the YAML (1-based).
+    pub line: usize,
+    /// The entry's `name` when it had one (escaped, cut to 32 characters).
+    pub name: Option<String>,
+    /// Starts with `users[INDEX]`.
+    pub reason: String,
+}
+
+/// What `users:` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserData {
+    pub users: Vec<CloudUser>,
+    pub skipped: Vec<SkippedEntry>,
+}
+
 /// The users of `text` when it is `#cloud-config` (the first line, a BOM and trailing blanks
-/// aside); `Ok(vec![])` for any other kind of user-data.
-pub fn parse_user_data(text: &str) -> Result<Vec<CloudUser>, String> {
+/// aside); nothing for any other kind of user-data. An error only when the document as a whole
+/// cannot be read; a bad entry is skipped (see the module's text).
+pub fn parse_user_data(text: &str) -> Result<UserData, String> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let first = text.split('\n').next().unwrap_or("");
     if first.trim_end() != "#cloud-config" {
-        return Ok(Vec::new());
+        return Ok(UserData::default());
     }
     if text.len() > MAX_USER_DATA {
         return Err(format!(
@@ -63,11 +91,13 @@ pub fn parse_user_data(text: &str) -> Result<Vec<CloudUser>, String> {
         ));
     }
     let Some(root) = load(text)? else {
-        return Ok(Vec::new());
+        return Ok(UserData::default());
     };
     let top = match &root.value {
         Value::Map(entries) => entries,
-        Value::Scalar { text, .. } if root.is_null() || text.is_empty() => return Ok(Vec::new()),
+        Value::Scalar { text, .. } if root.is_null() || text.is_empty() => {
+            return Ok(UserData::default());
+        }
         _ => {
             return Err(format!(
                 "user-data: the #cloud-config document is {}, not a mapping (line {})",
@@ -77,13 +107,13 @@ pub fn parse_user_data(text: &str) -> Result<Vec<CloudUser>, String> {
         }
     };
     let Some(users) = lookup(top, "users") else {
-        return Ok(Vec::new());
+        return Ok(UserData::default());
     };
     let items = match &users.value {
         Value::Seq(items) => items,
-        _ if users.is_null() => return Ok(Vec::new()),
+        _ if users.is_null() => return Ok(UserData::default()),
         // A bare string lists names only (`users: default`): no keys to manage.
-        Value::Scalar { .. } => return Ok(Vec::new()),
+        Value::Scalar { .. } => return Ok(UserData::default()),
         Value::Map(_) => {
             return Err(format!(
                 "user-data: `users` (line {}) is a mapping; a list of users is expected",
@@ -91,32 +121,98 @@ pub fn parse_user_data(text: &str) -> Result<Vec<CloudUser>, String> {
             ));
         }
     };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let Value::Map(fields) = &item.value else {
-            // `- default` and other bare names: nothing to manage.
-            continue;
+    let mut out = UserData::default();
+    for (index, item) in items.iter().enumerate() {
+        let skip = |name: Option<&str>, reason: String| SkippedEntry {
+            index,
+            line: item.line,
+            name: name.map(|n| super::entry::excerpt(n, 32)),
+            reason,
         };
-        out.push(user(i, item.line, fields)?);
+        let fields = match &item.value {
+            Value::Map(fields) => fields,
+            Value::Scalar { text, .. } if text == "default" && !item.is_null() => {
+                out.skipped.push(skip(
+                    None,
+                    format!(
+                        "users[{index}] is `default`, cloud-init's own default user (its \
+                         keys come from ssh-keys); skipped"
+                    ),
+                ));
+                continue;
+            }
+            Value::Scalar { text, .. } if !item.is_null() => {
+                out.skipped.push(skip(
+                    None,
+                    format!(
+                        "users[{index}] is the bare name `{}`, which carries no keys; skipped",
+                        super::entry::excerpt(text, 32)
+                    ),
+                ));
+                continue;
+            }
+            _ => {
+                out.skipped.push(skip(
+                    None,
+                    format!(
+                        "users[{index}] is {}, not a user (a mapping with `name`); skipped",
+                        item.kind()
+                    ),
+                ));
+                continue;
+            }
+        };
+        match user(index, item.line, fields) {
+            Ok(u) => out.users.push(u),
+            Err((name, reason)) => out
+                .skipped
+                .push(skip(name.as_deref(), format!("{reason}; entry skipped"))),
+        }
     }
     Ok(out)
 }
 
-fn user(index: usize, line: usize, fields: &[(Node, Node)]) -> Result<CloudUser, String> {
-    let at = |field: &str, node: &Node| {
-        format!("user-data: users[{index}].{field} (line {})", node.line)
-    };
+/// One entry of `users:`; an error gives the name when it was read, and the reason.
+fn user(
+    index: usize,
+    line: usize,
+    fields: &[(Node, Node)],
+) -> Result<CloudUser, (Option<String>, String)> {
+    let at = |field: &str, node: &Node| format!("users[{index}].{field} (line {})", node.line);
     let name = match lookup(fields, "name") {
         Some(n) => match &n.value {
             Value::Scalar { text, .. } if !n.is_null() => text.clone(),
-            _ => return Err(format!("{} is {}, not a name", at("name", n), n.kind())),
+            _ => {
+                return Err((
+                    None,
+                    format!("{} is {}, not a name", at("name", n), n.kind()),
+                ));
+            }
         },
         None => {
-            return Err(format!(
-                "user-data: users[{index}] (line {line}) has no `name`"
+            let first = fields.first().and_then(|(k, _)| match &k.value {
+                Value::Scalar { text, .. } => Some(super::entry::excerpt(text, 32)),
+                _ => None,
+            });
+            let what = match first {
+                Some(key) => format!(" (a mapping of `{key}`:...)"),
+                None => String::new(),
+            };
+            return Err((
+                None,
+                format!("users[{index}] (line {line}) has no `name`{what}"),
             ));
         }
     };
+    user_fields(name.clone(), line, fields, &at).map_err(|e| (Some(name), e))
+}
+
+fn user_fields(
+    name: String,
+    line: usize,
+    fields: &[(Node, Node)],
+    at: &dyn Fn(&str, &Node) -> String,
+) -> Result<CloudUser, String> {
     let mut keys = Vec::new();
     for field in ["ssh_authorized_keys", "ssh-authorized-keys"] {
         let Some(n) = lookup(fields, field) else {

@@ -3,7 +3,15 @@
 use super::*;
 
 fn users(text: &str) -> Vec<CloudUser> {
-    parse_user_data(text).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+    parse_user_data(text)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        .users
+}
+
+fn skipped(text: &str) -> Vec<SkippedEntry> {
+    parse_user_data(text)
+        .unwrap_or_else(|e| panic!("{text:?}: {e}"))
+        .skipped
 }
 
 fn error(text: &str) -> String {
@@ -165,34 +173,6 @@ fn structure_errors_name_the_place() {
             "`users` (line 2) is a mapping",
         ),
         (
-            "#cloud-config\nusers:\n  - default\n  - sudo: true\n",
-            "users[1] (line 4) has no `name`",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: {a: b}\n",
-            "users[0].name (line 3) is a mapping, not a name",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: ~\n",
-            "users[0].name (line 3) is null",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: a\n    ssh_authorized_keys:\n      - [nested]\n",
-            "users[0].ssh_authorized_keys (line 5) holds a list (line 5), not a key",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: a\n    ssh_authorized_keys: {k: v}\n",
-            "users[0].ssh_authorized_keys (line 4) is a mapping",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: a\n    groups: {k: v}\n",
-            "users[0].groups (line 4) is a mapping",
-        ),
-        (
-            "#cloud-config\nusers:\n  - name: a\n    groups: [[x]]\n",
-            "users[0].groups (line 4) holds a list",
-        ),
-        (
             "#cloud-config\nusers: []\n---\nusers: []\n",
             "more than one YAML document (the second starts at line 3)",
         ),
@@ -202,6 +182,114 @@ fn structure_errors_name_the_place() {
         assert!(e.contains(want), "{text:?}: got {e:?}, want {want:?}");
         assert!(e.starts_with("user-data"), "{e}");
     }
+}
+
+/// Real `#cloud-config` files list `- default` (cloud-init's own default user) and
+/// `- snapuser: ...` entries next to named users; one such entry used to reject the whole
+/// user-data ("users[0] (line 7) has no name"), so no cloud-init user got keys. Each is now
+/// skipped with its index and line, and the users around it are read.
+#[test]
+fn entries_that_are_not_named_users_are_skipped_and_the_others_read() {
+    let text = "#cloud-config
+users:
+  - default
+  - snapuser: joe@example.com
+  - name: alice
+    ssh_authorized_keys: [ssh-ed25519 AAAA one]
+  - sudo: true
+  - bob
+  - name: {a: b}
+  - name: ~
+  - name: carol
+    ssh_authorized_keys:
+      - [nested]
+  - name: dave
+    ssh_authorized_keys: {k: v}
+  - name: erin
+    groups: {k: v}
+  - name: frank
+    groups: [[x]]
+  - ~
+  - [x]
+  - name: gina
+";
+    let parsed = parse_user_data(text).unwrap();
+    let names: Vec<&str> = parsed.users.iter().map(|u| u.name.as_str()).collect();
+    assert_eq!(names, ["alice", "gina"]);
+    assert_eq!(parsed.users[0].line, 5);
+    let got: Vec<(usize, usize, Option<&str>, &str)> = parsed
+        .skipped
+        .iter()
+        .map(|e| (e.index, e.line, e.name.as_deref(), e.reason.as_str()))
+        .collect();
+    let want: [(usize, usize, Option<&str>, &str); 12] = [
+        (
+            0,
+            3,
+            None,
+            "users[0] is `default`, cloud-init's own default user",
+        ),
+        (
+            1,
+            4,
+            None,
+            "users[1] (line 4) has no `name` (a mapping of `snapuser`:...)",
+        ),
+        (
+            3,
+            7,
+            None,
+            "users[3] (line 7) has no `name` (a mapping of `sudo`:...)",
+        ),
+        (
+            4,
+            8,
+            None,
+            "users[4] is the bare name `bob`, which carries no keys",
+        ),
+        (
+            5,
+            9,
+            None,
+            "users[5].name (line 9) is a mapping, not a name",
+        ),
+        (6, 10, None, "users[6].name (line 10) is null, not a name"),
+        (
+            7,
+            11,
+            Some("carol"),
+            "users[7].ssh_authorized_keys (line 13) holds a list (line 13), not a key",
+        ),
+        (
+            8,
+            14,
+            Some("dave"),
+            "users[8].ssh_authorized_keys (line 15) is a mapping",
+        ),
+        (
+            9,
+            16,
+            Some("erin"),
+            "users[9].groups (line 17) is a mapping",
+        ),
+        (
+            10,
+            18,
+            Some("frank"),
+            "users[10].groups (line 19) holds a list",
+        ),
+        (11, 20, None, "users[11] is null, not a user"),
+        (12, 21, None, "users[12] is a list, not a user"),
+    ];
+    assert_eq!(got.len(), want.len(), "{got:#?}");
+    for (g, w) in got.iter().zip(want.iter()) {
+        assert_eq!((g.0, g.1, g.2), (w.0, w.1, w.2), "{g:?}");
+        assert!(g.3.starts_with(w.3), "got {:?}, want {:?}", g.3, w.3);
+        assert!(g.3.ends_with("skipped"), "{g:?}");
+    }
+    // A name that is not printable is escaped in the report.
+    let odd = skipped("#cloud-config\nusers:\n  - \"a\\x1bb\"\n");
+    assert!(!odd[0].reason.chars().any(char::is_control), "{odd:?}");
 }
 
 #[test]
