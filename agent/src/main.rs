@@ -76,7 +76,20 @@ enum Command {
     },
 }
 
+/// A panic anywhere ends the process, as `panic = "abort"` did before the release profile had
+/// to unwind for the NSS module (Cargo.toml): the daemon restarts from its files
+/// (`Restart=always`) rather than running on without the task that panicked, and a helper
+/// that panics is a failed helper (sshd: no keys). The default hook prints the message first.
+fn abort_on_panic() {
+    let print = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        print(info);
+        std::process::abort();
+    }));
+}
+
 fn main() -> ExitCode {
+    abort_on_panic();
     let cli = Cli::parse();
     let source = ConfigSource {
         path: cli

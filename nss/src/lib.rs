@@ -22,7 +22,7 @@ mod module;
 use std::ffi::CStr;
 use std::mem::MaybeUninit;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Once};
 
 use libc::{c_char, c_int, c_long, gid_t, group, passwd, size_t, uid_t};
 
@@ -36,8 +36,18 @@ const NSS_STATUS_SUCCESS: c_int = 1;
 
 static MODULE: LazyLock<Module> = LazyLock::new(Module::system);
 
-/// Runs `f`, never letting a panic unwind into C, and reports its status the NSS way.
+/// Runs `f`, never letting a panic unwind into C, and reports its status the NSS way: a
+/// panic (a bug) is answered UNAVAIL, as a module that cannot answer, and the caller lives on.
+/// This needs the unwinding panic strategy (the workspace's release profile: Cargo.toml);
+/// under `panic = "abort"` the catch would do nothing and sshd or sudo would die of SIGABRT.
+///
+/// The panic is silent: the module's own panic hook (this shared object links its own copy of
+/// std, so the hook is the module's, not its host's) prints nothing, because fd 2 of the
+/// process we run in may be anything (a daemon's socket or log file once it closed stderr),
+/// and a caller's `RUST_BACKTRACE` must not make a setuid program walk its stack.
 fn run(errnop: *mut c_int, f: impl FnOnce() -> Status) -> c_int {
+    static SILENT: Once = Once::new();
+    SILENT.call_once(|| std::panic::set_hook(Box::new(|_| {})));
     let status = catch_unwind(AssertUnwindSafe(f)).unwrap_or(Status::Unavail);
     let (code, errno) = match status {
         Status::Success => (NSS_STATUS_SUCCESS, 0),

@@ -72,6 +72,19 @@ enum Key<'a> {
     Id(u32),
 }
 
+/// Test builds only (`--features planted-panic`; the shipped module has no such code, and the
+/// packages test checks that its file does not hold the name): looking the user or group
+/// `planted-panic` up panics here, with the state lock held, so a test sees what a real bug
+/// would do to the caller: the export answers UNAVAIL, the process lives on, and the next
+/// lookup in it works (the poisoned lock is taken over).
+#[cfg(feature = "planted-panic")]
+#[allow(clippy::panic)]
+fn planted_panic(key: Key<'_>) {
+    if matches!(key, Key::Name("planted-panic")) {
+        panic!("planted panic (a test build of the module)");
+    }
+}
+
 fn pw_data<'a>(p: &Passwd<'a>) -> PwData<'a> {
     PwData {
         name: p.name,
@@ -190,6 +203,8 @@ impl Module {
     fn getpw(&self, key: Key<'_>, out: &mut MaybeUninit<passwd>, arena: &mut Arena) -> Status {
         let floor = {
             let st = self.state();
+            #[cfg(feature = "planted-panic")]
+            planted_panic(key);
             let cache = st.map.cache();
             let hit = cache.and_then(|c| match key {
                 Key::Name(n) => c.user_by_name(n.as_bytes()),
@@ -238,6 +253,8 @@ impl Module {
     fn getgr(&self, key: Key<'_>, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
         let floor = {
             let st = self.state();
+            #[cfg(feature = "planted-panic")]
+            planted_panic(key);
             let cache = st.map.cache();
             let hit = cache.and_then(|c| match key {
                 Key::Name(n) => c.group_by_name(n.as_bytes()),

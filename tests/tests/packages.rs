@@ -127,6 +127,14 @@ fn the_rpm_installs_the_right_files() {
         let b = std::fs::read(p.target.join(built)).expect("built file");
         assert!(a == b, "{installed} differs from target/{built}");
     }
+    // The packaged module is not the test build with a planted panic (tests/tests/nss_panic.rs;
+    // that build holds the panic's message, nss/src/module.rs).
+    let module = std::fs::read(root.join("usr/lib64/libnss_guestagent.so.2")).expect("module");
+    let planted: &[u8] = b"planted panic (a test build of the module)";
+    assert!(
+        !module.windows(planted.len()).any(|w| w == planted),
+        "the packaged NSS module holds the planted-panic test hook"
+    );
 }
 
 /// What differs between two snapshots: (only before, only after), each by path.
