@@ -870,3 +870,67 @@ fn cloud_init_groups_are_applied_privileged_ones_only_with_sudo() {
         vm.dump()
     );
 }
+
+/// With `deprovision = "delete"`, `userdel` refuses an account while a process of it runs (the
+/// user's last ssh session still ending, a `sleep` here). The agent used to forget the account
+/// as soon as it had tried once: it stayed on the VM for good, a user who had left metadata
+/// and still held an account (and, before the uid rule, a uid). Now the next passes try again,
+/// and the account goes once the process has ended.
+#[test]
+fn a_deletion_refused_while_the_user_runs_a_process_is_retried() {
+    if !require_root("a_deletion_refused_while_the_user_runs_a_process_is_retried") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("delretry", "deprovision = \"delete\"\n", &[], |env| {
+        let a = keypair_of(env.dir(), "alice", "ed25519");
+        let c = keypair_of(env.dir(), "carol", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("alice:{}\ncarol:{}\n", a.1, c.1),
+        );
+        keys = Some((a, c));
+    });
+    let (a, c) = keys.unwrap();
+    assert!(vm.can_login(&a.0, "alice"), "{}", vm.dump());
+    // A process of alice's (setpriv execs it: the PID is the process itself, killed on drop).
+    let mut cmd = vm.env.vm().command("setpriv");
+    cmd.args([
+        "--reuid",
+        "alice",
+        "--regid",
+        "alice",
+        "--clear-groups",
+        "sleep",
+        "3600",
+    ]);
+    let mut sleeper = vm.env.vm().spawn("alice-sleep", cmd);
+    wait_vm(&vm, "pgrep -u alice -x sleep || true", |o| {
+        !o.trim().is_empty()
+    });
+    let t0 = Instant::now();
+    vm.set_keys(&format!("carol:{}\n", c.1));
+    vm.env.agent().expect_line(
+        t0,
+        &["userdel", "alice", "currently used by process"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        vm.env.vm().sh("getent passwd alice").status.success(),
+        "refused while the process runs"
+    );
+    // The process ends: a later pass (2 s checks) deletes the account.
+    sleeper.signal(nix::sys::signal::Signal::SIGKILL);
+    sleeper.wait_exit(Duration::from_secs(30));
+    let gone = wait_vm(&vm, "getent passwd alice || echo gone", |o| {
+        o.contains("gone")
+    });
+    assert!(gone.contains("gone"), "alice never deleted:\n{}", vm.dump());
+    vm.env.agent().expect_line(
+        t0,
+        &["metadata accounts reconciled", "deleted=1"],
+        Duration::from_secs(10),
+    );
+    assert!(vm.can_login(&c.0, "carol"));
+}

@@ -160,12 +160,17 @@ pub fn create_users(
     Ok(())
 }
 
-/// Deletes accounts (the home stays).
-pub fn delete_users(tools: &Tools, names: &[String]) -> Result<(), ApplyError> {
-    for n in names {
-        run_template(tools, &tools.userdel_cmd, n)?;
-    }
-    Ok(())
+/// Deletes accounts (the home stays), each on its own: one that fails (`userdel` refuses while
+/// the user's last session is still ending) does not stop the others. Returns the failures.
+pub fn delete_users(tools: &Tools, names: &[String]) -> Vec<(String, ApplyError)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            run_template(tools, &tools.userdel_cmd, n)
+                .err()
+                .map(|e| (n.clone(), e))
+        })
+        .collect()
 }
 
 /// Makes `managed` ∩ members of `group` equal `members` (members the agent does not manage

@@ -369,11 +369,18 @@ impl Reconciler for AccountsReconciler {
         if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
             errors.push(format!("sudoers: {e}"));
         }
-        if let Err(e) = apply::delete_users(&tools, &p.delete) {
-            errors.push(format!("deleting {:?}: {e}", p.delete));
+        let failed = apply::delete_users(&tools, &p.delete);
+        let mut after = p.state.clone();
+        for (user, e) in &failed {
+            errors.push(format!("deleting {user}: {e}"));
+            // Still ours and still leaving: the next pass deletes it again (it used to be
+            // forgotten, so an account whose deletion failed once stayed for good).
+            after.created.insert(user.clone());
+            after.managed.insert(user.clone());
         }
-        if before != p.state {
-            p.state.save(&self.paths.state)?;
+        let deleted = p.delete.len() - failed.len();
+        if before != after {
+            after.save(&self.paths.state)?;
         }
         let next_expiry = desired
             .next_expiry_unix
@@ -388,12 +395,12 @@ impl Reconciler for AccountsReconciler {
         };
         self.next_pass = Some(Instant::now() + next_expiry.map_or(check, |e| e.min(check)));
         let spawned = crate::host::command::SPAWNED.load(Ordering::Relaxed) - spawned_before;
-        if !p.create.is_empty() || written > 0 || !p.released.is_empty() || !p.delete.is_empty() {
+        if !p.create.is_empty() || written > 0 || !p.released.is_empty() || deleted > 0 {
             tracing::info!(
                 created = p.create.len(),
                 keys_written = written,
                 released = p.released.len(),
-                deleted = p.delete.len(),
+                deleted,
                 processes = spawned,
                 took_ms = started.elapsed().as_millis() as u64,
                 "metadata accounts reconciled"
