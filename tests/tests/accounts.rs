@@ -588,3 +588,349 @@ fn cloud_init_default_and_snapuser_entries_do_not_cost_the_other_users() {
         "no account made from a skipped entry"
     );
 }
+
+/// Polls `script` in the VM until `done(stdout)` holds (60 s: a wait, not a bound); returns
+/// the last output.
+fn wait_vm(vm: &KeysVm, script: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = String::from_utf8_lossy(&vm.env.vm().sh(script).stdout).into_owned();
+        if done(&out) || Instant::now() > deadline {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The attack (issue 13, item 8): whoever can write `ssh-keys` adds one line for a user named
+/// like a local group (`deploy`, made by the operator here; Debian's `staff` or `users` work
+/// the same). The user's private group cannot be made, and the agent used to fail the whole
+/// creation batch: `alice`, listed next to it, never got an account and could not log in.
+/// Now `deploy` alone is skipped, with one log line naming it, the group and what to do.
+#[test]
+fn a_user_named_like_a_local_group_does_not_block_the_others() {
+    if !require_root("a_user_named_like_a_local_group_does_not_block_the_others") {
+        return;
+    }
+    let mut key = None;
+    let t0 = Instant::now();
+    let vm = KeysVm::start("grpclash", "", &[], |env| {
+        env.vm().run("groupadd deploy");
+        let (k, p) = keypair_of(env.dir(), "alice", "ed25519");
+        env.emulator()
+            .set_attribute("instance", "ssh-keys", &format!("deploy:{p}\nalice:{p}\n"));
+        key = Some(k);
+    });
+    let key = key.unwrap();
+    assert!(
+        vm.wait_login(&key, "alice", true, Duration::from_secs(30))
+            .is_some(),
+        "alice not served:\n{}",
+        vm.dump()
+    );
+    let agent = vm.env.agent();
+    agent.expect_line(
+        t0,
+        &[
+            "metadata user not created: a local group already has its name",
+            "user=deploy",
+            "groupmod -n NEW deploy",
+        ],
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        vm.env.vm().sh("getent passwd deploy").status.code(),
+        Some(2),
+        "deploy must not be created"
+    );
+    // The sudo group is set after the keys in a pass: waited for. deploy is not in it (gpasswd
+    // would have failed on an unknown user).
+    let group = wait_vm(&vm, "getent group guest-agent-sudoers", |g| {
+        g.contains("alice")
+    });
+    assert!(
+        group.contains("alice") && !group.contains("deploy"),
+        "{group}"
+    );
+    // Logged once, not every pass (2 s checks).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        agent.lines_since(t0, &["user=deploy", "not created"]).len(),
+        1
+    );
+    let state = vm.vm("cat /var/lib/guest-agent/state.json");
+    assert!(!state.contains("deploy"), "deploy is not recorded: {state}");
+}
+
+/// The attack (issue 13, item 9), with `deprovision = "delete"`: `alice` (created by the agent,
+/// uid U) keeps a private file in her home. She leaves `ssh-keys`: her account is deleted, her
+/// home kept; the operator chowns the home to root to archive it, so only the files inside
+/// still carry uid U. `bob` is added next. He used to get uid U (the lowest free one), and with
+/// it every file alice left: `cat /home/alice/notes` as bob printed her secret. Now U stays
+/// reserved while her home exists: bob gets another uid and is refused.
+#[test]
+fn a_deleted_users_uid_is_not_reused_while_her_home_is_kept() {
+    if !require_root("a_deleted_users_uid_is_not_reused_while_her_home_is_kept") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("uidreuse", "deprovision = \"delete\"\n", &[], |env| {
+        let a = keypair_of(env.dir(), "alice", "ed25519");
+        let b = keypair_of(env.dir(), "bob", "ed25519");
+        let c = keypair_of(env.dir(), "carol", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("alice:{}\ncarol:{}\n", a.1, c.1),
+        );
+        keys = Some((a, b, c));
+    });
+    let (a, b, c) = keys.unwrap();
+    let out = vm.ssh(
+        &a.0,
+        "alice",
+        "echo alice-secret > ~/notes && chmod 600 ~/notes && id -u",
+    );
+    assert!(out.status.success(), "{}", vm.dump());
+    let alice_uid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // alice leaves (one of two users: applied at once): deleted, home kept.
+    let t0 = Instant::now();
+    vm.set_keys(&format!("carol:{}\n", c.1));
+    vm.env.agent().expect_line(
+        t0,
+        &["metadata accounts reconciled", "deleted=1"],
+        Duration::from_secs(60),
+    );
+    // userdel refuses while alice's last session is still ending: a later pass deletes.
+    let gone = wait_vm(&vm, "getent passwd alice || echo gone", |o| {
+        o.contains("gone")
+    });
+    assert!(gone.contains("gone"), "alice not deleted:\n{}", vm.dump());
+    vm.vm("chown root:root /home/alice");
+    assert_eq!(vm.vm("stat -c %u /home/alice/notes").trim(), alice_uid);
+    // bob arrives.
+    vm.set_keys(&format!("carol:{}\nbob:{}\n", c.1, b.1));
+    assert!(
+        vm.wait_login(&b.0, "bob", true, Duration::from_secs(30))
+            .is_some(),
+        "bob not served:\n{}",
+        vm.dump()
+    );
+    let out = vm.ssh(&b.0, "bob", "id -u; cat /home/alice/notes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let bob_uid = stdout.lines().next().unwrap_or("").to_owned();
+    assert_ne!(bob_uid, alice_uid, "bob got alice's uid:\n{}", vm.dump());
+    assert!(
+        !stdout.contains("alice-secret") && !out.status.success(),
+        "bob read alice's file: {stdout}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(vm.can_login(&c.0, "carol"));
+}
+
+/// The attack (issue 13, item 10): whoever can write `ssh-keys` lists service accounts
+/// (`www-data`, `nobody`, `sshd`). They used to join the passwordless sudo group: any code run
+/// as the web server (a PHP bug) then became root with `sudo -n`. Now they keep their keys but
+/// never get the sudo group, with one log line naming each; a regular user still gets it.
+#[test]
+fn system_accounts_in_ssh_keys_never_get_sudo() {
+    if !require_root("system_accounts_in_ssh_keys_never_get_sudo") {
+        return;
+    }
+    let mut key = None;
+    let t0 = Instant::now();
+    let vm = KeysVm::start("sysacct", "", &[], |env| {
+        let (k, p) = keypair_of(env.dir(), "alice", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("www-data:{p}\nnobody:{p}\nsshd:{p}\nalice:{p}\n"),
+        );
+        key = Some(k);
+    });
+    let key = key.unwrap();
+    assert!(vm.can_login(&key, "alice"), "{}", vm.dump());
+    let group = wait_vm(&vm, "getent group guest-agent-sudoers", |g| {
+        g.contains("alice")
+    });
+    assert!(
+        group.contains("alice"),
+        "alice gets sudo: {group}\n{}",
+        vm.dump()
+    );
+    for user in ["www-data", "nobody", "sshd"] {
+        assert!(!group.contains(user), "{user} in the sudo group: {group}");
+        // For real: the account's own sudo is refused.
+        let out = vm
+            .env
+            .vm()
+            .sh(&format!("runuser -u {user} -- sudo -n true"));
+        assert!(
+            !out.status.success(),
+            "{user} got passwordless sudo:\n{}",
+            vm.dump()
+        );
+        vm.env.agent().expect_line(
+            t0,
+            &["metadata user is a system account", &format!("user={user}")],
+            Duration::from_secs(10),
+        );
+    }
+    assert!(
+        vm.ssh(&key, "alice", "sudo -n id -u").status.success(),
+        "the regular user keeps sudo"
+    );
+    // Once each, not every pass (2 s checks).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        vm.env
+            .agent()
+            .lines_since(t0, &["system account", "user=www-data"])
+            .len(),
+        1
+    );
+}
+
+/// cloud-init `groups:` were read and never applied. Here `yc-user` (no `sudo:`) asks for
+/// `audio, video, docker, nosuch` and `ops` (with `sudo:`) for `docker`: yc-user gets audio and
+/// video (`id` in the VM), not docker (privileged: it would be root without `sudo:`), and
+/// `nosuch` is logged and never created; ops gets docker. When yc-user's list drops audio, the
+/// membership the agent added goes.
+#[test]
+fn cloud_init_groups_are_applied_privileged_ones_only_with_sudo() {
+    if !require_root("cloud_init_groups_are_applied_privileged_ones_only_with_sudo") {
+        return;
+    }
+    let user_data = |yc_groups: &str, p: &str| {
+        format!(
+            "#cloud-config\nusers:\n  - default\n  - name: yc-user\n    groups: {yc_groups}\n    ssh_authorized_keys: [{p}]\n  - name: ops\n    sudo: ALL=(ALL) NOPASSWD:ALL\n    groups: docker\n    ssh_authorized_keys: [{p}]\n"
+        )
+    };
+    let mut key = None;
+    let t0 = Instant::now();
+    let vm = KeysVm::start("cigroups", "", &[], |env| {
+        env.vm().run("groupadd -f docker");
+        let (k, p) = keypair_of(env.dir(), "yc", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "user-data",
+            &user_data("[audio, video, docker, nosuch]", &p),
+        );
+        key = Some((k, p));
+    });
+    let (key, public) = key.unwrap();
+    assert!(vm.can_login(&key, "yc-user"), "{}", vm.dump());
+    let yc = wait_vm(&vm, "id -Gn yc-user", |g| g.contains("video"));
+    let yc: Vec<&str> = yc.split_whitespace().collect();
+    assert!(
+        yc.contains(&"audio") && yc.contains(&"video") && !yc.contains(&"docker"),
+        "id -Gn yc-user: {yc:?}\n{}",
+        vm.dump()
+    );
+    let ops = wait_vm(&vm, "id -Gn ops", |g| g.contains("docker"));
+    assert!(
+        ops.split_whitespace().any(|g| g == "docker"),
+        "id -Gn ops: {ops}"
+    );
+    assert_eq!(vm.env.vm().sh("getent group nosuch").status.code(), Some(2));
+    let agent = vm.env.agent();
+    agent.expect_line(
+        t0,
+        &[
+            "cloud-init group not applied",
+            "user=yc-user",
+            "group=nosuch",
+            "no such local group",
+        ],
+        Duration::from_secs(10),
+    );
+    agent.expect_line(
+        t0,
+        &[
+            "cloud-init group not applied",
+            "user=yc-user",
+            "group=docker",
+            "privileged",
+        ],
+        Duration::from_secs(10),
+    );
+    // The list drops audio: the agent's membership goes, video stays.
+    vm.env
+        .emulator()
+        .set_attribute("instance", "user-data", &user_data("[video]", &public));
+    let yc = wait_vm(&vm, "id -Gn yc-user", |g| !g.contains("audio"));
+    let yc: Vec<&str> = yc.split_whitespace().collect();
+    assert!(
+        !yc.contains(&"audio") && yc.contains(&"video"),
+        "id -Gn yc-user: {yc:?}\n{}",
+        vm.dump()
+    );
+}
+
+/// With `deprovision = "delete"`, `userdel` refuses an account while a process of it runs (the
+/// user's last ssh session still ending, a `sleep` here). The agent used to forget the account
+/// as soon as it had tried once: it stayed on the VM for good, a user who had left metadata
+/// and still held an account (and, before the uid rule, a uid). Now the next passes try again,
+/// and the account goes once the process has ended.
+#[test]
+fn a_deletion_refused_while_the_user_runs_a_process_is_retried() {
+    if !require_root("a_deletion_refused_while_the_user_runs_a_process_is_retried") {
+        return;
+    }
+    let mut keys = None;
+    let vm = KeysVm::start("delretry", "deprovision = \"delete\"\n", &[], |env| {
+        let a = keypair_of(env.dir(), "alice", "ed25519");
+        let c = keypair_of(env.dir(), "carol", "ed25519");
+        env.emulator().set_attribute(
+            "instance",
+            "ssh-keys",
+            &format!("alice:{}\ncarol:{}\n", a.1, c.1),
+        );
+        keys = Some((a, c));
+    });
+    let (a, c) = keys.unwrap();
+    assert!(vm.can_login(&a.0, "alice"), "{}", vm.dump());
+    // A process of alice's (setpriv execs it: the PID is the process itself, killed on drop).
+    let mut cmd = vm.env.vm().command("setpriv");
+    cmd.args([
+        "--reuid",
+        "alice",
+        "--regid",
+        "alice",
+        "--clear-groups",
+        "sleep",
+        "3600",
+    ]);
+    let mut sleeper = vm.env.vm().spawn("alice-sleep", cmd);
+    wait_vm(&vm, "pgrep -u alice -x sleep || true", |o| {
+        !o.trim().is_empty()
+    });
+    let t0 = Instant::now();
+    vm.set_keys(&format!("carol:{}\n", c.1));
+    vm.env.agent().expect_line(
+        t0,
+        &["userdel", "alice", "currently used by process"],
+        Duration::from_secs(60),
+    );
+    assert!(
+        vm.env.vm().sh("getent passwd alice").status.success(),
+        "refused while the process runs"
+    );
+    // The process ends: a later pass (2 s checks) deletes the account.
+    sleeper.signal(nix::sys::signal::Signal::SIGKILL);
+    sleeper.wait_exit(Duration::from_secs(30));
+    let gone = wait_vm(&vm, "getent passwd alice || echo gone", |o| {
+        o.contains("gone")
+    });
+    assert!(gone.contains("gone"), "alice never deleted:\n{}", vm.dump());
+    vm.env.agent().expect_line(
+        t0,
+        &["metadata accounts reconciled", "deleted=1"],
+        Duration::from_secs(10),
+    );
+    assert!(vm.can_login(&c.0, "carol"));
+}

@@ -118,18 +118,20 @@ fn check(tool: &Path, out: command::Output) -> Result<(), ApplyError> {
 /// ([`accountdb::add_users`]: user private group, `/home/NAME`, bash, password field `*` so key
 /// logins work with and without PAM and no password works), then each home from the skeleton;
 /// with `accounts.useradd_cmd`, one command per user, then `chpasswd -e` sets `*` for all in one
-/// run, and homes the command left empty are filled from the skeleton.
+/// run, and homes the command left empty are filled from the skeleton. The batch never gives a
+/// `reserved` uid (a kept home's); with a template the uid is the command's choice.
 pub fn create_users(
     tools: &Tools,
     names: &[String],
     files: &AccountFiles,
     homes: &HomePaths,
+    reserved: &BTreeSet<u32>,
 ) -> Result<(), ApplyError> {
     if names.is_empty() {
         return Ok(());
     }
     if tools.useradd_cmd.is_empty() {
-        for a in accountdb::add_users(files, names)? {
+        for a in accountdb::add_users(files, names, reserved)? {
             if let Err(err) = home::create_home(homes, Path::new(&a.home), a.uid, a.uid) {
                 tracing::warn!(user = %a.name, error = %err, "cannot create the home");
             }
@@ -158,12 +160,17 @@ pub fn create_users(
     Ok(())
 }
 
-/// Deletes accounts (the home stays).
-pub fn delete_users(tools: &Tools, names: &[String]) -> Result<(), ApplyError> {
-    for n in names {
-        run_template(tools, &tools.userdel_cmd, n)?;
-    }
-    Ok(())
+/// Deletes accounts (the home stays), each on its own: one that fails (`userdel` refuses while
+/// the user's last session is still ending) does not stop the others. Returns the failures.
+pub fn delete_users(tools: &Tools, names: &[String]) -> Vec<(String, ApplyError)> {
+    names
+        .iter()
+        .filter_map(|n| {
+            run_template(tools, &tools.userdel_cmd, n)
+                .err()
+                .map(|e| (n.clone(), e))
+        })
+        .collect()
 }
 
 /// Makes `managed` ∩ members of `group` equal `members` (members the agent does not manage
@@ -191,6 +198,36 @@ pub fn set_group_members(
         .filter(|m| !managed.contains(*m))
         .cloned()
         .chain(members.iter().cloned())
+        .collect();
+    if wanted == current {
+        return Ok(false);
+    }
+    let list = wanted.iter().cloned().collect::<Vec<_>>().join(",");
+    check(
+        &tools.gpasswd,
+        command::run(&tools.gpasswd, &["-M", &list, group], tools.timeout)?,
+    )?;
+    Ok(true)
+}
+
+/// Adds `add` to and removes `remove` from the members of the existing `group` (other members
+/// kept); one `gpasswd -M` when anything changes. Returns whether it changed.
+pub fn change_group_members(
+    tools: &Tools,
+    groups: &[GroupEntry],
+    group: &str,
+    add: &BTreeSet<String>,
+    remove: &BTreeSet<String>,
+) -> Result<bool, ApplyError> {
+    let Some(g) = groups.iter().find(|g| g.name == group) else {
+        return Ok(false);
+    };
+    let current: BTreeSet<String> = g.members.iter().cloned().collect();
+    let wanted: BTreeSet<String> = current
+        .iter()
+        .filter(|m| !remove.contains(*m))
+        .chain(add.iter())
+        .cloned()
         .collect();
     if wanted == current {
         return Ok(false);

@@ -19,7 +19,7 @@ use super::keys::desired_keys;
 use super::plan::{Inputs, plan};
 use super::state::AccountsState;
 use crate::config::Config;
-use crate::host::accountdb::AccountFiles;
+use crate::host::accountdb::{self, AccountFiles};
 use crate::host::cloud_init::{self, CloudInitPaths, Gate};
 use crate::host::home::HomePaths;
 use crate::host::{passwd, sudoers};
@@ -33,6 +33,9 @@ pub struct Paths {
     pub group: PathBuf,
     pub sudoers: PathBuf,
     pub homes: HomePaths,
+    /// Where new accounts' homes are made (`/home/NAME`); the owners of its entries are never
+    /// given to a new account.
+    pub home_base: PathBuf,
     pub cloud_init: CloudInitPaths,
 }
 
@@ -44,6 +47,7 @@ impl Default for Paths {
             group: "/etc/group".into(),
             sudoers: "/etc/sudoers.d/guest-agent-sudoers".into(),
             homes: HomePaths::default(),
+            home_base: "/home".into(),
             cloud_init: CloudInitPaths::default(),
         }
     }
@@ -58,7 +62,7 @@ pub struct AccountsReconciler {
     /// Asks the watcher for a fresh answer (to confirm a held removal quickly).
     reread: Arc<tokio::sync::Notify>,
     next_pass: Option<Instant>,
-    /// Rejections already logged (each once, while it stays in metadata).
+    /// Rejections and skipped users or groups already logged (each once, while it lasts).
     logged: HashSet<String>,
     /// When the first pass found cloud-init still provisioning (None: not waiting yet).
     cloud_init_since: Option<Instant>,
@@ -173,6 +177,8 @@ impl Reconciler for AccountsReconciler {
         let oslogin = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
 
         let desired = desired_keys(snapshot, now, a.allow_root);
+        // Each note is logged once while it lasts (the first pass that sees it), never once per
+        // pass: a line every check interval would bury the others.
         let mut seen = HashSet::new();
         for r in &desired.rejected {
             let id = r.to_string();
@@ -181,13 +187,15 @@ impl Reconciler for AccountsReconciler {
             }
             seen.insert(id);
         }
-        self.logged = seen;
-        let (wanted, sudo): (BTreeMap<String, Vec<String>>, BTreeSet<String>) =
-            if !a.enabled || oslogin {
-                (BTreeMap::new(), BTreeSet::new())
-            } else {
-                (desired.lines(), desired.sudo.clone())
-            };
+        let (wanted, sudo, cloud_groups) = if !a.enabled || oslogin {
+            (BTreeMap::new(), BTreeSet::new(), BTreeMap::new())
+        } else {
+            (
+                desired.lines(),
+                desired.sudo.clone(),
+                desired.groups.clone(),
+            )
+        };
 
         let expired: BTreeSet<String> = desired
             .rejected
@@ -197,8 +205,10 @@ impl Reconciler for AccountsReconciler {
             .filter(|u| !wanted.contains_key(u))
             .collect();
         let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
-        let local_names: BTreeSet<String> = local.iter().map(|e| e.name.clone()).collect();
+        let groups = passwd::parse_group(&passwd::read(&self.paths.group));
+        let files = self.account_files();
         let state = AccountsState::load(&self.paths.state);
+        let reserved = accountdb::reserved_uids(&self.paths.home_base, &state.retired);
         // Only deletions need the names to protect (cloud.cfg is read only then).
         let delete_released = a.deprovision == "delete";
         let protected = if delete_released {
@@ -210,12 +220,52 @@ impl Reconciler for AccountsReconciler {
             wanted: &wanted,
             sudo: &sudo,
             expired: &expired,
-            local: &local_names,
+            local: &local,
+            groups: &groups,
+            pending: &accountdb::pending_names(&files),
             state: &state,
             delete_released,
             protected: &protected,
             answer: self.answers.load(Ordering::SeqCst),
+            uid_range: accountdb::uid_range(&files),
+            reserved: &reserved,
+            cloud_groups: &cloud_groups,
+            sudo_group: &a.sudo_group,
+            extra_groups: &a.extra_groups,
         });
+        let mut once = |id: String| {
+            let new = !self.logged.contains(&id);
+            seen.insert(id);
+            new
+        };
+        for (user, gid) in &p.clashes {
+            if once(format!("clash:{user}")) {
+                tracing::warn!(
+                    %user,
+                    group = %user,
+                    gid,
+                    "metadata user not created: a local group already has its name (its user \
+                     private group would clash); the other users are created. Rename the user \
+                     in ssh-keys, or rename or remove the local group (groupmod -n NEW {user})"
+                );
+            }
+        }
+        for (user, why) in &p.system {
+            if once(format!("system:{user}")) {
+                tracing::warn!(
+                    %user,
+                    reason = %why,
+                    "metadata user is a system account: its keys are managed, but it is never \
+                     put in the sudo group or any other group"
+                );
+            }
+        }
+        for ((user, group), why) in &p.groups_refused {
+            if once(format!("group:{user}:{group}:{why}")) {
+                tracing::warn!(%user, %group, reason = %why, "cloud-init group not applied");
+            }
+        }
+        self.logged = seen;
         if !p.held.is_empty() && state.pending_removal.is_none() {
             tracing::warn!(users = ?p.held, "metadata would remove more than half the managed users at once; waiting for a second answer that agrees");
         }
@@ -227,9 +277,17 @@ impl Reconciler for AccountsReconciler {
         let mut before = p.state.clone();
         before.managed.extend(p.released.iter().cloned());
         before.created.extend(p.delete.iter().cloned());
+        // Memberships being removed stay recorded until the removal is done (a crash between
+        // would otherwise leave a group nobody remembers granting).
+        for (user, gs) in &state.granted {
+            before
+                .granted
+                .entry(user.clone())
+                .or_default()
+                .extend(gs.iter().cloned());
+        }
         before.save(&self.paths.state)?;
-        if let Err(e) =
-            apply::create_users(&tools, &p.create, &self.account_files(), &self.paths.homes)
+        if let Err(e) = apply::create_users(&tools, &p.create, &files, &self.paths.homes, &reserved)
         {
             errors.push(format!("creating {:?}: {e}", p.create));
         } else if !p.create.is_empty() {
@@ -281,10 +339,22 @@ impl Reconciler for AccountsReconciler {
             let members = if group == &a.sudo_group {
                 p.sudo.clone()
             } else {
-                wanted.keys().cloned().collect()
+                p.members.clone()
             };
             if let Err(e) = apply::set_group_members(&tools, &groups, group, &members, &managed) {
                 errors.push(format!("group {group}: {e}"));
+            }
+        }
+        for (group, change) in &p.group_changes {
+            match apply::change_group_members(&tools, &groups, group, &change.add, &change.remove) {
+                Ok(true) => tracing::info!(
+                    %group,
+                    added = ?change.add,
+                    removed = ?change.remove,
+                    "cloud-init group members updated"
+                ),
+                Ok(false) => {}
+                Err(e) => errors.push(format!("group {group}: {e}")),
             }
         }
         let grantees = if p.sudo.is_empty() {
@@ -299,11 +369,18 @@ impl Reconciler for AccountsReconciler {
         if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
             errors.push(format!("sudoers: {e}"));
         }
-        if let Err(e) = apply::delete_users(&tools, &p.delete) {
-            errors.push(format!("deleting {:?}: {e}", p.delete));
+        let failed = apply::delete_users(&tools, &p.delete);
+        let mut after = p.state.clone();
+        for (user, e) in &failed {
+            errors.push(format!("deleting {user}: {e}"));
+            // Still ours and still leaving: the next pass deletes it again (it used to be
+            // forgotten, so an account whose deletion failed once stayed for good).
+            after.created.insert(user.clone());
+            after.managed.insert(user.clone());
         }
-        if before != p.state {
-            p.state.save(&self.paths.state)?;
+        let deleted = p.delete.len() - failed.len();
+        if before != after {
+            after.save(&self.paths.state)?;
         }
         let next_expiry = desired
             .next_expiry_unix
@@ -318,12 +395,12 @@ impl Reconciler for AccountsReconciler {
         };
         self.next_pass = Some(Instant::now() + next_expiry.map_or(check, |e| e.min(check)));
         let spawned = crate::host::command::SPAWNED.load(Ordering::Relaxed) - spawned_before;
-        if !p.create.is_empty() || written > 0 || !p.released.is_empty() || !p.delete.is_empty() {
+        if !p.create.is_empty() || written > 0 || !p.released.is_empty() || deleted > 0 {
             tracing::info!(
                 created = p.create.len(),
                 keys_written = written,
                 released = p.released.len(),
-                deleted = p.delete.len(),
+                deleted,
                 processes = spawned,
                 took_ms = started.elapsed().as_millis() as u64,
                 "metadata accounts reconciled"

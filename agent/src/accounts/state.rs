@@ -2,7 +2,7 @@
 //! which users it created (only those may ever be deleted by it), which users' keys and sudo
 //! membership it manages, and a large removal waiting for confirmation.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -20,6 +20,12 @@ pub struct AccountsState {
     /// A removal of more than half the managed users, seen once; applied only when a later
     /// answer of the metadata service asks for the same.
     pub pending_removal: Option<PendingRemoval>,
+    /// uid -> home of accounts the agent deleted with their home kept: never given to a new
+    /// account while that path exists (its files may still carry the uid).
+    pub retired: BTreeMap<u32, String>,
+    /// user -> the cloud-init `groups:` memberships the agent added (only these are ever
+    /// removed by it).
+    pub granted: BTreeMap<String, BTreeSet<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,8 +15,12 @@
 //! the orphan group of a recorded name (no members, a number in the uid range that no user
 //! holds) becomes its private group, and lines already in shadow or gshadow are not written
 //! twice.
+//!
+//! A uid is free only when no account or group holds it and it is not `reserved`: the caller
+//! reserves the owners of kept homes ([`reserved_uids`]), so an account deleted with its home
+//! kept never hands that home and its files to the next new user.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -114,14 +118,50 @@ pub struct NewAccount {
     pub home: String,
 }
 
-/// The new entries (pure): for each name, an id free as uid and gid, or the number of the
-/// group an interrupted pass left for a `resumable` name. Returns the accounts and the four
-/// texts to append (passwd, shadow, group, gshadow).
+/// login.defs `UID_MIN..=UID_MAX` (1000..=60000 when unset): the uids of regular accounts.
+pub fn uid_range(f: &AccountFiles) -> (u32, u32) {
+    let defs = std::fs::read_to_string(&f.login_defs).unwrap_or_default();
+    (
+        login_def(&defs, "UID_MIN").unwrap_or(1000),
+        login_def(&defs, "UID_MAX").unwrap_or(60000),
+    )
+}
+
+/// The names of a creation that was interrupted (their leftover groups are theirs).
+pub fn pending_names(f: &AccountFiles) -> BTreeSet<String> {
+    read_pending(&f.pending)
+}
+
+/// uids no new account may get: the owner of every entry directly in `home_base` (a kept home,
+/// whoever deleted its account; a symbolic link is not followed) and each `retired` uid whose
+/// home path still exists (its files may carry the uid after the home itself was chowned).
+pub fn reserved_uids(home_base: &Path, retired: &BTreeMap<u32, String>) -> BTreeSet<u32> {
+    let mut out: BTreeSet<u32> = std::fs::read_dir(home_base)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.path().symlink_metadata().ok())
+        .map(|m| m.uid())
+        .filter(|&uid| uid != 0)
+        .collect();
+    out.extend(
+        retired
+            .iter()
+            .filter(|(_, home)| Path::new(home).symlink_metadata().is_ok())
+            .map(|(uid, _)| *uid),
+    );
+    out
+}
+
+/// The new entries (pure): for each name, an id free as uid and gid and not `reserved`, or the
+/// number of the group an interrupted pass left for a `resumable` name. Returns the accounts
+/// and the four texts to append (passwd, shadow, group, gshadow).
+#[allow(clippy::too_many_arguments)]
 pub fn plan_entries(
     names: &[String],
     resumable: &BTreeSet<String>,
     passwd: &str,
     group: &str,
+    reserved: &BTreeSet<u32>,
     min: u32,
     max: u32,
     days_since_epoch: u64,
@@ -132,6 +172,7 @@ pub fn plan_entries(
         .iter()
         .map(|u| u.uid)
         .chain(groups.iter().map(|g| g.gid))
+        .chain(reserved.iter().copied())
         .collect();
     let mut out = Vec::new();
     let mut text: [String; 4] = Default::default();
@@ -247,8 +288,13 @@ fn write_pending(path: &Path, names: &BTreeSet<String>) -> Result<(), AccountDbE
     Ok(())
 }
 
-/// Adds `names` (which must not exist) in one pass over the four files.
-pub fn add_users(f: &AccountFiles, names: &[String]) -> Result<Vec<NewAccount>, AccountDbError> {
+/// Adds `names` (which must not exist) in one pass over the four files, never with a uid in
+/// `reserved`.
+pub fn add_users(
+    f: &AccountFiles,
+    names: &[String],
+    reserved: &BTreeSet<u32>,
+) -> Result<Vec<NewAccount>, AccountDbError> {
     if names.is_empty() {
         return Ok(Vec::new());
     }
@@ -271,8 +317,9 @@ pub fn add_users(f: &AccountFiles, names: &[String]) -> Result<Vec<NewAccount>, 
         .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
     let earlier = read_pending(&f.pending);
-    let (accounts, [p, s, g, gs]) =
-        plan_entries(names, &earlier, &passwd.0, &group.0, min, max, days)?;
+    let (accounts, [p, s, g, gs]) = plan_entries(
+        names, &earlier, &passwd.0, &group.0, reserved, min, max, days,
+    )?;
     let mut pending = earlier.clone();
     pending.extend(names.iter().cloned());
     write_pending(&f.pending, &pending)?;
@@ -296,8 +343,9 @@ mod tests {
         let group = "root:x:0:\nbob:x:1000:\nstaff:x:1001:\n";
         let names = vec!["alice".to_string(), "carol".to_string()];
         let none = BTreeSet::new();
+        let none_ids = BTreeSet::new();
         let (acc, [p, s, g, gs]) =
-            plan_entries(&names, &none, passwd, group, 1000, 60000, 20000).unwrap();
+            plan_entries(&names, &none, passwd, group, &none_ids, 1000, 60000, 20000).unwrap();
         assert_eq!(
             acc.iter().map(|a| a.uid).collect::<Vec<_>>(),
             vec![1002, 1003]
@@ -310,15 +358,35 @@ mod tests {
         assert_eq!(g.lines().next(), Some("alice:x:1002:"));
         assert_eq!(gs.lines().next(), Some("alice:!::"));
         assert!(
-            plan_entries(&["bob".into()], &none, passwd, group, 1000, 60000, 1).is_err(),
+            plan_entries(
+                &["bob".into()],
+                &none,
+                passwd,
+                group,
+                &none_ids,
+                1000,
+                60000,
+                1
+            )
+            .is_err(),
             "exists"
         );
         assert!(
-            plan_entries(&["staff".into()], &none, passwd, group, 1000, 60000, 1).is_err(),
+            plan_entries(
+                &["staff".into()],
+                &none,
+                passwd,
+                group,
+                &none_ids,
+                1000,
+                60000,
+                1
+            )
+            .is_err(),
             "a group of that name exists"
         );
         assert!(matches!(
-            plan_entries(&names, &none, passwd, group, 1000, 1002, 1),
+            plan_entries(&names, &none, passwd, group, &none_ids, 1000, 1002, 1),
             Err(AccountDbError::NoFreeId { .. })
         ));
     }
@@ -346,7 +414,7 @@ mod tests {
             lock: false,
         };
         let names = ["alice".to_string(), "bob".into(), "carol".into()];
-        let acc = add_users(&f, &names).unwrap();
+        let acc = add_users(&f, &names, &BTreeSet::new()).unwrap();
         let ids: Vec<u32> = acc.iter().map(|a| a.uid).collect();
         assert_eq!(
             ids,
@@ -371,8 +439,8 @@ mod tests {
         }
         assert!(read(&f.passwd).contains("carol:x:1001:1001::/home/carol:/bin/bash\n"));
         // A group that is someone's real group (members, or a system number) is not taken.
-        assert!(add_users(&f, &["staff".into()]).is_err());
-        assert!(add_users(&f, &["sys".into()]).is_err());
+        assert!(add_users(&f, &["staff".into()], &BTreeSet::new()).is_err());
+        assert!(add_users(&f, &["sys".into()], &BTreeSet::new()).is_err());
         assert_eq!(
             read(&f.pending),
             format!("{PENDING_HEADER}\nstaff\nsys\n"),
@@ -380,7 +448,7 @@ mod tests {
         );
         // Without the record, an empty group named like a new user is an operator's: refused.
         std::fs::write(&f.group, "root:x:0:\ndave:x:1500:\n").unwrap();
-        assert!(add_users(&f, &["dave".into()]).is_err());
+        assert!(add_users(&f, &["dave".into()], &BTreeSet::new()).is_err());
     }
 
     #[test]
@@ -402,7 +470,7 @@ mod tests {
             pending: dir.join("pending"),
             lock: false,
         };
-        let acc = add_users(&f, &["alice".into()]).unwrap();
+        let acc = add_users(&f, &["alice".into()], &BTreeSet::new()).unwrap();
         assert_eq!(acc[0].uid, 2000);
         let passwd = std::fs::read_to_string(&f.passwd).unwrap();
         assert_eq!(
@@ -420,5 +488,61 @@ mod tests {
                 .unwrap()
                 .contains("alice:!::")
         );
+    }
+
+    /// Item 9: a uid whose home is kept is not handed out again, even when it is the lowest
+    /// free one.
+    #[test]
+    fn reserved_uids_are_never_given_out() {
+        let passwd = "root:x:0:0::/root:/bin/bash\n";
+        let group = "root:x:0:\n";
+        let none = BTreeSet::new();
+        let reserved = BTreeSet::from([1000, 1001, 1003]);
+        let (acc, _) = plan_entries(
+            &["bob".into(), "carol".into()],
+            &none,
+            passwd,
+            group,
+            &reserved,
+            1000,
+            60000,
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            acc.iter().map(|a| a.uid).collect::<Vec<_>>(),
+            vec![1002, 1004]
+        );
+    }
+
+    #[test]
+    fn kept_homes_and_retired_uids_are_reserved() {
+        if !crate::host::files::tests::is_root() {
+            eprintln!("SKIPPED kept_homes_and_retired_uids_are_reserved: needs root (chown)");
+            return;
+        }
+        use std::os::unix::fs::{chown, symlink};
+        let dir = TempDir::new("accountdb-reserved");
+        let base = dir.join("home");
+        std::fs::create_dir_all(base.join("alice")).unwrap();
+        chown(base.join("alice"), Some(1000), Some(1000)).unwrap();
+        // carol's home was chowned to root after her account was deleted; a file inside still
+        // carries her uid 1005: only the record knows.
+        std::fs::create_dir_all(base.join("carol")).unwrap();
+        std::fs::write(base.join("carol/secret"), "x").unwrap();
+        chown(base.join("carol/secret"), Some(1005), None).unwrap();
+        // A link is not followed: its own owner (root) counts, not its target's.
+        let target = dir.join("elsewhere");
+        std::fs::create_dir_all(&target).unwrap();
+        chown(&target, Some(1007), None).unwrap();
+        symlink(&target, base.join("link")).unwrap();
+        let home = |n: &str| base.join(n).to_string_lossy().into_owned();
+        let retired = BTreeMap::from([(1005, home("carol")), (1006, home("gone"))]);
+        assert_eq!(
+            reserved_uids(&base, &retired),
+            BTreeSet::from([1000, 1005]),
+            "alice's kept home, carol's record; gone's home no longer exists"
+        );
+        assert!(reserved_uids(&dir.join("missing"), &BTreeMap::new()).is_empty());
     }
 }
