@@ -3,9 +3,10 @@
 //!
 //! Anyone may look users and groups up (what `getent` shows anyway). Login questions
 //! (authorized keys, principals) are answered only to root and to the configured
-//! AuthorizedKeysCommandUser, checked with SO_PEERCRED. Every connection is bounded: one
-//! request line of at most `MAX_REQUEST` bytes, read within 5 s (the whole line, however
-//! slowly it trickles in), the answer written within 5 s.
+//! AuthorizedKeysCommandUser, checked with SO_PEERCRED; tokens only to root and members of
+//! `tokens.group`, checked with SO_PEERCRED and SO_PEERGROUPS ([`Peer`]). Every connection is
+//! bounded: one request line of at most `MAX_REQUEST` bytes, read within 5 s (the whole line,
+//! however slowly it trickles in), the answer written within 5 s.
 //!
 //! Hostile local users: peers other than root and the AuthorizedKeysCommandUser ("privileged"
 //! below) share [`MAX_CONNECTIONS`] connections, at most [`MAX_CONNECTIONS_PER_UID`] each;
@@ -55,29 +56,97 @@ pub struct Handler {
     pub tokens: Arc<crate::tokens::TokenKeeper>,
 }
 
-/// Whether process `pid` has group `gid` (primary or supplementary), from /proc.
-fn process_in_group(pid: i32, gid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status.lines().any(|l| {
-        let ids = |prefix: &str| {
-            l.strip_prefix(prefix)
-                .map(|rest| rest.split_whitespace().any(|g| g.parse() == Ok(gid)))
+/// The most supplementary groups a process can have (the kernel's NGROUPS_MAX).
+const NGROUPS_MAX: usize = 65_536;
+
+/// The peer's supplementary groups as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13), in the daemon's user namespace. Like SO_PEERCRED's ids they
+/// belong to the connection, not to a process: they cannot change afterwards, and they stay
+/// right when the connecting process has exited and its PID is someone else's (reading
+/// `/proc/PID/status` after the connect, as this code once did, let a process outside the token
+/// group connect, exit, and be judged by whatever process then had its PID).
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    const GID: usize = std::mem::size_of::<nix::libc::gid_t>();
+    let mut groups: Vec<nix::libc::gid_t> = vec![0; 32];
+    // The list cannot change (it is the connection's), so a second try with the size the
+    // kernel asked for succeeds; the third is only for a kernel that behaves otherwise.
+    for _ in 0..3 {
+        let mut len = nix::libc::socklen_t::try_from(groups.len() * GID)
+            .map_err(|_| std::io::Error::other("group list too large"))?;
+        // SAFETY: `groups` holds `len` bytes; the kernel writes at most that many and sets
+        // `len` to what it wrote (or, with ERANGE, to what it needs).
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                fd.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
-        ids("Gid:").or_else(|| ids("Groups:")).unwrap_or(false)
-    })
+        let needed = len as usize / GID;
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(nix::libc::ERANGE)
+            || needed <= groups.len()
+            || needed > NGROUPS_MAX
+        {
+            return Err(err);
+        }
+        groups.resize(needed, 0);
+    }
+    Err(std::io::Error::other(
+        "SO_PEERGROUPS kept asking for more room",
+    ))
 }
 
-/// Who is asking (from SO_PEERCRED).
-#[derive(Debug, Clone, Copy)]
+/// Who is asking: SO_PEERCRED and SO_PEERGROUPS of the accepted socket, taken at accept time
+/// (the kernel's record of the connecting process at its connect). Only `pid` names a process
+/// that may be gone or replaced by now: it is used to recognise an sshd connection, never for
+/// a permission.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: u32,
+    /// The effective gid.
+    pub gid: u32,
     pub pid: Option<i32>,
+    /// Supplementary groups; `None` when the kernel did not say (before Linux 4.13), and then
+    /// only `gid` counts.
+    pub groups: Option<Arc<[u32]>>,
+}
+
+impl Peer {
+    /// Whether the peer had group `gid`, primary or supplementary, when it connected.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.as_deref().is_some_and(|g| g.contains(&gid))
+    }
+
+    /// The peer of an accepted connection.
+    fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+        use std::os::fd::AsFd;
+        let cred = stream.peer_cred()?;
+        let groups = match peer_groups(stream.as_fd()) {
+            Ok(g) => Some(g.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "SO_PEERGROUPS failed; only the primary group counts");
+                None
+            }
+        };
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            groups,
+        })
+    }
 }
 
 impl Handler {
-    fn may_ask_logins(&self, peer: Peer) -> bool {
+    fn may_ask_logins(&self, peer: &Peer) -> bool {
         if peer.uid == 0 {
             return true;
         }
@@ -85,8 +154,9 @@ impl Handler {
         matches!(nix::unistd::User::from_name(&user), Ok(Some(u)) if u.uid.as_raw() == peer.uid)
     }
 
-    /// A token for root and members of `tokens.group` only.
-    fn token(&self, account: &str, format: &str, peer: Peer) -> Answer {
+    /// A token for root and members of `tokens.group` only: the uid and groups the peer had
+    /// when it connected ([`Peer`]), never what some process has now.
+    fn token(&self, account: &str, format: &str, peer: &Peer) -> Answer {
         let cfg = self.oslogin.config();
         let t = &cfg.tokens;
         let allowed = peer.uid == 0 || {
@@ -94,7 +164,7 @@ impl Handler {
                 std::path::Path::new("/etc/group"),
             ));
             let gid = groups.iter().find(|g| g.name == t.group).map(|g| g.gid);
-            matches!((gid, peer.pid), (Some(gid), Some(pid)) if process_in_group(pid, gid))
+            gid.is_some_and(|gid| peer.in_group(gid))
         };
         if !allowed {
             return Answer::Denied(format!(
@@ -116,7 +186,7 @@ impl Handler {
         }
     }
 
-    pub async fn answer(&self, request: Request, peer: Peer) -> Answer {
+    pub async fn answer(&self, request: Request, peer: &Peer) -> Answer {
         match request {
             Request::UserByName(n) => self.oslogin.user_by_name(&n).await,
             Request::UserByUid(u) => self.oslogin.user_by_uid(u).await,
@@ -306,7 +376,7 @@ impl Limits {
     }
 
     /// Logs `what` for `peer` unless it was logged for this uid less than [`LOG_EVERY`] ago.
-    fn note(&self, what: Refusal, peer: Peer) {
+    fn note(&self, what: Refusal, peer: &Peer) {
         let now = Instant::now();
         let mut logged = lock(&self.logged);
         if logged.len() >= MAX_BUCKETS {
@@ -358,7 +428,7 @@ impl LookupGate for PeerBudget {
     fn allow(&self) -> bool {
         let ok = self.limits.take_lookup(self.peer.uid);
         if !ok {
-            self.limits.note(Refusal::Lookups, self.peer);
+            self.limits.note(Refusal::Lookups, &self.peer);
         }
         ok
     }
@@ -378,12 +448,8 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
                 continue;
             }
         };
-        let Ok(cred) = stream.peer_cred() else {
+        let Ok(peer) = Peer::of(&stream) else {
             continue;
-        };
-        let peer = Peer {
-            uid: cred.uid(),
-            pid: cred.pid(),
         };
         let command_user = handler.oslogin.config().oslogin.command_user.clone();
         let is_privileged = limits.privileged(peer.uid, &command_user);
@@ -415,7 +481,7 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
             (permit, None)
         } else {
             let Some(guard) = limits.open(peer.uid) else {
-                limits.note(Refusal::Connections, peer);
+                limits.note(Refusal::Connections, &peer);
                 continue;
             };
             let Ok(p) = shared.clone().try_acquire_owned() else {
@@ -471,16 +537,18 @@ async fn connection(
                 _ => None,
             };
             let answer = if privileged {
-                handler.answer(request, peer).await
+                handler.answer(request, &peer).await
             } else {
                 let gate: Arc<dyn LookupGate> = Arc::new(PeerBudget {
                     limits: limits.clone(),
-                    peer,
+                    peer: peer.clone(),
                 });
-                LOOKUP_GATE.scope(gate, handler.answer(request, peer)).await
+                LOOKUP_GATE
+                    .scope(gate, handler.answer(request, &peer))
+                    .await
             };
             if let (Answer::Denied(_), Some(what)) = (&answer, refusal) {
-                limits.note(what, peer);
+                limits.note(what, &peer);
             }
             answer
         }
@@ -559,18 +627,109 @@ mod tests {
         let limits = Limits::default();
         let peer = Peer {
             uid: 1000,
+            gid: 1000,
             pid: None,
+            groups: None,
         };
         for _ in 0..50 {
-            limits.note(Refusal::Token, peer);
+            limits.note(Refusal::Token, &peer);
         }
-        limits.note(Refusal::LoginQuestion, peer);
+        limits.note(Refusal::LoginQuestion, &peer);
         let logged = lock(&limits.logged);
         assert_eq!(logged.get(&(1000, Refusal::Token)).map(|e| e.1), Some(49));
         assert_eq!(
             logged.get(&(1000, Refusal::LoginQuestion)).map(|e| e.1),
             Some(0)
         );
+    }
+
+    #[test]
+    fn peer_groups_of_a_socketpair_are_this_process_groups() {
+        use std::os::fd::AsFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let mut got = peer_groups(a.as_fd()).expect("SO_PEERGROUPS");
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .expect("getgroups")
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    /// A process with known ids and 40 supplementary groups (more than the first buffer holds,
+    /// so the ERANGE retry runs) connects and exits before the daemon's side looks: the
+    /// connection still tells its uid, gid and groups, which /proc/PID no longer could.
+    #[test]
+    fn peer_groups_are_the_connecting_process_groups_after_it_exited() {
+        use nix::libc;
+        use std::os::fd::AsFd;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED peer_groups_are_the_connecting_process_groups_after_it_exited: needs root (setgroups) ***\n"
+            );
+            return;
+        }
+        let path = std::env::temp_dir().join(format!("ga-peergroups-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let groups: Vec<libc::gid_t> = (70_000..70_040).collect();
+        const ID: u32 = 43_210;
+        let mut cmd = std::process::Command::new("/bin/true");
+        // SAFETY: between fork and exec only async-signal-safe calls, on data prepared before
+        // the fork (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(ID) != 0
+                    || libc::setuid(ID) != 0
+                {
+                    return fail();
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    return fail();
+                }
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().expect("spawn the peer");
+        let pid = child.id() as i32;
+        assert!(child.wait().expect("wait").success());
+        let (stream, _) = listener.accept().expect("accept");
+        let _ = std::fs::remove_file(&path);
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .expect("SO_PEERCRED");
+        assert_eq!((cred.pid(), cred.uid(), cred.gid()), (pid, ID, ID));
+        let mut got = peer_groups(stream.as_fd()).expect("SO_PEERGROUPS");
+        got.sort_unstable();
+        assert_eq!(got, (70_000..70_040).collect::<Vec<u32>>());
+        let peer = Peer {
+            uid: ID,
+            gid: ID,
+            pid: Some(pid),
+            groups: Some(got.into()),
+        };
+        assert!(peer.in_group(ID) && peer.in_group(70_039) && !peer.in_group(0));
+        let no_list = Peer {
+            groups: None,
+            ..peer
+        };
+        assert!(no_list.in_group(ID) && !no_list.in_group(70_000));
     }
 
     #[test]
