@@ -13,9 +13,13 @@
 //! privileged peers have [`MAX_PRIVILEGED_CONNECTIONS`] of their own, so a flood never keeps
 //! root's lookups or sshd's login questions out. Lookups of unprivileged peers that would go
 //! to the metadata service spend a token bucket per uid ([`LOOKUP_BURST`], refilled at
-//! [`LOOKUP_REFILL_PER_SEC`]); beyond it the answer is `UNAVAIL` at once, and names already
-//! in the directory (or known not to exist) are still answered. Refusals and rate limiting
-//! are logged once per uid and kind per [`LOG_EVERY`], with the count of what was left out.
+//! [`LOOKUP_REFILL_PER_SEC`]) and one shared by all unprivileged uids
+//! (`oslogin.unprivileged_lookup_burst`, `unprivileged_lookups_per_minute`): per-uid limits
+//! alone multiply with the uids a user has (65,536 subordinate uids each, with user
+//! namespaces), the shared one does not. Beyond either the answer is `UNAVAIL` at once, and
+//! names already in the directory (or known not to exist) are still answered. Refusals and
+//! rate limiting are logged once per uid and kind per [`LOG_EVERY`] (the shared budget's once
+//! for all uids), with the count of what was left out.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -267,6 +271,8 @@ enum Refusal {
     Token,
     LoginQuestion,
     Lookups,
+    /// The budget all unprivileged uids share (logged once for all of them).
+    AllLookups,
     Connections,
 }
 
@@ -278,7 +284,33 @@ impl Refusal {
             Refusal::Lookups => {
                 "too many lookups reaching the metadata service from one user; answered \"unavailable\" without asking the service"
             }
+            Refusal::AllLookups => {
+                "too many lookups reaching the metadata service from unprivileged users together (oslogin.unprivileged_lookup_burst, unprivileged_lookups_per_minute); answered \"unavailable\" without asking the service"
+            }
             Refusal::Connections => "too many connections from one user; closed at once",
+        }
+    }
+}
+
+/// A token bucket's size and refill.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: f64,
+    pub per_sec: f64,
+}
+
+/// Each unprivileged uid's own lookup budget.
+const PER_UID: Rate = Rate {
+    burst: LOOKUP_BURST,
+    per_sec: LOOKUP_REFILL_PER_SEC,
+};
+
+impl Rate {
+    /// The budget all unprivileged uids share, from the configuration.
+    pub fn all_unprivileged(o: &crate::config::OsLoginConfig) -> Rate {
+        Rate {
+            burst: o.unprivileged_lookup_burst.into(),
+            per_sec: f64::from(o.unprivileged_lookups_per_minute) / 60.0,
         }
     }
 }
@@ -291,21 +323,23 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn full(now: Instant) -> Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
         Bucket {
-            tokens: LOOKUP_BURST,
+            tokens: rate.burst,
             at: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    /// Refilled up to `rate` (a smaller burst from a reloaded configuration applies at once).
+    fn refill(&mut self, rate: Rate, now: Instant) {
         let secs = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + secs * LOOKUP_REFILL_PER_SEC).min(LOOKUP_BURST);
+        self.tokens = (self.tokens + secs * rate.per_sec).min(rate.burst);
         self.at = now;
     }
 
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
+    #[cfg(test)]
+    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -315,14 +349,25 @@ impl Bucket {
     }
 }
 
+/// The lookup budgets: one per unprivileged uid, one for all of them.
+#[derive(Default)]
+struct Budgets {
+    per_uid: HashMap<u32, Bucket>,
+    /// None until the first lookup (then full).
+    all: Option<Bucket>,
+}
+
+/// What a refusal is logged under: (uid, kind); uid None for all uids (the shared budget).
+/// Maps to (when last logged, how many since then were not).
+type LogKey = (Option<u32>, Refusal);
+
 /// Per-peer state shared by every connection: open connections, lookup budgets, what was
 /// logged.
 #[derive(Default)]
 struct Limits {
     open: Mutex<HashMap<u32, usize>>,
-    buckets: Mutex<HashMap<u32, Bucket>>,
-    /// (uid, kind) -> (when last logged, how many since then were not).
-    logged: Mutex<HashMap<(u32, Refusal), (Instant, u64)>>,
+    budgets: Mutex<Budgets>,
+    logged: Mutex<HashMap<LogKey, (Instant, u64)>>,
     command_user: Mutex<Option<(Instant, String, Option<u32>)>>,
 }
 
@@ -359,30 +404,52 @@ impl Limits {
         })
     }
 
-    /// Spends one lookup of `uid`'s budget.
-    fn take_lookup(&self, uid: u32) -> bool {
+    /// Spends one lookup of `uid`'s budget and of the one all unprivileged uids share (`all`),
+    /// or neither: a lookup refused by one budget costs nothing in the other. The refusal
+    /// says which budget was spent. With [`MAX_BUCKETS`] uids holding spent budgets, a uid
+    /// not among them is refused (memory stays bounded; the shared budget keeps that from
+    /// happening at the default rates).
+    fn take_lookup(&self, uid: u32, all: Rate) -> Result<(), Refusal> {
         let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&uid) {
-            buckets.retain(|_, b| {
-                b.refill(now);
-                b.tokens < LOOKUP_BURST
+        let mut guard = lock(&self.budgets);
+        let budgets = &mut *guard;
+        let per_uid = &mut budgets.per_uid;
+        if per_uid.len() >= MAX_BUCKETS && !per_uid.contains_key(&uid) {
+            per_uid.retain(|_, b| {
+                b.refill(PER_UID, now);
+                b.tokens < PER_UID.burst
             });
+            if per_uid.len() >= MAX_BUCKETS {
+                return Err(Refusal::AllLookups);
+            }
         }
-        buckets
+        let mine = per_uid
             .entry(uid)
-            .or_insert_with(|| Bucket::full(now))
-            .take(now)
+            .or_insert_with(|| Bucket::full(PER_UID, now));
+        mine.refill(PER_UID, now);
+        let shared = budgets.all.get_or_insert_with(|| Bucket::full(all, now));
+        shared.refill(all, now);
+        if mine.tokens < 1.0 {
+            return Err(Refusal::Lookups);
+        }
+        if shared.tokens < 1.0 {
+            return Err(Refusal::AllLookups);
+        }
+        mine.tokens -= 1.0;
+        shared.tokens -= 1.0;
+        Ok(())
     }
 
-    /// Logs `what` for `peer` unless it was logged for this uid less than [`LOG_EVERY`] ago.
+    /// Logs `what` for `peer` unless it was logged for this uid (for the shared budget: for
+    /// any uid) less than [`LOG_EVERY`] ago.
     fn note(&self, what: Refusal, peer: &Peer) {
         let now = Instant::now();
         let mut logged = lock(&self.logged);
         if logged.len() >= MAX_BUCKETS {
             logged.retain(|_, (at, _)| now.duration_since(*at) < LOG_EVERY);
         }
-        match logged.get_mut(&(peer.uid, what)) {
+        let key = ((what != Refusal::AllLookups).then_some(peer.uid), what);
+        match logged.get_mut(&key) {
             Some((at, left_out)) if now.duration_since(*at) < LOG_EVERY => *left_out += 1,
             entry => {
                 let left_out = entry.map_or(0, |(_, n)| *n);
@@ -393,7 +460,7 @@ impl Limits {
                     "{} (logged once a minute per user)",
                     what.message()
                 );
-                logged.insert((peer.uid, what), (now, 0));
+                logged.insert(key, (now, 0));
             }
         }
     }
@@ -422,15 +489,19 @@ impl Drop for OpenGuard {
 struct PeerBudget {
     limits: Arc<Limits>,
     peer: Peer,
+    /// The budget all unprivileged uids share (the configuration when the request came).
+    all: Rate,
 }
 
 impl LookupGate for PeerBudget {
     fn allow(&self) -> bool {
-        let ok = self.limits.take_lookup(self.peer.uid);
-        if !ok {
-            self.limits.note(Refusal::Lookups, &self.peer);
+        match self.limits.take_lookup(self.peer.uid, self.all) {
+            Ok(()) => true,
+            Err(what) => {
+                self.limits.note(what, &self.peer);
+                false
+            }
         }
-        ok
     }
 }
 
@@ -542,6 +613,7 @@ async fn connection(
                 let gate: Arc<dyn LookupGate> = Arc::new(PeerBudget {
                     limits: limits.clone(),
                     peer: peer.clone(),
+                    all: Rate::all_unprivileged(&handler.oslogin.config().oslogin),
                 });
                 LOOKUP_GATE
                     .scope(gate, handler.answer(request, &peer))
@@ -584,21 +656,27 @@ fn answer_kind(a: &Answer) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A shared budget far larger than any test spends.
+    const ALL: Rate = Rate {
+        burst: 1e9,
+        per_sec: 1e9,
+    };
+
     #[test]
     fn a_bucket_gives_the_burst_then_refills_at_the_rate() {
         let t0 = Instant::now();
-        let mut b = Bucket::full(t0);
-        let burst = (0..100).filter(|_| b.take(t0)).count();
+        let mut b = Bucket::full(PER_UID, t0);
+        let burst = (0..100).filter(|_| b.take(PER_UID, t0)).count();
         assert_eq!(burst, LOOKUP_BURST as usize);
-        assert!(!b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(PER_UID, t0 + Duration::from_millis(100)));
         // One second later: LOOKUP_REFILL_PER_SEC more (counting the 0.5 already refilled).
         let later = t0 + Duration::from_millis(1100);
-        let more = (0..100).filter(|_| b.take(later)).count();
+        let more = (0..100).filter(|_| b.take(PER_UID, later)).count();
         assert_eq!(more, LOOKUP_REFILL_PER_SEC as usize);
         // Never more than the burst, however long idle.
         let idle = t0 + Duration::from_secs(3600);
         assert_eq!(
-            (0..100).filter(|_| b.take(idle)).count(),
+            (0..100).filter(|_| b.take(PER_UID, idle)).count(),
             LOOKUP_BURST as usize
         );
     }
@@ -606,9 +684,15 @@ mod tests {
     #[test]
     fn budgets_and_connection_counts_are_per_uid() {
         let limits = Arc::new(Limits::default());
-        let spent = (0..100).filter(|_| limits.take_lookup(1000)).count();
+        let spent = (0..100)
+            .filter(|_| limits.take_lookup(1000, ALL).is_ok())
+            .count();
         assert_eq!(spent, LOOKUP_BURST as usize);
-        assert!(limits.take_lookup(1001), "another uid has its own budget");
+        assert_eq!(limits.take_lookup(1000, ALL), Err(Refusal::Lookups));
+        assert!(
+            limits.take_lookup(1001, ALL).is_ok(),
+            "another uid has its own budget"
+        );
         let guards: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
             .map(|_| limits.open(1000).expect("under the cap"))
             .collect();
@@ -619,6 +703,65 @@ mod tests {
         assert!(
             lock(&limits.open).get(&1000).is_none(),
             "no entry left behind"
+        );
+    }
+
+    /// Many uids, each far within its own budget, together get no more than the shared one
+    /// (refilling one lookup an hour here); a lookup the shared budget refuses costs the uid
+    /// nothing; the shared refusal is logged once for all uids.
+    #[test]
+    fn the_shared_budget_caps_all_unprivileged_uids_together() {
+        let limits = Limits::default();
+        let all = Rate {
+            burst: 30.0,
+            per_sec: 1.0 / 3600.0,
+        };
+        let mut served = 0;
+        let mut refused = 0;
+        for uid in 100_000..100_100 {
+            for _ in 0..5 {
+                match limits.take_lookup(uid, all) {
+                    Ok(()) => served += 1,
+                    Err(Refusal::AllLookups) => refused += 1,
+                    Err(other) => panic!("{other:?} for uid {uid}"),
+                }
+            }
+        }
+        assert_eq!((served, refused), (30, 470));
+        let budgets = lock(&limits.budgets);
+        let last = budgets.per_uid.get(&100_099).expect("bucket");
+        assert!(
+            last.tokens >= LOOKUP_BURST - 0.01,
+            "refused lookups cost the uid nothing: {}",
+            last.tokens
+        );
+        drop(budgets);
+        for uid in 100_000..100_100 {
+            let peer = Peer {
+                uid,
+                gid: uid,
+                pid: None,
+                groups: None,
+            };
+            limits.note(Refusal::AllLookups, &peer);
+        }
+        let logged = lock(&limits.logged);
+        assert_eq!(
+            logged.get(&(None, Refusal::AllLookups)).map(|e| e.1),
+            Some(99)
+        );
+        assert_eq!(logged.len(), 1);
+    }
+
+    #[test]
+    fn the_shared_budget_comes_from_the_configuration() {
+        let o = crate::config::OsLoginConfig::default();
+        assert_eq!(
+            Rate::all_unprivileged(&o),
+            Rate {
+                burst: 100.0,
+                per_sec: 10.0
+            }
         );
     }
 
@@ -636,9 +779,14 @@ mod tests {
         }
         limits.note(Refusal::LoginQuestion, &peer);
         let logged = lock(&limits.logged);
-        assert_eq!(logged.get(&(1000, Refusal::Token)).map(|e| e.1), Some(49));
         assert_eq!(
-            logged.get(&(1000, Refusal::LoginQuestion)).map(|e| e.1),
+            logged.get(&(Some(1000), Refusal::Token)).map(|e| e.1),
+            Some(49)
+        );
+        assert_eq!(
+            logged
+                .get(&(Some(1000), Refusal::LoginQuestion))
+                .map(|e| e.1),
             Some(0)
         );
     }
