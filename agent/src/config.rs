@@ -152,6 +152,14 @@ pub struct OsLoginConfig {
     /// When fetching fails, the last good CA keys stay trusted this long (counted from the
     /// last successful fetch, the file's mtime across restarts), then the file is emptied.
     pub ca_max_stale_secs: u64,
+    /// Lookups that go to the metadata service on behalf of unprivileged processes (names
+    /// neither in the directory nor known missing), all uids together: a burst of this many,
+    /// refilled at `unprivileged_lookups_per_minute`. Each uid also has its own smaller budget
+    /// (socket.rs), but uids are cheap (a user namespace maps 65,536 subordinate ones), so
+    /// only this cap bounds what local users can make the daemon ask. Root, the
+    /// AuthorizedKeysCommandUser (sshd's logins) and the daemon's own syncs are not counted.
+    pub unprivileged_lookup_burst: u32,
+    pub unprivileged_lookups_per_minute: u32,
 }
 
 impl Default for OsLoginConfig {
@@ -174,6 +182,8 @@ impl Default for OsLoginConfig {
             ca_file: "/etc/ssh/guest-agent/trusted-ca.pub".into(),
             ca_refresh_secs: 60,
             ca_max_stale_secs: 3600,
+            unprivileged_lookup_burst: 100,
+            unprivileged_lookups_per_minute: 600,
         }
     }
 }
@@ -353,7 +363,7 @@ impl Config {
             );
         }
         let o = &self.oslogin;
-        let oranges: [(&'static str, u64, u64, u64); 6] = [
+        let oranges: [(&'static str, u64, u64, u64); 8] = [
             ("oslogin.min_id", o.min_id.into(), 1, 4_294_967_294),
             (
                 "oslogin.sync_interval_secs",
@@ -375,6 +385,18 @@ impl Config {
                 4000,
             ),
             ("oslogin.decision_reuse_secs", o.decision_reuse_secs, 0, 300),
+            (
+                "oslogin.unprivileged_lookup_burst",
+                o.unprivileged_lookup_burst.into(),
+                1,
+                100_000,
+            ),
+            (
+                "oslogin.unprivileged_lookups_per_minute",
+                o.unprivileged_lookups_per_minute.into(),
+                1,
+                600_000,
+            ),
         ];
         for (key, value, lo, hi) in oranges {
             if !(lo..=hi).contains(&value) {

@@ -3,18 +3,23 @@
 //!
 //! Anyone may look users and groups up (what `getent` shows anyway). Login questions
 //! (authorized keys, principals) are answered only to root and to the configured
-//! AuthorizedKeysCommandUser, checked with SO_PEERCRED. Every connection is bounded: one
-//! request line of at most `MAX_REQUEST` bytes, read within 5 s (the whole line, however
-//! slowly it trickles in), the answer written within 5 s.
+//! AuthorizedKeysCommandUser, checked with SO_PEERCRED; tokens only to root and members of
+//! `tokens.group`, checked with SO_PEERCRED and SO_PEERGROUPS ([`Peer`]). Every connection is
+//! bounded: one request line of at most `MAX_REQUEST` bytes, read within 5 s (the whole line,
+//! however slowly it trickles in), the answer written within 5 s.
 //!
 //! Hostile local users: peers other than root and the AuthorizedKeysCommandUser ("privileged"
 //! below) share [`MAX_CONNECTIONS`] connections, at most [`MAX_CONNECTIONS_PER_UID`] each;
 //! privileged peers have [`MAX_PRIVILEGED_CONNECTIONS`] of their own, so a flood never keeps
 //! root's lookups or sshd's login questions out. Lookups of unprivileged peers that would go
 //! to the metadata service spend a token bucket per uid ([`LOOKUP_BURST`], refilled at
-//! [`LOOKUP_REFILL_PER_SEC`]); beyond it the answer is `UNAVAIL` at once, and names already
-//! in the directory (or known not to exist) are still answered. Refusals and rate limiting
-//! are logged once per uid and kind per [`LOG_EVERY`], with the count of what was left out.
+//! [`LOOKUP_REFILL_PER_SEC`]) and one shared by all unprivileged uids
+//! (`oslogin.unprivileged_lookup_burst`, `unprivileged_lookups_per_minute`): per-uid limits
+//! alone multiply with the uids a user has (65,536 subordinate uids each, with user
+//! namespaces), the shared one does not. Beyond either the answer is `UNAVAIL` at once, and
+//! names already in the directory (or known not to exist) are still answered. Refusals and
+//! rate limiting are logged once per uid and kind per [`LOG_EVERY`] (the shared budget's once
+//! for all uids), with the count of what was left out.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -55,29 +60,97 @@ pub struct Handler {
     pub tokens: Arc<crate::tokens::TokenKeeper>,
 }
 
-/// Whether process `pid` has group `gid` (primary or supplementary), from /proc.
-fn process_in_group(pid: i32, gid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status.lines().any(|l| {
-        let ids = |prefix: &str| {
-            l.strip_prefix(prefix)
-                .map(|rest| rest.split_whitespace().any(|g| g.parse() == Ok(gid)))
+/// The most supplementary groups a process can have (the kernel's NGROUPS_MAX).
+const NGROUPS_MAX: usize = 65_536;
+
+/// The peer's supplementary groups as the kernel recorded them when it connected
+/// (`SO_PEERGROUPS`, Linux 4.13), in the daemon's user namespace. Like SO_PEERCRED's ids they
+/// belong to the connection, not to a process: they cannot change afterwards, and they stay
+/// right when the connecting process has exited and its PID is someone else's (reading
+/// `/proc/PID/status` after the connect, as this code once did, let a process outside the token
+/// group connect, exit, and be judged by whatever process then had its PID).
+pub fn peer_groups(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<Vec<u32>> {
+    use std::os::fd::AsRawFd;
+    const GID: usize = std::mem::size_of::<nix::libc::gid_t>();
+    let mut groups: Vec<nix::libc::gid_t> = vec![0; 32];
+    // The list cannot change (it is the connection's), so a second try with the size the
+    // kernel asked for succeeds; the third is only for a kernel that behaves otherwise.
+    for _ in 0..3 {
+        let mut len = nix::libc::socklen_t::try_from(groups.len() * GID)
+            .map_err(|_| std::io::Error::other("group list too large"))?;
+        // SAFETY: `groups` holds `len` bytes; the kernel writes at most that many and sets
+        // `len` to what it wrote (or, with ERANGE, to what it needs).
+        let rc = unsafe {
+            nix::libc::getsockopt(
+                fd.as_raw_fd(),
+                nix::libc::SOL_SOCKET,
+                nix::libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
         };
-        ids("Gid:").or_else(|| ids("Groups:")).unwrap_or(false)
-    })
+        let needed = len as usize / GID;
+        if rc == 0 {
+            groups.truncate(needed);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(nix::libc::ERANGE)
+            || needed <= groups.len()
+            || needed > NGROUPS_MAX
+        {
+            return Err(err);
+        }
+        groups.resize(needed, 0);
+    }
+    Err(std::io::Error::other(
+        "SO_PEERGROUPS kept asking for more room",
+    ))
 }
 
-/// Who is asking (from SO_PEERCRED).
-#[derive(Debug, Clone, Copy)]
+/// Who is asking: SO_PEERCRED and SO_PEERGROUPS of the accepted socket, taken at accept time
+/// (the kernel's record of the connecting process at its connect). Only `pid` names a process
+/// that may be gone or replaced by now: it is used to recognise an sshd connection, never for
+/// a permission.
+#[derive(Debug, Clone)]
 pub struct Peer {
     pub uid: u32,
+    /// The effective gid.
+    pub gid: u32,
     pub pid: Option<i32>,
+    /// Supplementary groups; `None` when the kernel did not say (before Linux 4.13), and then
+    /// only `gid` counts.
+    pub groups: Option<Arc<[u32]>>,
+}
+
+impl Peer {
+    /// Whether the peer had group `gid`, primary or supplementary, when it connected.
+    pub fn in_group(&self, gid: u32) -> bool {
+        self.gid == gid || self.groups.as_deref().is_some_and(|g| g.contains(&gid))
+    }
+
+    /// The peer of an accepted connection.
+    fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+        use std::os::fd::AsFd;
+        let cred = stream.peer_cred()?;
+        let groups = match peer_groups(stream.as_fd()) {
+            Ok(g) => Some(g.into()),
+            Err(e) => {
+                tracing::debug!(error = %e, "SO_PEERGROUPS failed; only the primary group counts");
+                None
+            }
+        };
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            groups,
+        })
+    }
 }
 
 impl Handler {
-    fn may_ask_logins(&self, peer: Peer) -> bool {
+    fn may_ask_logins(&self, peer: &Peer) -> bool {
         if peer.uid == 0 {
             return true;
         }
@@ -85,8 +158,9 @@ impl Handler {
         matches!(nix::unistd::User::from_name(&user), Ok(Some(u)) if u.uid.as_raw() == peer.uid)
     }
 
-    /// A token for root and members of `tokens.group` only.
-    fn token(&self, account: &str, format: &str, peer: Peer) -> Answer {
+    /// A token for root and members of `tokens.group` only: the uid and groups the peer had
+    /// when it connected ([`Peer`]), never what some process has now.
+    fn token(&self, account: &str, format: &str, peer: &Peer) -> Answer {
         let cfg = self.oslogin.config();
         let t = &cfg.tokens;
         let allowed = peer.uid == 0 || {
@@ -94,7 +168,7 @@ impl Handler {
                 std::path::Path::new("/etc/group"),
             ));
             let gid = groups.iter().find(|g| g.name == t.group).map(|g| g.gid);
-            matches!((gid, peer.pid), (Some(gid), Some(pid)) if process_in_group(pid, gid))
+            gid.is_some_and(|gid| peer.in_group(gid))
         };
         if !allowed {
             return Answer::Denied(format!(
@@ -116,7 +190,7 @@ impl Handler {
         }
     }
 
-    pub async fn answer(&self, request: Request, peer: Peer) -> Answer {
+    pub async fn answer(&self, request: Request, peer: &Peer) -> Answer {
         match request {
             Request::UserByName(n) => self.oslogin.user_by_name(&n).await,
             Request::UserByUid(u) => self.oslogin.user_by_uid(u).await,
@@ -197,6 +271,8 @@ enum Refusal {
     Token,
     LoginQuestion,
     Lookups,
+    /// The budget all unprivileged uids share (logged once for all of them).
+    AllLookups,
     Connections,
 }
 
@@ -208,7 +284,33 @@ impl Refusal {
             Refusal::Lookups => {
                 "too many lookups reaching the metadata service from one user; answered \"unavailable\" without asking the service"
             }
+            Refusal::AllLookups => {
+                "too many lookups reaching the metadata service from unprivileged users together (oslogin.unprivileged_lookup_burst, unprivileged_lookups_per_minute); answered \"unavailable\" without asking the service"
+            }
             Refusal::Connections => "too many connections from one user; closed at once",
+        }
+    }
+}
+
+/// A token bucket's size and refill.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub burst: f64,
+    pub per_sec: f64,
+}
+
+/// Each unprivileged uid's own lookup budget.
+const PER_UID: Rate = Rate {
+    burst: LOOKUP_BURST,
+    per_sec: LOOKUP_REFILL_PER_SEC,
+};
+
+impl Rate {
+    /// The budget all unprivileged uids share, from the configuration.
+    pub fn all_unprivileged(o: &crate::config::OsLoginConfig) -> Rate {
+        Rate {
+            burst: o.unprivileged_lookup_burst.into(),
+            per_sec: f64::from(o.unprivileged_lookups_per_minute) / 60.0,
         }
     }
 }
@@ -221,21 +323,23 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn full(now: Instant) -> Bucket {
+    fn full(rate: Rate, now: Instant) -> Bucket {
         Bucket {
-            tokens: LOOKUP_BURST,
+            tokens: rate.burst,
             at: now,
         }
     }
 
-    fn refill(&mut self, now: Instant) {
+    /// Refilled up to `rate` (a smaller burst from a reloaded configuration applies at once).
+    fn refill(&mut self, rate: Rate, now: Instant) {
         let secs = now.saturating_duration_since(self.at).as_secs_f64();
-        self.tokens = (self.tokens + secs * LOOKUP_REFILL_PER_SEC).min(LOOKUP_BURST);
+        self.tokens = (self.tokens + secs * rate.per_sec).min(rate.burst);
         self.at = now;
     }
 
-    fn take(&mut self, now: Instant) -> bool {
-        self.refill(now);
+    #[cfg(test)]
+    fn take(&mut self, rate: Rate, now: Instant) -> bool {
+        self.refill(rate, now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true
@@ -245,14 +349,25 @@ impl Bucket {
     }
 }
 
+/// The lookup budgets: one per unprivileged uid, one for all of them.
+#[derive(Default)]
+struct Budgets {
+    per_uid: HashMap<u32, Bucket>,
+    /// None until the first lookup (then full).
+    all: Option<Bucket>,
+}
+
+/// What a refusal is logged under: (uid, kind); uid None for all uids (the shared budget).
+/// Maps to (when last logged, how many since then were not).
+type LogKey = (Option<u32>, Refusal);
+
 /// Per-peer state shared by every connection: open connections, lookup budgets, what was
 /// logged.
 #[derive(Default)]
 struct Limits {
     open: Mutex<HashMap<u32, usize>>,
-    buckets: Mutex<HashMap<u32, Bucket>>,
-    /// (uid, kind) -> (when last logged, how many since then were not).
-    logged: Mutex<HashMap<(u32, Refusal), (Instant, u64)>>,
+    budgets: Mutex<Budgets>,
+    logged: Mutex<HashMap<LogKey, (Instant, u64)>>,
     command_user: Mutex<Option<(Instant, String, Option<u32>)>>,
 }
 
@@ -289,30 +404,52 @@ impl Limits {
         })
     }
 
-    /// Spends one lookup of `uid`'s budget.
-    fn take_lookup(&self, uid: u32) -> bool {
+    /// Spends one lookup of `uid`'s budget and of the one all unprivileged uids share (`all`),
+    /// or neither: a lookup refused by one budget costs nothing in the other. The refusal
+    /// says which budget was spent. With [`MAX_BUCKETS`] uids holding spent budgets, a uid
+    /// not among them is refused (memory stays bounded; the shared budget keeps that from
+    /// happening at the default rates).
+    fn take_lookup(&self, uid: u32, all: Rate) -> Result<(), Refusal> {
         let now = Instant::now();
-        let mut buckets = lock(&self.buckets);
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(&uid) {
-            buckets.retain(|_, b| {
-                b.refill(now);
-                b.tokens < LOOKUP_BURST
+        let mut guard = lock(&self.budgets);
+        let budgets = &mut *guard;
+        let per_uid = &mut budgets.per_uid;
+        if per_uid.len() >= MAX_BUCKETS && !per_uid.contains_key(&uid) {
+            per_uid.retain(|_, b| {
+                b.refill(PER_UID, now);
+                b.tokens < PER_UID.burst
             });
+            if per_uid.len() >= MAX_BUCKETS {
+                return Err(Refusal::AllLookups);
+            }
         }
-        buckets
+        let mine = per_uid
             .entry(uid)
-            .or_insert_with(|| Bucket::full(now))
-            .take(now)
+            .or_insert_with(|| Bucket::full(PER_UID, now));
+        mine.refill(PER_UID, now);
+        let shared = budgets.all.get_or_insert_with(|| Bucket::full(all, now));
+        shared.refill(all, now);
+        if mine.tokens < 1.0 {
+            return Err(Refusal::Lookups);
+        }
+        if shared.tokens < 1.0 {
+            return Err(Refusal::AllLookups);
+        }
+        mine.tokens -= 1.0;
+        shared.tokens -= 1.0;
+        Ok(())
     }
 
-    /// Logs `what` for `peer` unless it was logged for this uid less than [`LOG_EVERY`] ago.
-    fn note(&self, what: Refusal, peer: Peer) {
+    /// Logs `what` for `peer` unless it was logged for this uid (for the shared budget: for
+    /// any uid) less than [`LOG_EVERY`] ago.
+    fn note(&self, what: Refusal, peer: &Peer) {
         let now = Instant::now();
         let mut logged = lock(&self.logged);
         if logged.len() >= MAX_BUCKETS {
             logged.retain(|_, (at, _)| now.duration_since(*at) < LOG_EVERY);
         }
-        match logged.get_mut(&(peer.uid, what)) {
+        let key = ((what != Refusal::AllLookups).then_some(peer.uid), what);
+        match logged.get_mut(&key) {
             Some((at, left_out)) if now.duration_since(*at) < LOG_EVERY => *left_out += 1,
             entry => {
                 let left_out = entry.map_or(0, |(_, n)| *n);
@@ -323,7 +460,7 @@ impl Limits {
                     "{} (logged once a minute per user)",
                     what.message()
                 );
-                logged.insert((peer.uid, what), (now, 0));
+                logged.insert(key, (now, 0));
             }
         }
     }
@@ -352,15 +489,19 @@ impl Drop for OpenGuard {
 struct PeerBudget {
     limits: Arc<Limits>,
     peer: Peer,
+    /// The budget all unprivileged uids share (the configuration when the request came).
+    all: Rate,
 }
 
 impl LookupGate for PeerBudget {
     fn allow(&self) -> bool {
-        let ok = self.limits.take_lookup(self.peer.uid);
-        if !ok {
-            self.limits.note(Refusal::Lookups, self.peer);
+        match self.limits.take_lookup(self.peer.uid, self.all) {
+            Ok(()) => true,
+            Err(what) => {
+                self.limits.note(what, &self.peer);
+                false
+            }
         }
-        ok
     }
 }
 
@@ -378,12 +519,8 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
                 continue;
             }
         };
-        let Ok(cred) = stream.peer_cred() else {
+        let Ok(peer) = Peer::of(&stream) else {
             continue;
-        };
-        let peer = Peer {
-            uid: cred.uid(),
-            pid: cred.pid(),
         };
         let command_user = handler.oslogin.config().oslogin.command_user.clone();
         let is_privileged = limits.privileged(peer.uid, &command_user);
@@ -415,7 +552,7 @@ pub async fn serve(listener: UnixListener, handler: Arc<Handler>) {
             (permit, None)
         } else {
             let Some(guard) = limits.open(peer.uid) else {
-                limits.note(Refusal::Connections, peer);
+                limits.note(Refusal::Connections, &peer);
                 continue;
             };
             let Ok(p) = shared.clone().try_acquire_owned() else {
@@ -471,16 +608,19 @@ async fn connection(
                 _ => None,
             };
             let answer = if privileged {
-                handler.answer(request, peer).await
+                handler.answer(request, &peer).await
             } else {
                 let gate: Arc<dyn LookupGate> = Arc::new(PeerBudget {
                     limits: limits.clone(),
-                    peer,
+                    peer: peer.clone(),
+                    all: Rate::all_unprivileged(&handler.oslogin.config().oslogin),
                 });
-                LOOKUP_GATE.scope(gate, handler.answer(request, peer)).await
+                LOOKUP_GATE
+                    .scope(gate, handler.answer(request, &peer))
+                    .await
             };
             if let (Answer::Denied(_), Some(what)) = (&answer, refusal) {
-                limits.note(what, peer);
+                limits.note(what, &peer);
             }
             answer
         }
@@ -516,21 +656,27 @@ fn answer_kind(a: &Answer) -> &'static str {
 mod tests {
     use super::*;
 
+    /// A shared budget far larger than any test spends.
+    const ALL: Rate = Rate {
+        burst: 1e9,
+        per_sec: 1e9,
+    };
+
     #[test]
     fn a_bucket_gives_the_burst_then_refills_at_the_rate() {
         let t0 = Instant::now();
-        let mut b = Bucket::full(t0);
-        let burst = (0..100).filter(|_| b.take(t0)).count();
+        let mut b = Bucket::full(PER_UID, t0);
+        let burst = (0..100).filter(|_| b.take(PER_UID, t0)).count();
         assert_eq!(burst, LOOKUP_BURST as usize);
-        assert!(!b.take(t0 + Duration::from_millis(100)));
+        assert!(!b.take(PER_UID, t0 + Duration::from_millis(100)));
         // One second later: LOOKUP_REFILL_PER_SEC more (counting the 0.5 already refilled).
         let later = t0 + Duration::from_millis(1100);
-        let more = (0..100).filter(|_| b.take(later)).count();
+        let more = (0..100).filter(|_| b.take(PER_UID, later)).count();
         assert_eq!(more, LOOKUP_REFILL_PER_SEC as usize);
         // Never more than the burst, however long idle.
         let idle = t0 + Duration::from_secs(3600);
         assert_eq!(
-            (0..100).filter(|_| b.take(idle)).count(),
+            (0..100).filter(|_| b.take(PER_UID, idle)).count(),
             LOOKUP_BURST as usize
         );
     }
@@ -538,9 +684,15 @@ mod tests {
     #[test]
     fn budgets_and_connection_counts_are_per_uid() {
         let limits = Arc::new(Limits::default());
-        let spent = (0..100).filter(|_| limits.take_lookup(1000)).count();
+        let spent = (0..100)
+            .filter(|_| limits.take_lookup(1000, ALL).is_ok())
+            .count();
         assert_eq!(spent, LOOKUP_BURST as usize);
-        assert!(limits.take_lookup(1001), "another uid has its own budget");
+        assert_eq!(limits.take_lookup(1000, ALL), Err(Refusal::Lookups));
+        assert!(
+            limits.take_lookup(1001, ALL).is_ok(),
+            "another uid has its own budget"
+        );
         let guards: Vec<_> = (0..MAX_CONNECTIONS_PER_UID)
             .map(|_| limits.open(1000).expect("under the cap"))
             .collect();
@@ -554,23 +706,178 @@ mod tests {
         );
     }
 
+    /// Many uids, each far within its own budget, together get no more than the shared one
+    /// (refilling one lookup an hour here); a lookup the shared budget refuses costs the uid
+    /// nothing; the shared refusal is logged once for all uids.
+    #[test]
+    fn the_shared_budget_caps_all_unprivileged_uids_together() {
+        let limits = Limits::default();
+        let all = Rate {
+            burst: 30.0,
+            per_sec: 1.0 / 3600.0,
+        };
+        let mut served = 0;
+        let mut refused = 0;
+        for uid in 100_000..100_100 {
+            for _ in 0..5 {
+                match limits.take_lookup(uid, all) {
+                    Ok(()) => served += 1,
+                    Err(Refusal::AllLookups) => refused += 1,
+                    Err(other) => panic!("{other:?} for uid {uid}"),
+                }
+            }
+        }
+        assert_eq!((served, refused), (30, 470));
+        let budgets = lock(&limits.budgets);
+        let last = budgets.per_uid.get(&100_099).expect("bucket");
+        assert!(
+            last.tokens >= LOOKUP_BURST - 0.01,
+            "refused lookups cost the uid nothing: {}",
+            last.tokens
+        );
+        drop(budgets);
+        for uid in 100_000..100_100 {
+            let peer = Peer {
+                uid,
+                gid: uid,
+                pid: None,
+                groups: None,
+            };
+            limits.note(Refusal::AllLookups, &peer);
+        }
+        let logged = lock(&limits.logged);
+        assert_eq!(
+            logged.get(&(None, Refusal::AllLookups)).map(|e| e.1),
+            Some(99)
+        );
+        assert_eq!(logged.len(), 1);
+    }
+
+    #[test]
+    fn the_shared_budget_comes_from_the_configuration() {
+        let o = crate::config::OsLoginConfig::default();
+        assert_eq!(
+            Rate::all_unprivileged(&o),
+            Rate {
+                burst: 100.0,
+                per_sec: 10.0
+            }
+        );
+    }
+
     #[test]
     fn refusals_are_logged_once_per_uid_and_kind_and_counted() {
         let limits = Limits::default();
         let peer = Peer {
             uid: 1000,
+            gid: 1000,
             pid: None,
+            groups: None,
         };
         for _ in 0..50 {
-            limits.note(Refusal::Token, peer);
+            limits.note(Refusal::Token, &peer);
         }
-        limits.note(Refusal::LoginQuestion, peer);
+        limits.note(Refusal::LoginQuestion, &peer);
         let logged = lock(&limits.logged);
-        assert_eq!(logged.get(&(1000, Refusal::Token)).map(|e| e.1), Some(49));
         assert_eq!(
-            logged.get(&(1000, Refusal::LoginQuestion)).map(|e| e.1),
+            logged.get(&(Some(1000), Refusal::Token)).map(|e| e.1),
+            Some(49)
+        );
+        assert_eq!(
+            logged
+                .get(&(Some(1000), Refusal::LoginQuestion))
+                .map(|e| e.1),
             Some(0)
         );
+    }
+
+    #[test]
+    fn peer_groups_of_a_socketpair_are_this_process_groups() {
+        use std::os::fd::AsFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let mut got = peer_groups(a.as_fd()).expect("SO_PEERGROUPS");
+        let mut want: Vec<u32> = nix::unistd::getgroups()
+            .expect("getgroups")
+            .iter()
+            .map(|g| g.as_raw())
+            .collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(got, want);
+    }
+
+    /// A process with known ids and 40 supplementary groups (more than the first buffer holds,
+    /// so the ERANGE retry runs) connects and exits before the daemon's side looks: the
+    /// connection still tells its uid, gid and groups, which /proc/PID no longer could.
+    #[test]
+    fn peer_groups_are_the_connecting_process_groups_after_it_exited() {
+        use nix::libc;
+        use std::os::fd::AsFd;
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "\n*** SKIPPED peer_groups_are_the_connecting_process_groups_after_it_exited: needs root (setgroups) ***\n"
+            );
+            return;
+        }
+        let path = std::env::temp_dir().join(format!("ga-peergroups-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, s) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *s as libc::c_char;
+        }
+        let groups: Vec<libc::gid_t> = (70_000..70_040).collect();
+        const ID: u32 = 43_210;
+        let mut cmd = std::process::Command::new("/bin/true");
+        // SAFETY: between fork and exec only async-signal-safe calls, on data prepared before
+        // the fork (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                let fail = || Err(std::io::Error::last_os_error());
+                if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(ID) != 0
+                    || libc::setuid(ID) != 0
+                {
+                    return fail();
+                }
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                if fd < 0 || libc::connect(fd, (&raw const addr).cast(), len) != 0 {
+                    return fail();
+                }
+                Ok(())
+            })
+        };
+        let mut child = cmd.spawn().expect("spawn the peer");
+        let pid = child.id() as i32;
+        assert!(child.wait().expect("wait").success());
+        let (stream, _) = listener.accept().expect("accept");
+        let _ = std::fs::remove_file(&path);
+        let cred =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .expect("SO_PEERCRED");
+        assert_eq!((cred.pid(), cred.uid(), cred.gid()), (pid, ID, ID));
+        let mut got = peer_groups(stream.as_fd()).expect("SO_PEERGROUPS");
+        got.sort_unstable();
+        assert_eq!(got, (70_000..70_040).collect::<Vec<u32>>());
+        let peer = Peer {
+            uid: ID,
+            gid: ID,
+            pid: Some(pid),
+            groups: Some(got.into()),
+        };
+        assert!(peer.in_group(ID) && peer.in_group(70_039) && !peer.in_group(0));
+        let no_list = Peer {
+            groups: None,
+            ..peer
+        };
+        assert!(no_list.in_group(ID) && !no_list.in_group(70_000));
     }
 
     #[test]

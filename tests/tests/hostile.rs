@@ -845,3 +845,151 @@ fn a_user_racing_the_agent_with_symlinks_never_gets_a_file_outside_its_home_writ
         started.elapsed()
     );
 }
+
+/// Many uids at once (root in the VM forks one child per uid, each `setuid`s to its uid and
+/// asks its names one after the other): `UIDS FIRST_UID PER_UID`; prints the answers' tally.
+const MANY_UIDS: &str = r##"
+use strict; use warnings; use POSIX (); use Socket; use IO::Socket::UNIX;
+$SIG{PIPE} = 'IGNORE'; $| = 1;
+my ($n, $first, $per) = @ARGV;
+my $SOCK = '/run/guest-agent/agent.sock';
+my @kids;
+for my $i (0 .. $n - 1) {
+    my $uid = $first + $i;
+    pipe(my $r, my $w) or die;
+    my $pid = fork() // die "fork: $!";
+    if ($pid == 0) {
+        close $r;
+        $) = "$uid $uid"; $( = $uid; POSIX::setuid($uid) or POSIX::_exit(3);
+        my %t;
+        for my $k (1 .. $per) {
+            my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $SOCK);
+            if (!$s) { $t{NOCONN}++; next }
+            print $s "getpwnam flood${uid}x$k\n";
+            my $l = <$s>;
+            my $w0 = defined $l ? (split / /, $l)[0] : 'CLOSED';
+            $w0 =~ s/\s+$//;
+            $t{$w0}++;
+        }
+        print $w join(' ', %t), "\n";
+        close $w;
+        POSIX::_exit(0);
+    }
+    close $w;
+    push @kids, [$pid, $r];
+}
+my %all;
+for my $k (@kids) {
+    my ($pid, $r) = @$k;
+    my $line = <$r> // '';
+    waitpid($pid, 0);
+    $all{uids_done}++ if $? == 0;
+    my %t = split ' ', $line;
+    $all{$_} += $t{$_} for keys %t;
+}
+print "$_ $all{$_}\n" for sort keys %all;
+print "done 1\n";
+"##;
+
+/// The attack (issue 13, item 12): the socket's lookup budget was per uid only, and uids are
+/// cheap: with user namespaces every user has 65,536 subordinate uids (and root in a
+/// container many more), so a user who spreads a flood of unknown names over many uids, each
+/// well within its own budget, made the daemon ask the metadata service for all of them. Here
+/// 100 uids ask 5 unknown names each (500 lookups, none over its uid's burst of 20), against a
+/// shared budget of 30 that refills one lookup a minute (`oslogin.unprivileged_lookup_burst`
+/// and `unprivileged_lookups_per_minute`): at most 30 (plus one a minute) reach the service,
+/// every other lookup is answered UNAVAIL at once, a uid that never asked is turned away too,
+/// and root's lookup of a name the daemon must fetch is still served (root, sshd's helpers and
+/// the daemon itself are not counted). Before the fix all 500 reached the service.
+#[test]
+fn many_uids_together_get_no_more_lookups_than_the_shared_cap_and_root_is_still_served() {
+    if !require_root(
+        "many_uids_together_get_no_more_lookups_than_the_shared_cap_and_root_is_still_served",
+    ) {
+        return;
+    }
+    const UIDS: u64 = 100;
+    const PER_UID: u64 = 5;
+    const CAP: u64 = 30;
+    let vm = OsLoginVm::start(
+        "hostuids",
+        &format!("unprivileged_lookup_burst = {CAP}\nunprivileged_lookups_per_minute = 1\n"),
+        |_| {},
+    );
+    let env = &vm.env;
+    let started = Instant::now();
+    let flood = install(env, "many-uids.pl", MANY_UIDS);
+    let client = install(env, "hostile-client.pl", CLIENT);
+    // A user the daemon has not synced: root's lookup of it must go to the service.
+    let (_, carol_pub) = keypair(env.dir(), "carol");
+    env.emulator().ok(
+        "POST",
+        "/oslogin/users",
+        Some(&user("carol", 220001, &carol_pub, true, false).to_string()),
+    );
+    env.emulator().clear_requests();
+    let fetches = |prefix: &str| {
+        env.emulator()
+            .requests()
+            .iter()
+            .filter(|r| {
+                r["query"]
+                    .as_str()
+                    .is_some_and(|q| q.contains(&format!("username={prefix}")))
+            })
+            .count() as u64
+    };
+
+    let t = run_tally({
+        let mut c = env.vm().command("perl");
+        c.args([&flood, &UIDS.to_string(), "300000", &PER_UID.to_string()]);
+        c
+    });
+    let to_service = fetches("flood");
+    // The cap refills one lookup a minute: one more per started minute since the flood began.
+    let most = CAP + 1 + started.elapsed().as_secs() / 60;
+    eprintln!("{UIDS} uids x {PER_UID}: {t:?}; {to_service} reached the service (cap {CAP})");
+    assert_eq!(get(&t, "uids_done"), UIDS, "every uid's child ran: {t:?}");
+    assert_eq!(
+        get(&t, "NOTFOUND") + get(&t, "UNAVAIL"),
+        UIDS * PER_UID,
+        "every lookup answered: {t:?}"
+    );
+    assert!(
+        (CAP..=most).contains(&to_service),
+        "{to_service} lookups reached the service; the shared cap allows {CAP} to {most}: {t:?}"
+    );
+    assert_eq!(get(&t, "NOTFOUND"), to_service, "{t:?}");
+    // A uid that has not asked anything yet, far within its own budget: turned away all the
+    // same, at once, without asking the service.
+    let fresh = run_tally(as_user(
+        env,
+        399_999,
+        &["perl", &client, "ask", "getpwnam freshuidname", "1"],
+    ));
+    assert_eq!(get(&fresh, "UNAVAIL"), 1, "{fresh:?}");
+    assert_eq!(fetches("freshuidname"), 0);
+    // Root: a name the daemon has to fetch is fetched and served.
+    let root = run_tally({
+        let mut c = env.vm().command("perl");
+        c.args([&client, "ask", "getpwnam carol", "1"]);
+        c
+    });
+    assert_eq!(get(&root, "OK"), 1, "root is served: {root:?}");
+    assert_eq!(fetches("carol"), 1, "root's lookup went to the service");
+    // Logged once for all the uids, not once per uid.
+    let agent = env.agent();
+    agent.expect_line(
+        started,
+        &["from unprivileged users together"],
+        Duration::from_secs(30),
+    );
+    let lines = agent
+        .lines_since(started, &["from unprivileged users together"])
+        .len() as u64;
+    assert!(
+        lines <= 1 + started.elapsed().as_secs() / 60,
+        "the shared cap logged {lines} times:\n{}",
+        agent.dump()
+    );
+}

@@ -234,3 +234,198 @@ fn identity_names_the_service_account_and_the_instance() {
     );
     assert!(!v["scopes"].as_array().unwrap().is_empty());
 }
+
+/// The token-group attacker (Perl, as root in the VM, dropping to the ids it is given). Modes:
+/// - `handoff UID GROUPS`: as UID with supplementary GROUPS ("-": none), connect, fork a child
+///   that keeps the socket, exit; the child waits until the connecting process is reaped
+///   (/proc/PID gone), then asks for a token. Prints `proc_gone 1` and `answer WORD`.
+/// - `recycle OUTSIDER MEMBER TOKGID`: a process A of OUTSIDER (no other group) connects,
+///   forks a child H that keeps the socket, and exits; A is reaped and its PID given to a new
+///   process B of MEMBER with TOKGID (`ns_last_pid`: run it in a PID namespace of its own).
+///   Then H asks for a token. Prints `recycled 1` (B had A's PID, checked), `tries N`,
+///   `answer WORD`.
+const TOKEN_CLIENT: &str = r##"
+use strict; use warnings; use POSIX (); use Socket; use IO::Socket::UNIX; use IO::Handle;
+$SIG{PIPE} = 'IGNORE'; $| = 1;
+my $SOCK = '/run/guest-agent/agent.sock';
+my ($mode, @a) = @ARGV;
+sub become {
+    my ($uid, $gid, @groups) = @_;
+    $) = join(' ', $gid, @groups ? @groups : ($gid));
+    $( = $gid;
+    POSIX::setuid($uid) or die "setuid $uid: $!";
+}
+sub ask_token { my ($s) = @_; print $s "token default raw\n"; my $l = <$s>; return defined $l ? (split / /, $l)[0] =~ s/\s+$//r : 'CLOSED' }
+if ($mode eq 'handoff') {
+    my ($uid, $groups) = @a;
+    my @g = $groups eq '-' ? () : split /,/, $groups;
+    become($uid, $uid, @g);
+    my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $SOCK) or die "connect: $!";
+    my $parent = $$;
+    my $pid = fork() // die "fork: $!";
+    exit 0 if $pid; # the connecting process is gone; the shell that ran it reaps it
+    for (1 .. 3000) { last unless -e "/proc/$parent"; select(undef, undef, undef, 0.01) }
+    print "proc_gone ", (-e "/proc/$parent" ? 0 : 1), "\n";
+    print "answer ", ask_token($s), "\n";
+    print "done 1\n";
+    POSIX::_exit(0);
+} elsif ($mode eq 'recycle') {
+    my ($outsider, $member, $tokgid) = @a;
+    for my $try (1 .. 200) {
+        pipe(my $go_r, my $go_w) or die; pipe(my $ans_r, my $ans_w) or die;
+        $ans_w->autoflush(1); $go_w->autoflush(1);
+        my $a = fork() // die "fork: $!";
+        if ($a == 0) {
+            become($outsider, $outsider);
+            my $s = IO::Socket::UNIX->new(Type => SOCK_STREAM, Peer => $SOCK) or POSIX::_exit(3);
+            my $h = fork() // POSIX::_exit(4);
+            if ($h == 0) {
+                close $go_w; close $ans_r;
+                my $go = <$go_r>;
+                print $ans_w ($go && $go eq "go\n" ? ask_token($s) : 'SKIPPED'), "\n";
+                POSIX::_exit(0);
+            }
+            POSIX::_exit(0);
+        }
+        close $go_r; close $ans_w;
+        waitpid($a, 0);
+        die "the outsider could not connect ($?)" if $? != 0;
+        open(my $f, '>', '/proc/sys/kernel/ns_last_pid') or die "ns_last_pid: $!";
+        print $f $a - 1; close $f;
+        my $b = fork() // die "fork: $!";
+        if ($b == 0) { become($member, $member, $tokgid); sleep 60; POSIX::_exit(0) }
+        if ($b != $a) { kill 9, $b; waitpid($b, 0); close $go_w; <$ans_r>; next }
+        # B holds A's PID; wait until it runs as the member with the token group.
+        for (1 .. 3000) {
+            open(my $st, '<', "/proc/$b/status") or last;
+            my $t = do { local $/; <$st> };
+            last if $t =~ /^Uid:\s+$member\s/m && $t =~ /^Groups:.*\b$tokgid\b/m;
+            select(undef, undef, undef, 0.01);
+        }
+        print $go_w "go\n";
+        my $answer = <$ans_r>; chomp $answer;
+        kill 9, $b; waitpid($b, 0);
+        print "recycled 1\ntries $try\nanswer $answer\ndone 1\n";
+        exit 0;
+    }
+    print "recycled 0\ndone 1\n";
+}
+"##;
+
+/// The `KEY VALUE` lines a client printed.
+fn client_said(out: &std::process::Output) -> std::collections::BTreeMap<String, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("done 1"),
+        "the client did not finish ({}): {text}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The attack (issue 13, item 7): the token check looked at `/proc/PID/status` of the PID
+/// SO_PEERCRED gave, read when the request came, not at connect. A process outside the token
+/// group connects, hands the socket to a child and exits; once its PID belongs to a process
+/// of a member of the group, the child asks, and the daemon judged the member's groups: the
+/// outsider got the token. (PIDs are recycled for real here: the daemon runs as PID 1 of a PID
+/// namespace of its own, where the attacker, root there for the setup only, sets `ns_last_pid`
+/// so that the member's process gets the outsider's PID; the daemon's own /proc is that
+/// namespace's.) The reverse failed too: a member whose connecting process had exited was
+/// refused (no /proc entry left). Now the groups are the connection's (SO_PEERGROUPS with
+/// SO_PEERCRED, taken at accept): the outsider is refused whatever has its PID by now, and the
+/// member is served after its connecting process is gone.
+#[test]
+fn a_token_goes_by_the_groups_the_peer_connected_with_not_by_what_its_pid_names_later() {
+    if !require_root(
+        "a_token_goes_by_the_groups_the_peer_connected_with_not_by_what_its_pid_names_later",
+    ) {
+        return;
+    }
+    const OUTSIDER: u32 = 54_321;
+    const MEMBER: u32 = 54_322;
+    const TOKGID: u32 = 4321;
+    let mut env = TestEnv::with_emulator("tokpid", None);
+    env.vm()
+        .run(&format!("groupadd -g {TOKGID} guest-agent-token"));
+    let client = env.dir().join("token-client.pl");
+    std::fs::write(&client, TOKEN_CLIENT).expect("write client");
+    env.vm().run(&format!(
+        "cp {} /srv/token-client.pl && chmod 644 /srv/token-client.pl",
+        client.display()
+    ));
+    // The daemon as PID 1 of its own PID namespace, with that namespace's /proc (in a mount
+    // namespace inside the VM's: the files it writes are the VM's). Killing `unshare` (the
+    // test's process) kills it, and with it every process in the namespace.
+    env.write_config("");
+    let notify = guest_agent_e2e::notify::NotifySocket::bind(env.dir());
+    let mut cmd = env.vm().command("unshare");
+    cmd.args(["--pid", "--fork", "--kill-child", "--mount-proc"])
+        .arg(guest_agent_e2e::vm::AGENT)
+        .arg("--config")
+        .arg(env.config_path())
+        .arg("run")
+        .env("NOTIFY_SOCKET", notify.path())
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM");
+    env.notify = Some(notify);
+    let t0 = Instant::now();
+    env.agent = Some(guest_agent_e2e::process::Proc::spawn("guest-agent", cmd));
+    env.wait_ready(t0, Duration::from_secs(30));
+    let want = emulator_token(&env);
+    wait_token(&env, &want, Duration::from_secs(30));
+    let unshare = env.agent().pid();
+    let daemon: i32 = std::fs::read_to_string(format!("/proc/{unshare}/task/{unshare}/children"))
+        .expect("unshare's children")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the daemon's pid");
+    // Inside the daemon's PID and mount namespaces.
+    let in_daemon_ns = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .args(["-t", &daemon.to_string(), "-p", "-m", "--"])
+            .args(args)
+            .output()
+            .expect("nsenter")
+    };
+    let perl = ["perl", "/srv/token-client.pl"];
+
+    // A member whose connecting process is gone before it asks: served.
+    let out = in_daemon_ns(&[
+        "sh",
+        "-c",
+        &format!("perl /srv/token-client.pl handoff {MEMBER} {TOKGID}; true"),
+    ]);
+    let said = client_said(&out);
+    assert_eq!(said["proc_gone"], "1", "{said:?}");
+    assert_eq!(said["answer"], "OK", "the member is served: {said:?}");
+    // The same from outside the group: refused.
+    let out = in_daemon_ns(&[
+        "sh",
+        "-c",
+        &format!("perl /srv/token-client.pl handoff {OUTSIDER} -; true"),
+    ]);
+    let said = client_said(&out);
+    assert_eq!(said["proc_gone"], "1", "{said:?}");
+    assert_eq!(said["answer"], "DENIED", "{said:?}");
+    // The outsider's PID recycled to a member's process before the outsider's child asks.
+    let mut args = perl.to_vec();
+    let ids = [OUTSIDER.to_string(), MEMBER.to_string(), TOKGID.to_string()];
+    args.push("recycle");
+    args.extend(ids.iter().map(String::as_str));
+    let out = in_daemon_ns(&args);
+    let said = client_said(&out);
+    assert_eq!(said["recycled"], "1", "the PID was recycled: {said:?}");
+    eprintln!("PID recycled after {} tries", said["tries"]);
+    assert_eq!(
+        said["answer"],
+        "DENIED",
+        "the outsider is refused although its PID is a member's now: {said:?}\n{}",
+        env.agent().dump()
+    );
+    assert_never_leaked(&env, &want);
+}

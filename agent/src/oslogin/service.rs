@@ -30,7 +30,8 @@ const LOOKUP_PROBE_EVERY: Duration = Duration::from_secs(2);
 const LOOKUP_SLOW: Duration = Duration::from_millis(100);
 
 /// Decides whether a lookup on behalf of the current socket peer may go to the metadata
-/// service (the socket's per-user rate limit).
+/// service (the socket's rate limits: the peer's uid's budget and the one all unprivileged
+/// uids share).
 pub trait LookupGate: Send + Sync {
     fn allow(&self) -> bool;
 }
@@ -338,7 +339,7 @@ impl OsLogin {
     async fn lookup_json(&self, path: &str) -> Result<Option<serde_json::Value>, Answer> {
         if !LOOKUP_GATE.try_with(|g| g.allow()).unwrap_or(true) {
             return Err(Answer::Unavailable(
-                "too many lookups from this user; try again later".into(),
+                "too many lookups from this user or from unprivileged users together; try again later".into(),
             ));
         }
         let Some(id) = self.lookup_start() else {
