@@ -390,6 +390,21 @@ pub fn remove_if_exists(path: &Path) -> Result<bool, FileError> {
 }
 
 /// Reads `path`, or `None` when it does not exist.
+/// Where an edit of a system configuration file the operator may have made a symbolic link
+/// (`/etc/nsswitch.conf`, `/etc/ssh/sshd_config`: image builders and config managers do)
+/// must land: the file the link resolves to, so the link stays a link (an atomic replace of
+/// the link itself would turn it into a regular file). Anything that is not a link, or a
+/// dangling one, is `path` itself. Only for root-owned configuration paths, never for paths
+/// a user controls (those are written with [`write_atomic`], which never follows a link).
+pub fn config_target(path: &Path) -> PathBuf {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, FileError> {
     match std::fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),

@@ -230,15 +230,17 @@ pub fn planned_additions(
     Ok(enable(&read(&paths.file)?, module, dbs)?.1)
 }
 
-/// [`enable`] on the file, written atomically (0644). Returns whether the file changed and
+/// [`enable`] on the file (where a symbolic link points: the link stays), written atomically
+/// (0644). Returns whether the file changed and
 /// the databases the module was added to: persist that list for [`apply_disable`].
 pub fn apply_enable(
     paths: &NsswitchPaths,
     module: &str,
     dbs: &[&str],
 ) -> Result<(bool, Vec<String>), NsswitchError> {
-    let (text, added) = enable(&read(&paths.file)?, module, dbs)?;
-    let changed = files::write_atomic(&paths.file, text.as_bytes(), 0o644, None)?;
+    let file = files::config_target(&paths.file);
+    let (text, added) = enable(&read(&file)?, module, dbs)?;
+    let changed = files::write_atomic(&file, text.as_bytes(), 0o644, None)?;
     Ok((changed, added))
 }
 
@@ -248,13 +250,9 @@ pub fn apply_disable(
     module: &str,
     added: &[String],
 ) -> Result<bool, NsswitchError> {
-    let text = disable(&read(&paths.file)?, module, added);
-    Ok(files::write_atomic(
-        &paths.file,
-        text.as_bytes(),
-        0o644,
-        None,
-    )?)
+    let file = files::config_target(&paths.file);
+    let text = disable(&read(&file)?, module, added);
+    Ok(files::write_atomic(&file, text.as_bytes(), 0o644, None)?)
 }
 
 #[cfg(test)]
@@ -402,5 +400,41 @@ mod tests {
         assert_eq!(mode & 0o7777, 0o644);
         assert!(apply_disable(&paths, DEFAULT_MODULE, &added).unwrap());
         assert_eq!(std::fs::read_to_string(&paths.file).unwrap(), DEBIAN_12);
+    }
+
+    /// A symlinked nsswitch.conf (image builders and config managers make them): the file it
+    /// points at is edited, and the link stays a link (an atomic replace of the link turned it
+    /// into a regular file, detached from what the operator manages).
+    #[test]
+    fn a_symlinked_file_is_edited_where_it_points() {
+        let tmp = TempDir::new("nsswitch-link");
+        std::fs::create_dir_all(tmp.join("managed")).unwrap();
+        let target = tmp.join("managed/nsswitch.conf");
+        std::fs::write(&target, DEBIAN_12).unwrap();
+        let paths = NsswitchPaths {
+            file: tmp.join("nsswitch.conf"),
+        };
+        std::os::unix::fs::symlink("managed/nsswitch.conf", &paths.file).unwrap();
+        let (changed, added) = apply_enable(&paths, DEFAULT_MODULE, &DEFAULT_DBS).unwrap();
+        assert!(changed);
+        assert!(
+            std::fs::symlink_metadata(&paths.file)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(
+            std::fs::read_to_string(&target)
+                .unwrap()
+                .contains("files systemd guestagent")
+        );
+        assert!(apply_disable(&paths, DEFAULT_MODULE, &added).unwrap());
+        assert!(
+            std::fs::symlink_metadata(&paths.file)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), DEBIAN_12);
     }
 }

@@ -136,7 +136,8 @@ fn converge(
     plan: &Plan,
     expected: &[(&'static str, String)],
 ) -> Result<SshdReport, SshdError> {
-    let saved_main = Saved::take(&paths.main_config)?;
+    // A symlinked main config is edited where it points (the link stays).
+    let saved_main = Saved::take(&files::config_target(&paths.main_config))?;
     let saved_dropin = Saved::take(&paths.dropin)?;
     let main_changes = plan.main != main;
     let dropin_changes =

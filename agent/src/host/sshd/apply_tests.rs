@@ -281,3 +281,36 @@ fn keys_command_first_loses_the_principals_command_on_this_sshd() {
         other => eprintln!("{version}: bug 3574 not present ({other:?})"),
     }
 }
+
+/// A symlinked sshd_config (config managers do this): our block goes into the file it points
+/// at, the link stays a link, and disabling gives the target back byte for byte.
+#[test]
+fn a_symlinked_main_config_is_edited_where_it_points() {
+    let main = |dir: &Path| format!("HostKey {}/hk\nPasswordAuthentication no\n", dir.display());
+    let Some(env) = env(main) else { return };
+    let target = env.paths.main_config.with_file_name("sshd_config.managed");
+    std::fs::rename(&env.paths.main_config, &target).unwrap();
+    std::os::unix::fs::symlink("sshd_config.managed", &env.paths.main_config).unwrap();
+    let before = std::fs::read(&target).unwrap();
+    let report = enable(&env.paths, &settings()).unwrap();
+    assert_eq!(report.layout, Some(Layout::MainBlock));
+    let is_link = || {
+        std::fs::symlink_metadata(&env.paths.main_config)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    };
+    assert!(is_link(), "the link was replaced by a file");
+    assert!(
+        std::fs::read_to_string(&target)
+            .unwrap()
+            .contains(BEGIN_MARK)
+    );
+    assert!(has(
+        &effective_for(&env, None),
+        "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f"
+    ));
+    disable(&env.paths).unwrap();
+    assert!(is_link());
+    assert_eq!(std::fs::read(&target).unwrap(), before);
+}
