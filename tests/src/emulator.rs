@@ -128,6 +128,19 @@ impl Emulator {
         a["requests"].as_array().cloned().unwrap_or_default()
     }
 
+    /// How many requests the emulator saw with `param` (`key=value`) among their query's
+    /// parameters.
+    pub fn requests_with_param(&self, param: &str) -> usize {
+        self.requests()
+            .iter()
+            .filter(|r| {
+                r["query"]
+                    .as_str()
+                    .is_some_and(|q| q.split('&').any(|p| p == param))
+            })
+            .count()
+    }
+
     /// Requests for the whole tree (the watcher's).
     pub fn tree_requests(&self) -> Vec<Value> {
         self.requests()

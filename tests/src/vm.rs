@@ -127,6 +127,16 @@ mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R
 
 /// `ssh -i KEY USER@127.0.0.1 COMMAND` from inside `ns` (batch mode, no host key checks).
 pub fn ssh(ns: &crate::netns::Netns, key: &Path, user: &str, command: &str) -> Output {
+    ssh_offering(ns, &[key], user, command)
+}
+
+/// [`ssh`] offering each of `keys` in turn (`-i` for each, in order).
+pub fn ssh_offering(ns: &crate::netns::Netns, keys: &[&Path], user: &str, command: &str) -> Output {
+    let mut identities = Vec::new();
+    for key in keys {
+        identities.push(std::ffi::OsStr::new("-i"));
+        identities.push(key.as_os_str());
+    }
     ns.command(Path::new("ssh"))
         .args([
             "-F",
@@ -142,8 +152,8 @@ pub fn ssh(ns: &crate::netns::Netns, key: &Path, user: &str, command: &str) -> O
             "-o",
             "UserKnownHostsFile=/dev/null",
         ])
-        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
-        .arg(key)
+        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
+        .args(identities)
         .arg(format!("{user}@127.0.0.1"))
         .arg(command)
         .output()

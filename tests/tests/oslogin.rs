@@ -65,16 +65,7 @@ fn getent_found(vm: &OsLoginVm, db: &str, key: &str) -> (i32, String, u32) {
 
 /// Requests the emulator saw with `PARAM` among their query's parameters.
 fn asked_for(vm: &OsLoginVm, param: &str) -> usize {
-    vm.env
-        .emulator()
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["query"]
-                .as_str()
-                .is_some_and(|q| q.split('&').any(|p| p == param))
-        })
-        .count()
+    vm.env.emulator().requests_with_param(param)
 }
 
 fn roles(a: &Alice, name: &str, login: bool, admin: bool) {

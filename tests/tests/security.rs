@@ -411,50 +411,19 @@ fn effects_wait_for_the_signature_and_unknown_keys_cost_one_refresh() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "/home/dave\n0\n");
 
     // Five keys the profile does not list, then alice's own: one refresh of her profile.
-    let mut args: Vec<String> = Vec::new();
-    for i in 0..5 {
-        let (k, _) = keypair(vm.env.dir(), &format!("stray{i}"));
-        args.extend(["-i".into(), k.to_string_lossy().into_owned()]);
-    }
+    let strays: Vec<PathBuf> = (0..5)
+        .map(|i| keypair(vm.env.dir(), &format!("stray{i}")).0)
+        .collect();
+    let mut offered: Vec<&std::path::Path> = strays.iter().map(PathBuf::as_path).collect();
+    offered.push(&alice);
     vm.env.emulator().clear_requests();
-    let out = vm
-        .env
-        .ns
-        .command(std::path::Path::new("ssh"))
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
-        .args(&args)
-        .arg("-i")
-        .arg(&alice)
-        .args(["alice@127.0.0.1", "true"])
-        .output()
-        .unwrap();
+    let out = guest_agent_e2e::vm::ssh_offering(&vm.env.ns, &offered, "alice", "true");
     assert!(out.status.success(), "{}", stderr(&out));
-    let refreshes = vm
-        .env
-        .emulator()
-        .requests()
-        .iter()
-        .filter(|r| {
-            r["query"]
-                .as_str()
-                .is_some_and(|q| q.split('&').any(|p| p == "username=alice"))
-        })
-        .count();
-    assert_eq!(refreshes, 1, "profile fetches for five unknown keys");
+    assert_eq!(
+        vm.env.emulator().requests_with_param("username=alice"),
+        1,
+        "profile fetches for five unknown keys"
+    );
 }
 
 /// Item 17 (L or D, with a local group in the way). sshd ignores OS Login users' own

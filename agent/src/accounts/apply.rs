@@ -199,15 +199,7 @@ pub fn set_group_members(
         .cloned()
         .chain(members.iter().cloned())
         .collect();
-    if wanted == current {
-        return Ok(false);
-    }
-    let list = wanted.iter().cloned().collect::<Vec<_>>().join(",");
-    check(
-        &tools.gpasswd,
-        command::run(&tools.gpasswd, &["-M", &list, group], tools.timeout)?,
-    )?;
-    Ok(true)
+    write_members(tools, group, &current, &wanted)
 }
 
 /// Adds `add` to and removes `remove` from the members of the existing `group` (other members
@@ -229,6 +221,16 @@ pub fn change_group_members(
         .chain(add.iter())
         .cloned()
         .collect();
+    write_members(tools, group, &current, &wanted)
+}
+
+/// `gpasswd -M` with `wanted` as the members of `group`, unless they are `current` already.
+fn write_members(
+    tools: &Tools,
+    group: &str,
+    current: &BTreeSet<String>,
+    wanted: &BTreeSet<String>,
+) -> Result<bool, ApplyError> {
     if wanted == current {
         return Ok(false);
     }
