@@ -264,8 +264,13 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
     );
     agent.expect_line(start, &["OS Login enabled"], Duration::from_secs(20));
     // A login as sshd would ask for it: carol is an admin, so the daemon writes her sudo rule,
-    // and it creates her home (which, being a user's, stays after remove and purge).
-    let keys = iso.run("authorized-keys carol", "guest-agent authorized-keys carol");
+    // and it creates her home (which, being a user's, stays after remove and purge). Twice
+    // from one parent, as sshd's connection process runs it (the key query, then the
+    // signature): the daemon writes grants only at the second run.
+    let keys = iso.run(
+        "authorized-keys carol",
+        "guest-agent authorized-keys carol; guest-agent authorized-keys carol; true",
+    );
     assert!(
         keys.contains(public.split_whitespace().nth(1).unwrap()),
         "{keys}"

@@ -361,9 +361,11 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
     while !files.iter().chain([&state]).all(|f| iso.exists(f))
         || (matches!(mode, Mode::OsLogin) && !iso.exists(CACHE))
     {
-        // The admin's sudo rule is written at her first login.
+        // The admin's sudo rule is written at her first login: the helper run twice from
+        // one parent, as sshd's connection process does (query, then signature).
         if matches!(mode, Mode::OsLogin) {
-            let _ = iso.sh("guest-agent authorized-keys carol >/dev/null");
+            let _ = iso.sh("guest-agent authorized-keys carol >/dev/null; \
+                 guest-agent authorized-keys carol >/dev/null; true");
         }
         assert!(
             Instant::now() < deadline,
@@ -484,7 +486,8 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
         );
         wait_for("N+1 saving state version 3", || {
             if matches!(mode, Mode::OsLogin) {
-                let _ = iso.sh("guest-agent authorized-keys carol >/dev/null");
+                let _ = iso.sh("guest-agent authorized-keys carol >/dev/null; \
+                     guest-agent authorized-keys carol >/dev/null; true");
             }
             state_version(&iso, state) == json!(3)
         });
