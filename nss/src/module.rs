@@ -51,6 +51,38 @@ struct State {
     map: Mapping,
     pw_pos: usize,
     gr_pos: usize,
+    learned: Learned,
+}
+
+/// How long this process remembers that the daemon served a user (see [`Learned`]).
+const LEARNED_MS: u64 = 60_000;
+/// How many such users it remembers (the oldest is forgotten first).
+const LEARNED_MAX: usize = 8;
+
+/// The users this process learned from the daemon's socket (names the cache did not hold yet),
+/// with when: every user the daemon serves is a member of the OS Login users group, and sshd's
+/// `Match Group` for that group (`AuthorizedKeysFile none`: the user's own key files are not
+/// read) must not fail open when the daemon answers the `getpwnam` of a new user and then
+/// misses the deadline of the `initgroups` that follows it in the same process (issue 13, item
+/// 17). For such a user, an unanswered initgroups still gives the users group's gid, read from
+/// the cache's header. Bounded: [`LEARNED_MAX`] names, each for [`LEARNED_MS`].
+#[derive(Default)]
+struct Learned(Vec<(String, u64)>);
+
+impl Learned {
+    fn note(&mut self, name: &str, now_ms: u64) {
+        self.0.retain(|(n, _)| n != name);
+        if self.0.len() >= LEARNED_MAX {
+            self.0.remove(0);
+        }
+        self.0.push((name.to_owned(), now_ms));
+    }
+
+    fn knows(&self, name: &str, now_ms: u64) -> bool {
+        self.0
+            .iter()
+            .any(|(n, at)| n == name && now_ms.saturating_sub(*at) < LEARNED_MS)
+    }
 }
 
 /// One configuration of the module: the exported functions use [`Module::system`].
@@ -134,6 +166,7 @@ impl Module {
                 map: Mapping::new(),
                 pw_pos: 0,
                 gr_pos: 0,
+                learned: Learned::default(),
             }),
         }
     }
@@ -223,7 +256,8 @@ impl Module {
             Key::Name(n) => Request::UserByName(n.to_owned()),
             Key::Id(u) => Request::UserByUid(u),
         };
-        self.ask(&request, |lines| match lines {
+        let mut served = None;
+        let status = self.ask(&request, |lines| match lines {
             [] => Status::NotFound,
             [line] => match PasswdRecord::parse(line) {
                 Ok(r) => {
@@ -234,6 +268,7 @@ impl Module {
                     if !asked || r.uid < floor || r.gid < floor {
                         return Status::NotFound;
                     }
+                    served = Some(r.name.to_owned());
                     let d = PwData {
                         name: r.name.as_bytes(),
                         uid: r.uid,
@@ -247,7 +282,13 @@ impl Module {
                 Err(_) => Status::Unavail,
             },
             _ => Status::Unavail,
-        })
+        });
+        if let Some(name) = served {
+            self.state()
+                .learned
+                .note(&name, crate::mapping::coarse_ms());
+        }
+        status
     }
 
     fn getgr(&self, key: Key<'_>, out: &mut MaybeUninit<group>, arena: &mut Arena) -> Status {
@@ -400,7 +441,7 @@ impl Module {
             Err(s) => return s,
         };
         let request = Request::GroupsOfUser(name.to_owned());
-        self.ask(&request, |lines| {
+        let status = self.ask(&request, |lines| {
             let mut gids = Vec::with_capacity(lines.len());
             for line in lines {
                 match parse_id(line) {
@@ -410,7 +451,21 @@ impl Module {
                 }
             }
             push_all(list, &mut gids.into_iter())
-        })
+        });
+        if status != Status::Unavail {
+            return status;
+        }
+        // The daemon served this user to this process and cannot say its groups now: at least
+        // the users group, so the sshd rule that depends on it holds (see [`Learned`]).
+        let users_gid = {
+            let st = self.state();
+            let gid = st.map.cache().and_then(|c| c.users_gid());
+            gid.filter(|_| st.learned.knows(name, crate::mapping::coarse_ms()))
+        };
+        match users_gid {
+            Some(gid) => push_all(list, &mut std::iter::once(gid)),
+            None => Status::Unavail,
+        }
     }
 }
 

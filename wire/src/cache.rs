@@ -15,13 +15,14 @@
 //!
 //! ```text
 //! header (HEADER_LEN = 104 bytes)
-//!   0 magic "GADIRC\r\n"   8 version u32 (2)   12 header_len u32   16 min_id u32
+//!   0 magic "GADIRC\r\n"   8 version u32 (3)   12 header_len u32   16 min_id u32
 //!  20 user_count u32   24 group_count u32   28 flags u32 (0)   32 generated_at_unix u64
 //!  40 users_off   44 groups_off   48 user_name_idx   52 group_name_idx
 //!  56 user_slots u32   60 user_name_hash   64 user_uid_hash
 //!  68 group_slots u32  72 group_name_hash  76 group_gid_hash
 //!  80 file_len u32   84 words_off   88 words_count   92 strings_off   96 strings_len
-//! 100 reserved u32 (0)
+//! 100 users_gid u32: the OS Login users group's gid, which every OS Login user the daemon
+//!     serves is a member of (0: none; version 2 files always hold 0 here)
 //! user record (48 bytes), sorted by name:
 //!   uid, gid, name (off,len), gecos (off,len), home (off,len), shell (off,len),
 //!   groups (first word, count)              supplementary gids, in the word area
@@ -67,32 +68,32 @@ pub const CACHE_PATH: &str = "/var/lib/guest-agent/directory.cache";
 /// First bytes of every cache file (the CR LF catches text-mode mangling).
 pub const MAGIC: [u8; 8] = *b"GADIRC\r\n";
 /// Format version this code writes (1: sorted indexes and binary search; 2: hash tables for
-/// lookups, name indexes for enumeration). A reader given any other version refuses the file
-/// (`UnsupportedVersion`) and the NSS module then asks the daemon for every name: during an
-/// upgrade or a downgrade, a module loaded by a long-running process meets a file written by
-/// another version of the daemon, and must never misread it.
+/// lookups, name indexes for enumeration; 3: the users group's gid in the header). A reader
+/// given any other version refuses the file (`UnsupportedVersion`) and the NSS module then asks
+/// the daemon for every name: during an upgrade or a downgrade, a module loaded by a
+/// long-running process meets a file written by another version of the daemon, and must never
+/// misread it.
 ///
 /// The build flag `next-version` (tests only: the upgrade test builds the next release from
-/// this tree) writes version 3, the same layout under a new number, and reads 2 and 3, as a
-/// real next format would keep reading the one before it.
+/// this tree) writes version 4, the same layout under a new number, and reads 2 to 4, as a
+/// real next format would keep reading the ones before it.
 #[cfg(not(feature = "next-version"))]
-pub const VERSION: u32 = 2;
-#[cfg(feature = "next-version")]
 pub const VERSION: u32 = 3;
-/// Oldest version this code reads (the layout of every version from here to [`VERSION`]).
+#[cfg(feature = "next-version")]
+pub const VERSION: u32 = 4;
+/// Oldest version this code reads (a version 2 file is read as one with no users group).
 pub const MIN_READ_VERSION: u32 = 2;
 /// Older versions the daemon also writes, each to [`compat_path`] next to the file, so that an
 /// NSS module of the previous release, still loaded in a long-running process after an upgrade
 /// (or loaded by a new process in the moment of a downgrade, before the older daemon has
 /// written its own file), reads a fresh file of its own version instead of depending on the
 /// daemon for every name. A module that cannot read [`CACHE_PATH`] reads the compat file of its
-/// own version, and only when neither opens asks the daemon. Today none (version 2 is the
-/// first with this rule); with `next-version`, version 2 (the same layout under its own
-/// number).
+/// own version, and only when neither opens asks the daemon. Version 2 (the release before the
+/// users group's gid moved into the header); with `next-version`, 3 as well.
 #[cfg(not(feature = "next-version"))]
-pub const COMPAT_VERSIONS: &[u32] = &[];
-#[cfg(feature = "next-version")]
 pub const COMPAT_VERSIONS: &[u32] = &[2];
+#[cfg(feature = "next-version")]
+pub const COMPAT_VERSIONS: &[u32] = &[3, 2];
 
 /// Where the file of format `version` is written beside `path` (`directory.cache` ->
 /// `directory.v2.cache`).
@@ -104,13 +105,17 @@ pub fn compat_path(path: &str, version: u32) -> String {
 }
 
 /// The file `bytes` (as [`CacheBuilder::build`] made it) in the older format `version`, for
-/// [`COMPAT_VERSIONS`] only (they share this layout: only the number differs); None otherwise.
+/// [`COMPAT_VERSIONS`] only (they share this layout: only the number differs, and version 2
+/// holds 0 where later versions hold the users group's gid); None otherwise.
 pub fn in_compat_version(bytes: &[u8], version: u32) -> Option<Vec<u8>> {
     if !COMPAT_VERSIONS.contains(&version) || bytes.len() < HEADER_LEN {
         return None;
     }
     let mut out = bytes.to_vec();
     out.get_mut(8..12)?.copy_from_slice(&version.to_le_bytes());
+    if version < 3 {
+        out.get_mut(100..104)?.copy_from_slice(&0u32.to_le_bytes());
+    }
     Some(out)
 }
 /// Size of the header.
@@ -231,6 +236,7 @@ impl GroupEntry {
 pub struct CacheBuilder {
     min_id: u32,
     generated_at_unix: u64,
+    users_gid: u32,
     users: Vec<UserEntry>,
     groups: Vec<GroupEntry>,
 }
@@ -301,6 +307,7 @@ impl CacheBuilder {
         CacheBuilder {
             min_id: min_id.max(1),
             generated_at_unix,
+            users_gid: 0,
             users: Vec::new(),
             groups: Vec::new(),
         }
@@ -312,6 +319,14 @@ impl CacheBuilder {
 
     pub fn add_group(&mut self, g: GroupEntry) {
         self.groups.push(g);
+    }
+
+    /// Names the OS Login users group (header field `users_gid`): every user the daemon
+    /// serves is a member. The NSS module adds it to the groups of a user it learned from the
+    /// daemon when the daemon cannot answer that user's initgroups in time, so sshd's
+    /// `Match Group` for the users group never fails open (dropped when below `min_id`).
+    pub fn users_group(&mut self, gid: u32) {
+        self.users_gid = gid;
     }
 
     /// The cache file. Entries with an id below `min_id`, an invalid name or a field holding
@@ -478,7 +493,11 @@ impl CacheBuilder {
                 to_u32(words.len()),
                 to_u32(strings_off),
                 to_u32(strings.bytes.len()),
-                0,
+                if self.users_gid >= min {
+                    self.users_gid
+                } else {
+                    0
+                },
             ],
         );
         put(&mut out, &user_names);
@@ -604,6 +623,7 @@ pub struct Cache<'a> {
     bytes: &'a [u8],
     min_id: u32,
     generated_at_unix: u64,
+    users_gid: Option<u32>,
     user_count: usize,
     group_count: usize,
     users_off: usize,
@@ -684,9 +704,10 @@ impl<'a> Cache<'a> {
         if !(MIN_READ_VERSION..=VERSION).contains(&version) {
             return Err(CacheError::UnsupportedVersion(version));
         }
+        let users_gid = header_u32(bytes, 100)?;
         if header_u32(bytes, 12)? as usize != HEADER_LEN
             || header_u32(bytes, 28)? != 0
-            || header_u32(bytes, 100)? != 0
+            || (version < 3 && users_gid != 0)
         {
             return Err(CacheError::Corrupt("header"));
         }
@@ -696,6 +717,9 @@ impl<'a> Cache<'a> {
         let min_id = header_u32(bytes, 16)?;
         if min_id == 0 {
             return Err(CacheError::Corrupt("min_id is 0"));
+        }
+        if users_gid != 0 && users_gid < min_id {
+            return Err(CacheError::Corrupt("users_gid below min_id"));
         }
         let user_count = header_u32(bytes, 20)? as usize;
         let group_count = header_u32(bytes, 24)? as usize;
@@ -709,6 +733,7 @@ impl<'a> Cache<'a> {
             bytes,
             min_id,
             generated_at_unix,
+            users_gid: (users_gid != 0).then_some(users_gid),
             user_count,
             group_count,
             users_off: header_u32(bytes, 40)? as usize,
@@ -1016,6 +1041,12 @@ impl<'a> Cache<'a> {
 
     pub fn generated_at_unix(&self) -> u64 {
         self.generated_at_unix
+    }
+
+    /// The OS Login users group's gid, when the file names one (see
+    /// [`CacheBuilder::users_group`]).
+    pub fn users_gid(&self) -> Option<u32> {
+        self.users_gid
     }
 }
 

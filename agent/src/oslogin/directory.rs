@@ -224,6 +224,7 @@ impl Directory {
         }
         let users_group_ok = !local.clashes_with_group(&s.users_group, s.users_group_gid);
         if users_group_ok {
+            builder.users_group(s.users_group_gid);
             builder.add_group(GroupEntry {
                 name: s.users_group.clone(),
                 gid: s.users_group_gid,
@@ -365,6 +366,8 @@ mod tests {
             c.group_by_gid(4_000_000_000).unwrap().name,
             b"guest-agent-oslogin"
         );
+        // Named in the header too, for the module's initgroups when the daemon is slow.
+        assert_eq!(c.users_gid(), Some(4_000_000_000));
         assert_eq!(
             c.group_by_name(b"devs")
                 .unwrap()

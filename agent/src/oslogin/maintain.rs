@@ -278,6 +278,31 @@ impl OsLogin {
         }
     }
 
+    /// Writes a cache file of an empty directory when there is none yet (OS Login turning on,
+    /// before sshd is pointed at the helper): its header names the users group, so the NSS
+    /// module's fallback for a slow `initgroups` (see `nss/src/module.rs`, `Learned`) holds
+    /// from the first login on, before the first sync has filled the directory.
+    pub fn ensure_cache_file(&self) -> Result<(), String> {
+        if self.paths.cache.exists() {
+            return Ok(());
+        }
+        let local = self.local();
+        if local.stale {
+            return Ok(());
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let (bytes, _) = super::directory::Directory::default().build_cache(
+            &self.rules(),
+            &local,
+            &std::collections::HashSet::new(),
+            now,
+        );
+        super::effects::write_cache(&self.paths.cache, &bytes).map(|_| ())
+    }
+
     /// Rewrites the sudoers drop-in from the admins set (and the rules an earlier run left that
     /// are not confirmed or refused yet: another user's login before the first sync must not
     /// take them out).

@@ -135,6 +135,9 @@ impl OsLoginReconciler {
             super::trusted_ca::ensure_exists(ca).map_err(anyhow::Error::msg)?;
         }
         self.service.set_enabled(true);
+        self.service
+            .ensure_cache_file()
+            .map_err(anyhow::Error::msg)?;
         let report = self.edit_sshd(&mut state, |paths| sshd::apply::enable(paths, settings))?;
         tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
         Ok(())

@@ -46,6 +46,7 @@ fn user(name: &str, uid: u32, groups: &[u32]) -> UserEntry {
 
 fn write_cache(path: &str, min_id: u32, users: &[UserEntry], groups: &[GroupEntry]) {
     let mut b = CacheBuilder::new(min_id, 1);
+    b.users_group(USERS_GID);
     for u in users {
         b.add_user(u.clone());
     }
@@ -81,6 +82,9 @@ fn standard_cache(path: &str) {
         ],
     );
 }
+
+/// The OS Login users group's gid in the test caches' header.
+const USERS_GID: u32 = 4_000_000_000;
 
 /// A daemon stand-in: answers each request line with `answer(line)`; `None` means hang.
 struct Server {
@@ -137,6 +141,10 @@ fn daemon(line: &str) -> Option<String> {
             "getpwnam empty" => "OK 0\n",
             "getpwnam down" => "UNAVAIL metadata service down\n",
             "getpwnam slow" => return None,
+            "getpwnam frank" => "OK 1\nfrank:*:6010:6010::/home/frank:/bin/sh\n",
+            "initgroups frank" | "initgroups gina" => return None,
+            "getpwnam hank" => "OK 1\nhank:*:6012:6012::/home/hank:/bin/sh\n",
+            "initgroups hank" => "UNAVAIL metadata service down\n",
             _ => "NOTFOUND\n",
         }
         .to_owned(),
@@ -595,4 +603,57 @@ fn a_cache_of_another_format_is_never_read_and_the_compat_file_is() {
     standard_cache(&main);
     assert_eq!(getpwnam(&f.module, "carol", &mut pw), Status::Success);
     assert_eq!(f.server.count(), 2);
+}
+
+/// Issue 13, item 17: sshd asks `getpwnam` and then, for `Match Group guest-agent-oslogin`
+/// (`AuthorizedKeysFile none`), the user's groups. When the daemon answers the first and misses
+/// the deadline of the second, the user must still be in the users group, or sshd would read
+/// the user's own `~/.ssh/authorized_keys`. A name this process never learned from the daemon
+/// gets no such group (the module cannot tell it is an OS Login user).
+#[test]
+fn an_unanswered_initgroups_of_a_user_the_daemon_served_still_gives_the_users_group() {
+    let f = fixture("learned", UNSET);
+    let mut pw = Pw::new(1024);
+    // An UNAVAIL answer (the stand-in answers one connection at a time: the stall comes last).
+    assert_eq!(getpwnam(&f.module, "hank", &mut pw), Status::Success);
+    let (s, gids, _) = initgroups(&f.module, "hank", 6012, 1, 0);
+    assert_eq!(
+        (s, gids.as_slice()),
+        (Status::Success, &[6012, USERS_GID][..])
+    );
+    // No answer at all before the deadline.
+    assert_eq!(getpwnam(&f.module, "frank", &mut pw), Status::Success);
+    let t0 = Instant::now();
+    let (s, gids, _) = initgroups(&f.module, "frank", 6010, 1, 0);
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "the deadline cut the stall"
+    );
+    assert_eq!(
+        (s, gids.as_slice()),
+        (Status::Success, &[6010, USERS_GID][..])
+    );
+    // Never asked for by name in this process: no guess.
+    let (s, gids, _) = initgroups(&f.module, "gina", 6011, 1, 0);
+    assert_eq!((s, gids.as_slice()), (Status::Unavail, &[6011][..]));
+    // A cache without the users group in its header (the previous format): no guess either.
+    let bytes = std::fs::read(f.dir.path("cache")).unwrap();
+    let v2 = guest_agent_wire::cache::in_compat_version(&bytes, 2).unwrap();
+    std::fs::write(f.dir.path("cache.tmp"), v2).unwrap();
+    std::fs::rename(f.dir.path("cache.tmp"), f.dir.path("cache")).unwrap();
+    let (s, _, _) = initgroups(&f.module, "frank", 6010, 1, 0);
+    assert_eq!(s, Status::Unavail);
+}
+
+#[test]
+fn the_memory_of_served_users_is_bounded_and_expires() {
+    let mut l = Learned::default();
+    for i in 0..20 {
+        l.note(&format!("u{i}"), 1_000);
+    }
+    assert_eq!(l.0.len(), LEARNED_MAX);
+    assert!(l.knows("u19", 1_000) && !l.knows("u0", 1_000));
+    assert!(!l.knows("u19", 1_000 + LEARNED_MS));
+    l.note("u19", 5_000);
+    assert_eq!(l.0.iter().filter(|(n, _)| n == "u19").count(), 1);
 }

@@ -843,3 +843,38 @@ fn opening_a_large_cache_reads_none_of_its_records() {
     assert_eq!(c.user_by_name(first.name).unwrap().uid, first.uid);
     assert!(c.user_at(1).is_none() && c.user_by_name(b"u99999").is_none());
 }
+
+#[test]
+fn the_users_group_gid_is_in_the_header_and_dropped_in_version_2() {
+    assert_eq!(Cache::parse(&sample()).unwrap().users_gid(), None);
+    let mut b = CacheBuilder::new(1000, 1);
+    b.add_user(user("alice", 5001, &[4_000_000_000]));
+    b.users_group(4_000_000_000);
+    let bytes = b.build();
+    let c = full(&bytes).unwrap();
+    assert_eq!(c.users_gid(), Some(4_000_000_000));
+    // The previous release's format holds 0 there, and reads the rest unchanged.
+    let v2 = in_compat_version(&bytes, 2).unwrap();
+    assert_eq!(header(&v2, 8), 2);
+    assert_eq!(header(&v2, 100), 0);
+    let c2 = full(&v2).unwrap();
+    assert_eq!(c2.users_gid(), None);
+    assert_eq!(c2.user_by_name(b"alice").unwrap().uid, 5001);
+    // A version 2 file with the field set, or a gid below min_id, is refused.
+    let mut bad = v2.clone();
+    set_u32(&mut bad, 100, 4_000_000_000);
+    assert_eq!(
+        Cache::parse(&bad).err(),
+        Some(CacheError::Corrupt("header"))
+    );
+    let mut bad = bytes.clone();
+    set_u32(&mut bad, 100, 999);
+    assert_eq!(
+        Cache::parse(&bad).err(),
+        Some(CacheError::Corrupt("users_gid below min_id"))
+    );
+    // A gid below min_id is never written.
+    let mut low = CacheBuilder::new(1000, 1);
+    low.users_group(10);
+    assert_eq!(Cache::parse(&low.build()).unwrap().users_gid(), None);
+}
