@@ -125,67 +125,39 @@ pub struct Packages {
     pub rpm: PathBuf,
     /// The target directory they were built in.
     pub target: PathBuf,
+    /// Where the packaged binaries are (`TARGET/x86_64-unknown-linux-gnu/release`).
+    pub release: PathBuf,
 }
 
-/// Builds the release binaries and both packages of `build` (call once per test run).
+/// The Rust target the packages are built for (packaging/build's default).
+pub const PACKAGE_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the release binaries and both packages of `build` (call once per test run), the
+/// way a release is made: `packaging/build` (glibc 2.28 floor, checked).
 pub fn build(build: Build) -> Packages {
     let ws = workspace();
     let target = match build {
         Build::This => target_dir(),
         Build::Next => target_dir().join("upgrade-next"),
     };
-    // Fresh each time, with the tools' own file names (rpmlint checks the rpm's).
     let out = target.join("packages");
-    let _ = std::fs::remove_dir_all(&out);
-    std::fs::create_dir_all(&out).expect("packages dir");
-    let dir_arg = format!("{}/", out.display());
-    let cargo = |args: &[&str]| {
-        let mut c = Command::new(cargo());
-        c.current_dir(&ws)
-            .env("CARGO_TARGET_DIR", &target)
-            .args(args);
-        c
-    };
-    let t0 = Instant::now();
-    let mut args = vec![
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "guest-agent",
-        "-p",
-        "guest-agent-nss",
-    ];
+    let out_arg = out.display().to_string();
+    let mut cmd = Command::new(ws.join("packaging/build"));
+    cmd.current_dir(&ws)
+        .env("CARGO_TARGET_DIR", &target)
+        .args(["--out", &out_arg]);
     if build == Build::Next {
-        args.extend([
+        cmd.args([
             "--features",
             "guest-agent/next-version,guest-agent-nss/next-version",
+            "--deb-version",
+            &format!("{NEXT_VERSION}-1"),
+            "--rpm-version",
+            NEXT_VERSION,
         ]);
     }
-    run(
-        &format!("cargo build --release ({build:?})"),
-        &mut cargo(&args),
-    );
-    let t1 = Instant::now();
-    let deb_version = format!("{NEXT_VERSION}-1");
-    let rpm_version = format!("version = \"{NEXT_VERSION}\"");
-    let target_arg = target.display().to_string();
-    let mut deb = vec!["deb", "-p", "guest-agent", "--no-build", "-o", &dir_arg];
-    let mut rpm = vec![
-        "generate-rpm",
-        "-p",
-        "agent",
-        "--target-dir",
-        &target_arg,
-        "-o",
-        &dir_arg,
-    ];
-    if build == Build::Next {
-        deb.extend(["--deb-version", &deb_version]);
-        rpm.extend(["-s", &rpm_version]);
-    }
-    run("cargo deb", &mut cargo(&deb));
-    run("cargo generate-rpm", &mut cargo(&rpm));
+    let t0 = Instant::now();
+    run(&format!("packaging/build ({build:?})"), &mut cmd);
     let find = |ext: &str| -> PathBuf {
         let found: Vec<PathBuf> = std::fs::read_dir(&out)
             .expect("packages dir")
@@ -197,13 +169,18 @@ pub fn build(build: Build) -> Packages {
     };
     let (deb, rpm) = (find("deb"), find("rpm"));
     println!(
-        "release build {:.1?}, packages {:.1?}: {} {}",
-        t1 - t0,
-        t1.elapsed(),
+        "release build and packages {:.1?}: {} {}",
+        t0.elapsed(),
         deb.display(),
         rpm.display()
     );
-    Packages { deb, rpm, target }
+    let release = target.join(PACKAGE_TARGET).join("release");
+    Packages {
+        deb,
+        rpm,
+        target,
+        release,
+    }
 }
 
 /// A private mount and PID namespace (in `ns`) holding an overlay copy of `/` to chroot into.
@@ -215,7 +192,14 @@ pub struct Isolated {
 }
 
 impl Isolated {
+    /// An overlay copy of this machine's `/`.
     pub fn new(ns: &Netns, dir: &Path) -> Isolated {
+        Isolated::on(ns, dir, Path::new("/"))
+    }
+
+    /// An overlay copy of the root `lower` (another release's userland: see
+    /// [`crate::releases`]), with this machine's /proc, /dev and /sys.
+    pub fn on(ns: &Netns, dir: &Path, lower: &Path) -> Isolated {
         let mut cmd = ns.command(Path::new("unshare"));
         cmd.args([
             "-m",
@@ -254,12 +238,13 @@ impl Isolated {
         // as on a machine where sshd runs (the daemon creates it for `sshd -t` otherwise).
         let out = iso.outside(&format!(
             "set -e; T={t}; mount -t tmpfs -o mode=755 tmpfs $T; mkdir $T/upper $T/work $T/merged
-             mount -t overlay overlay -o lowerdir=/,upperdir=$T/upper,workdir=$T/work $T/merged
+             mount -t overlay overlay -o lowerdir={lower},upperdir=$T/upper,workdir=$T/work $T/merged
              M=$T/merged
              mount -t proc proc $M/proc; mount --bind /dev $M/dev; mount --bind /sys $M/sys
              mount -t tmpfs -o mode=755 tmpfs $M/run; mount -t tmpfs -o mode=1777 tmpfs $M/tmp
              mkdir -m 755 $M/run/sshd",
-            t = t.display()
+            t = t.display(),
+            lower = lower.display()
         ));
         assert!(out.status.success(), "isolation setup: {}", text(&out));
         iso

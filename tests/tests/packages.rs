@@ -117,14 +117,11 @@ fn the_rpm_installs_the_right_files() {
     assert_eq!(config.trim(), "/etc/guest-agent/config.toml");
     // The files are the ones built from this workspace.
     for (installed, built) in [
-        ("usr/bin/guest-agent", "release/guest-agent"),
-        (
-            "usr/lib64/libnss_guestagent.so.2",
-            "release/libnss_guestagent.so",
-        ),
+        ("usr/bin/guest-agent", "guest-agent"),
+        ("usr/lib64/libnss_guestagent.so.2", "libnss_guestagent.so"),
     ] {
         let a = std::fs::read(root.join(installed)).expect("installed file");
-        let b = std::fs::read(p.target.join(built)).expect("built file");
+        let b = std::fs::read(p.release.join(built)).expect("built file");
         assert!(a == b, "{installed} differs from target/{built}");
     }
     // The packaged module is not the test build with a planted panic (tests/tests/nss_panic.rs;

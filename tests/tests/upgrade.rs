@@ -673,16 +673,13 @@ fn rpm_upgrade_and_downgrade_keep_the_daemons_edits() {
         let q = iso.run(what, &format!("{rpm} -q guest-agent"));
         assert_eq!(q.trim(), format!("guest-agent-{version}-1.x86_64"), "{q}");
         for (installed, built) in [
-            ("/usr/bin/guest-agent", "release/guest-agent"),
-            (
-                "/usr/lib64/libnss_guestagent.so.2",
-                "release/libnss_guestagent.so",
-            ),
+            ("/usr/bin/guest-agent", "guest-agent"),
+            ("/usr/lib64/libnss_guestagent.so.2", "libnss_guestagent.so"),
         ] {
             let out = iso.outside(&format!(
                 "cmp {}{installed} {}",
                 iso.root,
-                p.target.join(built).display()
+                p.release.join(built).display()
             ));
             assert!(
                 out.status.success(),
