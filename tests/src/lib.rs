@@ -16,6 +16,7 @@ pub mod notify;
 pub mod oslogin;
 pub mod packages;
 pub mod process;
+pub mod releases;
 pub mod vm;
 
 pub use env::{AgentOptions, TestEnv};
