@@ -28,6 +28,23 @@ fn say(user: &str, why: &str) {
     eprintln!("guest-agent: {user}: {why}");
 }
 
+/// Another AuthorizedKeysCommand the keys helper hands other users on to (sshd config:
+/// `... authorized-keys %u %f --chain-user USER -- COMMAND ARGS`, see `host::sshd::rival`).
+pub struct Chained<'a> {
+    /// Its AuthorizedKeysCommandUser.
+    pub user: &'a str,
+    /// Program and arguments, tokens expanded by sshd.
+    pub argv: &'a [String],
+}
+
+/// Whether a user the daemon (or the helper alone) answered `answer` for is handed on to the
+/// other command: only those that are not OS Login users (local users, users the directory
+/// does not know, everyone while OS Login is off). An OS Login user follows the OS Login
+/// decision (refused, or the service unavailable: fail closed) and never gets its keys.
+pub fn hand_on(answer: &Answer) -> bool {
+    matches!(answer, Answer::NotFound)
+}
+
 /// What a helper asks for.
 enum Question<'a> {
     Keys { fingerprint: Option<&'a str> },
@@ -36,23 +53,63 @@ enum Question<'a> {
 
 /// `guest-agent authorized-keys USER [FINGERPRINT]`
 /// (sshd: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`).
-pub fn authorized_keys(config: &ConfigSource, user: &str, fingerprint: Option<&str>) -> ExitCode {
+pub fn authorized_keys(
+    config: &ConfigSource,
+    user: &str,
+    fingerprint: Option<&str>,
+    chain: Option<Chained>,
+) -> ExitCode {
     let fingerprint =
         fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
-    run(config, user, Question::Keys { fingerprint })
+    let answer = run(config, user, Question::Keys { fingerprint });
+    if let Some(chain) = chain
+        && answer.as_ref().is_none_or(hand_on)
+    {
+        pass_on(user, &chain);
+    }
+    ExitCode::SUCCESS
+}
+
+/// Runs the other command and prints what it printed (nothing when it fails).
+fn pass_on(user: &str, chain: &Chained) {
+    let mut argv = chain.argv.to_vec();
+    // sshd's rule: a command without arguments gets the user name.
+    if argv.len() == 1 {
+        argv.push(user.to_owned());
+    }
+    let program = argv.first().cloned().unwrap_or_default();
+    match crate::host::chained::run_as(&argv, chain.user, crate::host::chained::DEADLINE) {
+        Ok(out) => {
+            use std::io::Write;
+            let mut stdout = std::io::stdout().lock();
+            let _ = stdout.write_all(&out);
+            let _ = stdout.flush();
+            say(
+                user,
+                &format!(
+                    "handed on to {program} (as {}): {} line(s)",
+                    chain.user,
+                    out.split(|&b| b == b'\n').filter(|l| !l.is_empty()).count()
+                ),
+            );
+        }
+        Err(e) => say(user, &format!("handed on, no keys: {e}")),
+    }
 }
 
 /// `guest-agent authorized-principals USER CERT`
 /// (sshd: `AuthorizedPrincipalsCommand /usr/bin/guest-agent authorized-principals %u %k`).
 pub fn authorized_principals(config: &ConfigSource, user: &str, cert: &str) -> ExitCode {
-    run(config, user, Question::Principals { cert })
+    run(config, user, Question::Principals { cert });
+    ExitCode::SUCCESS
 }
 
-fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
+/// Asks and prints the answer; the answer (`None`: the name is no OS Login name at all).
+fn run(config: &ConfigSource, user: &str, question: Question) -> Option<Answer> {
     let start = Instant::now();
     if !guest_agent_wire::names::is_valid_name(user) {
         say(user, "not a valid user name");
-        return ExitCode::SUCCESS;
+        return None;
     }
     let request = match &question {
         Question::Keys { fingerprint } => Request::AuthorizedKeys {
@@ -89,7 +146,7 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
         Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => alone(e.to_string()),
         Err(e) => Answer::Unavailable(e.to_string()),
     };
-    match answer {
+    match &answer {
         Answer::Ok(lines) => {
             for l in lines {
                 println!("{l}");
@@ -103,7 +160,7 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> ExitCode {
         ),
         Answer::Error(why) => say(user, &format!("error: {why}")),
     }
-    ExitCode::SUCCESS
+    Some(answer)
 }
 
 /// The decision without the daemon, within `budget`. The local accounts come from the files
@@ -296,4 +353,22 @@ pub fn identity(config: &Config, json: bool) -> ExitCode {
         println!("zone:            {}", get("zone"));
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_users_that_are_not_os_login_users_are_handed_on() {
+        assert!(hand_on(&Answer::NotFound));
+        for a in [
+            Answer::Ok(vec!["ssh-ed25519 AAAA".into()]),
+            Answer::Denied("login role not granted".into()),
+            Answer::Unavailable("deadline".into()),
+            Answer::Error("bad".into()),
+        ] {
+            assert!(!hand_on(&a), "{a:?}");
+        }
+    }
 }

@@ -37,6 +37,13 @@ enum Command {
         user: String,
         /// sshd's %f (the offered key's fingerprint).
         fingerprint: Option<String>,
+        /// Another AuthorizedKeysCommand's AuthorizedKeysCommandUser: users that are not OS
+        /// Login users are handed on to the command after `--`, run as this user.
+        #[arg(long, value_name = "USER", requires = "chain")]
+        chain_user: Option<String>,
+        /// The other AuthorizedKeysCommand, its tokens expanded by sshd.
+        #[arg(last = true, value_name = "COMMAND")]
+        chain: Vec<String>,
     },
     /// sshd's AuthorizedPrincipalsCommand: print USER as the principal if the certificate
     /// carries an OS Login id and the login role is granted now. sshd_config (before the keys
@@ -101,8 +108,24 @@ fn main() -> ExitCode {
     // The helpers sshd runs ask the daemon and read the configuration only when they must
     // decide alone (daemon down): a broken file then never costs a login the daemon can serve.
     match &cli.command {
-        Command::AuthorizedKeys { user, fingerprint } => {
-            return guest_agent::commands::authorized_keys(&source, user, fingerprint.as_deref());
+        Command::AuthorizedKeys {
+            user,
+            fingerprint,
+            chain_user,
+            chain,
+        } => {
+            let chain = chain_user
+                .as_deref()
+                .map(|u| guest_agent::commands::Chained {
+                    user: u,
+                    argv: chain,
+                });
+            return guest_agent::commands::authorized_keys(
+                &source,
+                user,
+                fingerprint.as_deref(),
+                chain,
+            );
         }
         Command::AuthorizedPrincipals { user, certificate } => {
             return guest_agent::commands::authorized_principals(&source, user, certificate);

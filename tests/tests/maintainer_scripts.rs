@@ -17,6 +17,10 @@ use guest_agent_e2e::require_root;
 const BEGIN: &str = "# BEGIN guest-agent (managed; do not edit)";
 const END: &str = "# END guest-agent";
 const DROPIN: &str = "etc/ssh/sshd_config.d/60-guest-agent.conf";
+/// The drop-in's name when another AuthorizedKeysCommand's drop-in sorts before the usual one.
+const EARLY_DROPIN: &str = "etc/ssh/sshd_config.d/00-guest-agent.conf";
+const RIVAL_DROPIN: &str = "etc/ssh/sshd_config.d/20-systemd-userdb.conf";
+const RIVAL_TEXT: &str = "AuthorizedKeysCommand /usr/bin/userdbctl ssh-authorized-keys %u\nAuthorizedKeysCommandUser root\n";
 
 /// A copy of /etc (and an empty /var/lib, a stub directory) to run the script against.
 struct Root {
@@ -138,6 +142,8 @@ fn postrm_edits_the_file_a_symlinked_sshd_config_or_nsswitch_conf_points_at() {
     );
     root.link("etc/ssh/sshd_config", "managed/sshd_config");
     root.write(DROPIN, "AuthorizedKeysCommandUser nobody\n", 0o644);
+    root.write(EARLY_DROPIN, "AuthorizedKeysCommandUser root\n", 0o644);
+    root.write(RIVAL_DROPIN, RIVAL_TEXT, 0o644);
     root.write(
         "etc/alt/nsswitch.conf",
         "passwd:         files guestagent systemd\ngroup:          files guestagent\n\
@@ -182,6 +188,15 @@ fn postrm_edits_the_file_a_symlinked_sshd_config_or_nsswitch_conf_points_at() {
     );
     assert_eq!(mode("etc/alt/nsswitch.conf"), 0o640);
     assert!(!root.path(DROPIN).exists(), "the drop-in is removed");
+    assert!(
+        !root.path(EARLY_DROPIN).exists(),
+        "the early drop-in is removed"
+    );
+    assert_eq!(
+        root.read(RIVAL_DROPIN),
+        RIVAL_TEXT,
+        "another provider's drop-in stays"
+    );
     assert_eq!(root.reloads(), "ssh reload\n", "sshd reloaded once");
 }
 

@@ -313,7 +313,7 @@ fn sshd_facts(user: Option<&str>) -> SshdFacts {
     let lines = sshd_scan::flatten(
         &paths.main_config,
         &paths.ssh_dir,
-        &paths.dropin,
+        &[paths.dropin.as_path(), paths.early_dropin.as_path()],
         &sshd_scan::RealFs,
     );
     SshdFacts {

@@ -45,6 +45,9 @@ struct State {
     /// needed no reload): a kill in between leaves the file right but sshd running the old
     /// configuration, and the next start must reload it although the file needs no change.
     sshd_reload_pending: bool,
+    /// Another AuthorizedKeysCommand the helper hands other users on to while OS Login is on
+    /// (its file is never edited: OS Login off puts it back in effect by removing ours).
+    chained: Option<sshd::rival::Rival>,
 }
 
 /// Versions: 1 the file of guest-agent 0.1.0 (no `"version"`), 2 the same fields with a
@@ -139,7 +142,30 @@ impl OsLoginReconciler {
             .ensure_cache_file()
             .map_err(anyhow::Error::msg)?;
         let report = self.edit_sshd(&mut state, |paths| sshd::apply::enable(paths, settings))?;
-        tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, "OS Login enabled");
+        if let Some(place) = &report.shadowed_principals {
+            tracing::warn!(
+                place = %place,
+                "another AuthorizedPrincipalsCommand comes after the agent's and is not used while OS Login is on (certificates are OS Login's)"
+            );
+        }
+        let same = |a: &Option<sshd::rival::Rival>, b: &Option<sshd::rival::Rival>| {
+            a.as_ref().map(|r| (&r.chain, &r.file)) == b.as_ref().map(|r| (&r.chain, &r.file))
+        };
+        if !same(&state.chained, &report.chained) {
+            match &report.chained {
+                Some(r) => tracing::info!(
+                    command = %r.chain.command,
+                    user = %r.chain.user,
+                    place = %r.place,
+                    layout = ?report.layout,
+                    "chained to another AuthorizedKeysCommand: the agent's comes first and hands users that are not OS Login users on to it"
+                ),
+                None => tracing::info!("no other AuthorizedKeysCommand to chain any more"),
+            }
+            state.chained = report.chained.clone();
+            self.save_state(&state)?;
+        }
+        tracing::info!(changed = ?report.changed, reloaded = ?report.reloaded, layout = ?report.layout, "OS Login enabled");
         Ok(())
     }
 
@@ -171,6 +197,21 @@ impl OsLoginReconciler {
         let mut state = self.load_state();
         self.service.set_enabled(false);
         let report = self.edit_sshd(&mut state, sshd::apply::disable)?;
+        if let Some(r) = state.chained.take() {
+            match report.keys_command_after.as_deref() {
+                Some(after) if after == r.chain.command => tracing::info!(
+                    command = %r.chain.command,
+                    place = %r.place,
+                    "the other AuthorizedKeysCommand is in effect again"
+                ),
+                after => tracing::warn!(
+                    command = %r.chain.command,
+                    place = %r.place,
+                    found = after.unwrap_or("(sshd not asked)"),
+                    "the AuthorizedKeysCommand chained while OS Login was on is not what sshd uses now"
+                ),
+            }
+        }
         if !state.nsswitch_added.is_empty() {
             nsswitch::apply_disable(
                 &self.paths.nsswitch,
@@ -238,5 +279,6 @@ pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
         command_user: o.command_user.clone(),
         trusted_ca_file: Some(o.ca_file.clone().into()),
         ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
+        chain: None,
     }
 }

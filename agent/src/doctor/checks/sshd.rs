@@ -7,6 +7,7 @@ use crate::doctor::decide::UserKind;
 use crate::doctor::perms::helper_problems;
 use crate::doctor::sshd_scan::{effective_value, mismatches};
 use crate::host::sshd::directives;
+use crate::host::sshd::rival::{self, Found};
 
 pub fn sshd_config(cx: &Context) -> Check {
     let Some(s) = &cx.facts.sshd else {
@@ -42,8 +43,45 @@ pub fn sshd_config(cx: &Context) -> Check {
         .as_ref()
         .map(|u| format!(" for user={u},host=localhost,addr=127.0.0.1"))
         .unwrap_or_default();
+    let ours = crate::oslogin::reconciler::sshd_settings(cx.config);
+    let helper = ours.keys_command.split_whitespace().next().unwrap_or("");
+    let found = rival::find(&s.lines, helper);
+    let rival_json = match &found {
+        Found::Rival(r) => {
+            json!({"command": r.chain.command, "user": r.chain.user, "place": r.place})
+        }
+        Found::Inert { place, command } => {
+            json!({"command": command, "place": place, "inert": true})
+        }
+        Found::Unusable {
+            place,
+            command,
+            why,
+        } => json!({"command": command, "place": place, "unusable": why}),
+        Found::Nothing => serde_json::Value::Null,
+    };
     if cx.oslogin.on {
-        let expected = match directives(&crate::oslogin::reconciler::sshd_settings(cx.config)) {
+        let settings = match rival::chained_settings(&ours, &found) {
+            Ok(s) => s,
+            Err(e) => {
+                return Check::fail(
+                    "sshd-config",
+                    e.to_string(),
+                    "make that AuthorizedKeysCommand a plain absolute command line (or remove it), \
+                     then restart the agent",
+                )
+                .detail("rival", rival_json);
+            }
+        };
+        let chained = match &found {
+            Found::Rival(r) => format!(
+                "; another AuthorizedKeysCommand, `{}` (as {}, {}), is chained: the agent's \
+                 command comes first and hands users that are not OS Login users on to it",
+                r.chain.command, r.chain.user, r.place
+            ),
+            _ => String::new(),
+        };
+        let expected = match directives(&settings) {
             Ok(d) => d,
             Err(e) => {
                 return Check::fail(
@@ -73,9 +111,10 @@ pub fn sshd_config(cx: &Context) -> Check {
                 "sshd-config",
                 format!(
                     "`sshd -T`{with_user} uses the agent's AuthorizedKeysCommand, \
-                     AuthorizedPrincipalsCommand, their user and TrustedUserCAKeys ({place})"
+                     AuthorizedPrincipalsCommand, their user and TrustedUserCAKeys ({place}){chained}"
                 ),
-            );
+            )
+            .detail("rival", rival_json);
         };
         // The headline: a foreign line that wins ("line order wrong") before its side effects.
         let headline = found
@@ -86,6 +125,7 @@ pub fn sshd_config(cx: &Context) -> Check {
         if found.len() > 1 {
             summary.push_str(&format!(" (and {} more, see details)", found.len() - 1));
         }
+        summary.push_str(&chained);
         // One fix per offending line.
         let mut blamed: Vec<String> = Vec::new();
         let mut fixes: Vec<String> = Vec::new();
@@ -96,7 +136,9 @@ pub fn sshd_config(cx: &Context) -> Check {
                 fixes.push(m.fix(&s.paths.dropin));
             }
         }
-        return Check::fail("sshd-config", summary, fixes.join("; ")).detail("mismatches", details);
+        return Check::fail("sshd-config", summary, fixes.join("; "))
+            .detail("mismatches", details)
+            .detail("rival", rival_json);
     }
     // OS Login off: sshd must read the users' own authorized_keys.
     let akf = effective_value(effective, "authorizedkeysfile").unwrap_or("");
@@ -119,10 +161,19 @@ pub fn sshd_config(cx: &Context) -> Check {
             "make AuthorizedKeysFile include .ssh/authorized_keys, then reload sshd",
         );
     }
+    let other = match &found {
+        Found::Rival(r) => format!(
+            "; another AuthorizedKeysCommand is in effect, `{}` (as {}, {}): the agent chains it \
+             while OS Login is on and leaves it as it is",
+            r.chain.command, r.chain.user, r.place
+        ),
+        _ => String::new(),
+    };
     Check::ok(
         "sshd-config",
-        format!("`sshd -t` passes; OS Login off, AuthorizedKeysFile{with_user} is `{akf}`"),
+        format!("`sshd -t` passes; OS Login off, AuthorizedKeysFile{with_user} is `{akf}`{other}"),
     )
+    .detail("rival", rival_json)
 }
 
 pub fn helper_path(cx: &Context) -> Check {

@@ -11,7 +11,9 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Layout, Plan, SshdError, SshdSettings, directives, plan_disable, plan_enable};
+use super::rival::{self, Places, Rival};
+use super::scan::RealFs;
+use super::{Layout, Plan, SshdError, SshdSettings, directives, plan_disable};
 use crate::host::command;
 use crate::host::files;
 use crate::host::service::{self, ReloadTarget, Reloaded};
@@ -23,6 +25,9 @@ pub struct SshdPaths {
     pub main_config: PathBuf,
     /// Our drop-in, used when the main config includes it.
     pub dropin: PathBuf,
+    /// Our drop-in when another AuthorizedKeysCommand's drop-in sorts before the usual one
+    /// (systemd-userdbd's `20-systemd-userdb.conf`).
+    pub early_dropin: PathBuf,
     /// The base of relative `Include` patterns (sshd's compiled-in SSHDIR).
     pub ssh_dir: PathBuf,
     pub sshd: PathBuf,
@@ -37,6 +42,7 @@ impl Default for SshdPaths {
         SshdPaths {
             main_config: "/etc/ssh/sshd_config".into(),
             dropin: "/etc/ssh/sshd_config.d/60-guest-agent.conf".into(),
+            early_dropin: "/etc/ssh/sshd_config.d/00-guest-agent.conf".into(),
             ssh_dir: "/etc/ssh".into(),
             sshd: "/usr/sbin/sshd".into(),
             privsep_dir: Some("/run/sshd".into()),
@@ -55,23 +61,32 @@ pub struct SshdReport {
     pub changed: Vec<PathBuf>,
     /// `None`: sshd's effective configuration did not change, so it was not reloaded.
     pub reloaded: Option<Reloaded>,
+    /// Another AuthorizedKeysCommand our helper hands other users on to ([`enable`]).
+    pub chained: Option<Rival>,
+    /// Another provider's AuthorizedPrincipalsCommand our lines come before (`FILE:LINE`).
+    pub shadowed_principals: Option<String>,
+    /// The AuthorizedKeysCommand `sshd -T` shows after the change (`None`: nothing changed,
+    /// or sshd was not asked).
+    pub keys_command_after: Option<String>,
 }
 
 /// Makes sshd use `settings` (see the module documentation of [`super`] for where they go).
+/// Another AuthorizedKeysCommand in the configuration is chained (see [`rival`]).
 pub fn enable(paths: &SshdPaths, settings: &SshdSettings) -> Result<SshdReport, SshdError> {
     let main = read_main(&paths.main_config)?;
-    let dir_exists = paths.dropin.parent().is_some_and(Path::is_dir);
-    let (layout, plan) = plan_enable(
-        &main,
-        &paths.main_config,
-        settings,
-        &paths.ssh_dir,
-        &paths.dropin,
-        dir_exists,
-    )?;
-    let expected = directives(settings)?;
-    let mut report = converge(paths, &main, &plan, &expected)?;
-    report.layout = Some(layout);
+    let places = Places {
+        main: &paths.main_config,
+        ssh_dir: &paths.ssh_dir,
+        dropin: &paths.dropin,
+        early: &paths.early_dropin,
+        dropin_dir_exists: paths.dropin.parent().is_some_and(Path::is_dir),
+    };
+    let placed = rival::plan(&main, &RealFs, &places, settings)?;
+    let expected = directives(&placed.settings)?;
+    let mut report = converge(paths, &main, &placed.plan, &expected)?;
+    report.layout = Some(placed.layout);
+    report.chained = placed.rival;
+    report.shadowed_principals = placed.shadowed_principals;
     Ok(report)
 }
 
@@ -138,32 +153,43 @@ fn converge(
 ) -> Result<SshdReport, SshdError> {
     // A symlinked main config is edited where it points (the link stays).
     let saved_main = Saved::take(&files::config_target(&paths.main_config))?;
-    let saved_dropin = Saved::take(&paths.dropin)?;
+    let dropins = [
+        (Saved::take(&paths.dropin)?, plan.dropin.as_deref()),
+        (Saved::take(&paths.early_dropin)?, plan.early.as_deref()),
+    ];
     let main_changes = plan.main != main;
-    let dropin_changes =
-        plan.dropin.as_deref().map(str::as_bytes) != saved_dropin.content.as_deref();
+    let changes =
+        |(saved, new): &(Saved, Option<&str>)| new.map(str::as_bytes) != saved.content.as_deref();
     let mut report = SshdReport {
         layout: None,
         changed: Vec::new(),
         reloaded: None,
+        chained: None,
+        shadowed_principals: None,
+        keys_command_after: None,
     };
-    if !main_changes && !dropin_changes {
+    if !main_changes && !dropins.iter().any(changes) {
         return Ok(report);
     }
     ensure_privsep_dir(paths);
     let before = effective(paths).ok();
 
-    // Write the drop-in first when adding, the main config first when removing our block, so
-    // that in between sshd never sees our directives twice (harmless) or not at all.
+    // Drop-ins written first, then the main config, then drop-ins removed, so that in
+    // between sshd never sees our directives not at all (twice is harmless).
     let mut undo: Vec<&Saved> = Vec::new();
     let result = (|| {
-        if dropin_changes && saved_dropin.write(plan.dropin.as_deref().map(str::as_bytes))? {
-            undo.push(&saved_dropin);
-            report.changed.push(paths.dropin.clone());
-        }
-        if main_changes && saved_main.write(Some(plan.main.as_bytes()))? {
-            undo.push(&saved_main);
-            report.changed.push(paths.main_config.clone());
+        for pass in [true, false] {
+            if !pass && main_changes && saved_main.write(Some(plan.main.as_bytes()))? {
+                undo.push(&saved_main);
+                report.changed.push(paths.main_config.clone());
+            }
+            for entry in &dropins {
+                let (saved, new) = entry;
+                if new.is_some() == pass && changes(entry) && saved.write(new.map(str::as_bytes))? {
+                    undo.push(saved);
+                    report.changed.push(saved.path.clone());
+                }
+            }
         }
         let written = report.changed.first().cloned().unwrap_or_default();
         let out = sshd(paths, &["-t"])?;
@@ -190,10 +216,16 @@ fn converge(
             |t: Option<&str>| t.and_then(|t| t.find("\nMatch Group ").map(|i| t[i..].to_string()));
         tail(old) != tail(new)
     };
-    let old_dropin = saved_dropin.content.as_deref().map(String::from_utf8_lossy);
     let needs_reload = before.as_deref() != Some(after.as_str())
         || match_changed(Some(main), Some(&plan.main))
-        || match_changed(old_dropin.as_deref(), plan.dropin.as_deref());
+        || dropins.iter().any(|(saved, new)| {
+            let old = saved.content.as_deref().map(String::from_utf8_lossy);
+            match_changed(old.as_deref(), *new)
+        });
+    report.keys_command_after = after
+        .lines()
+        .find_map(|l| l.strip_prefix("authorizedkeyscommand "))
+        .map(str::to_owned);
     if needs_reload {
         report.reloaded = Some(service::reload(&paths.reload)?);
     }

@@ -70,6 +70,7 @@ fn env(main: impl FnOnce(&Path) -> String) -> Option<Env> {
     let paths = SshdPaths {
         main_config: dir.join("sshd_config"),
         dropin: dir.join("sshd_config.d/60-guest-agent.conf"),
+        early_dropin: dir.join("sshd_config.d/00-guest-agent.conf"),
         ssh_dir: dir.clone(),
         sshd: wrapper,
         privsep_dir: None,
@@ -245,26 +246,123 @@ fn rejected_change_is_undone_exactly() {
 fn directives_set_earlier_are_reported_and_undone() {
     let Some(env) = env(debian) else { return };
     let other = env.tmp.join("sshd_config.d/10-other.conf");
-    let cases = [
-        (
-            "AuthorizedKeysCommandUser root\n",
-            "`AuthorizedKeysCommandUser root`",
+    // Not one of the lines the agent places first (an operator's CA): refused, undone.
+    std::fs::write(&other, "TrustedUserCAKeys /etc/ssh/other-ca.pub\n").unwrap();
+    let err = enable(&env.paths, &settings()).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, SshdError::NotInEffect { .. }), "{message}");
+    assert!(
+        message.contains("`TrustedUserCAKeys /etc/ssh/other-ca.pub`"),
+        "{message}"
+    );
+    assert!(!env.paths.dropin.exists() && !env.paths.early_dropin.exists());
+    // A lone AuthorizedKeysCommandUser earlier is overtaken by the early drop-in.
+    std::fs::write(&other, "AuthorizedKeysCommandUser root\n").unwrap();
+    let report = enable(&env.paths, &settings()).unwrap();
+    assert_eq!(report.layout, Some(Layout::EarlyDropIn));
+    assert_eq!(report.chained, None);
+    assert!(has(
+        &effective_for(&env, None),
+        "authorizedkeyscommanduser nobody"
+    ));
+}
+
+/// systemd-userdbd's drop-in sorts before ours: the agent moves its drop-in before it (the
+/// 60- file goes), chains its command with root as the user, and off again leaves the
+/// rival's file as it was and in effect.
+#[test]
+fn another_keys_command_in_an_earlier_drop_in_is_chained_and_comes_back() {
+    let Some(env) = env(debian) else { return };
+    let plain = enable(&env.paths, &settings()).unwrap();
+    assert_eq!(plain.layout, Some(Layout::DropIn));
+    assert!(env.paths.dropin.exists());
+    let userdb = env.tmp.join("sshd_config.d/20-systemd-userdb.conf");
+    let text = "AuthorizedKeysCommand /usr/bin/userdbctl ssh-authorized-keys %u\n\
+                AuthorizedKeysCommandUser root\n";
+    std::fs::write(&userdb, text).unwrap();
+    let main_before = std::fs::read(&env.paths.main_config).unwrap();
+    let report = enable(&env.paths, &settings()).unwrap();
+    assert_eq!(report.layout, Some(Layout::EarlyDropIn));
+    let chained = report.chained.unwrap();
+    assert_eq!(
+        chained.chain.command,
+        "/usr/bin/userdbctl ssh-authorized-keys %u"
+    );
+    assert_eq!(chained.chain.user, "root");
+    assert!(!env.paths.dropin.exists(), "the 60- file was migrated");
+    assert!(env.paths.early_dropin.exists());
+    let on = effective_for(&env, None);
+    assert!(
+        has(
+            &on,
+            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root -- /usr/bin/userdbctl ssh-authorized-keys %u"
         ),
-        // Bug 3574 across files (9.2 tests "keys command unset" where it means "principals
-        // command unset", so an earlier principals command alone is overridden, not kept): an earlier keys command hides our principals command.
-        (
-            "AuthorizedKeysCommand /usr/bin/other %u\nAuthorizedKeysCommandUser nobody\n",
-            "`AuthorizedPrincipalsCommand none`",
+        "{on:?}"
+    );
+    assert!(has(&on, "authorizedkeyscommanduser root"));
+    assert!(has(&on, "authorizedprincipalscommanduser nobody"));
+    assert!(has(
+        &on,
+        "authorizedprincipalscommand /usr/bin/guest-agent authorized-principals %u %k"
+    ));
+    // Again: nothing to do.
+    assert!(enable(&env.paths, &settings()).unwrap().changed.is_empty());
+    let report = disable(&env.paths).unwrap();
+    assert_eq!(
+        report.keys_command_after.as_deref(),
+        Some("/usr/bin/userdbctl ssh-authorized-keys %u")
+    );
+    assert!(!env.paths.dropin.exists() && !env.paths.early_dropin.exists());
+    assert_eq!(std::fs::read_to_string(&userdb).unwrap(), text);
+    assert_eq!(std::fs::read(&env.paths.main_config).unwrap(), main_before);
+    let off = effective_for(&env, None);
+    assert!(has(
+        &off,
+        "authorizedkeyscommand /usr/bin/userdbctl ssh-authorized-keys %u"
+    ));
+    assert!(has(&off, "authorizedkeyscommanduser root"));
+}
+
+/// Another keys command above the Include in sshd_config: our block goes above it.
+#[test]
+fn another_keys_command_above_the_include_gets_our_block_above_it() {
+    let main = |dir: &Path| {
+        format!(
+            "AuthorizedKeysCommand /usr/bin/google_authorized_keys\nAuthorizedKeysCommandUser root\n{}",
+            debian(dir)
+        )
+    };
+    let Some(env) = env(main) else { return };
+    let before = std::fs::read(&env.paths.main_config).unwrap();
+    let report = enable(&env.paths, &settings()).unwrap();
+    assert_eq!(report.layout, Some(Layout::TopBlock));
+    let on = effective_for(&env, None);
+    assert!(
+        has(
+            &on,
+            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root -- /usr/bin/google_authorized_keys"
         ),
-    ];
-    for (text, shown) in cases {
-        std::fs::write(&other, text).unwrap();
-        let err = enable(&env.paths, &settings()).unwrap_err();
-        let message = err.to_string();
-        assert!(matches!(err, SshdError::NotInEffect { .. }), "{message}");
-        assert!(message.contains(shown), "{message}");
-        assert!(!env.paths.dropin.exists());
-    }
+        "{on:?}"
+    );
+    assert!(has(
+        &on,
+        "authorizedprincipalscommand /usr/bin/guest-agent authorized-principals %u %k"
+    ));
+    // The Match block at the end still applies to OS Login users only.
+    assert!(has(
+        &effective_for(&env, Some("gauser")),
+        "authorizedkeysfile none"
+    ));
+    assert!(!has(
+        &effective_for(&env, Some("plain")),
+        "authorizedkeysfile none"
+    ));
+    disable(&env.paths).unwrap();
+    assert_eq!(std::fs::read(&env.paths.main_config).unwrap(), before);
+    assert!(has(
+        &effective_for(&env, None),
+        "authorizedkeyscommand /usr/bin/google_authorized_keys"
+    ));
 }
 
 #[test]

@@ -19,6 +19,8 @@
 //! starts with `Match all` to get back to directives that apply to everyone.
 
 pub mod apply;
+pub mod rival;
+pub mod scan;
 
 use std::path::{Path, PathBuf};
 
@@ -59,6 +61,15 @@ pub enum SshdError {
     #[error("sshd rejected the configuration after writing {path} (change undone): {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
+        "{place} sets another AuthorizedKeysCommand, `{command}`, which the agent cannot chain: \
+         {why}; OS Login stays off so that its users keep their keys (fix or remove that line)"
+    )]
+    RivalNotChainable {
+        place: String,
+        command: String,
+        why: &'static str,
+    },
+    #[error(
         "after writing {path}, sshd -T shows `{keyword} {found}` instead of our `{expected}` \
          (change undone); an earlier line or drop-in sets it (on OpenSSH before 9.4 an earlier \
          AuthorizedKeysCommand also hides a later AuthorizedPrincipalsCommand): remove that \
@@ -87,6 +98,9 @@ pub struct SshdSettings {
     /// Members of this group (OS Login users) get `AuthorizedKeysFile none`, so their own
     /// `~/.ssh/authorized_keys` is ignored.
     pub ignore_user_keys_group: Option<String>,
+    /// Another AuthorizedKeysCommand our helper hands the users who are not OS Login users
+    /// on to (see [`rival`]).
+    pub chain: Option<rival::Chain>,
 }
 
 impl Default for SshdSettings {
@@ -97,6 +111,7 @@ impl Default for SshdSettings {
             command_user: "nobody".into(),
             trusted_ca_file: None,
             ignore_user_keys_group: None,
+            chain: None,
         }
     }
 }
@@ -106,26 +121,35 @@ impl Default for SshdSettings {
 pub enum Layout {
     /// A file of our own in the drop-in directory.
     DropIn,
+    /// Our drop-in under a name that sorts before the usual one (and before another
+    /// AuthorizedKeysCommand's drop-in, such as systemd-userdbd's `20-systemd-userdb.conf`).
+    EarlyDropIn,
     /// A marked block at the end of the main config.
     MainBlock,
+    /// The global directives in a marked block at the top of the main config (before another
+    /// AuthorizedKeysCommand written there, or in a drop-in no name of ours sorts before),
+    /// the `Match Group` block at its end.
+    TopBlock,
 }
 
-/// The desired content of the two files (`None`: the drop-in should not exist).
+/// The desired content of the files (`None`: that drop-in should not exist).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     pub main: String,
     pub dropin: Option<String>,
+    /// The early drop-in ([`Layout::EarlyDropIn`]).
+    pub early: Option<String>,
 }
 
 /// Characters sshd's argument splitter would interpret (quotes, escapes, comments).
-fn plain(value: &str) -> bool {
+pub(crate) fn plain(value: &str) -> bool {
     !value.is_empty()
         && !value
             .chars()
             .any(|c| (c.is_control() && c != '\t') || matches!(c, '"' | '\'' | '\\' | '#'))
 }
 
-fn command(setting: &'static str, value: &str) -> Result<String, SshdError> {
+pub(crate) fn command(setting: &'static str, value: &str) -> Result<String, SshdError> {
     let bad = |rule| SshdError::Setting {
         setting,
         value: value.to_string(),
@@ -155,11 +179,15 @@ pub fn directives(s: &SshdSettings) -> Result<Vec<(&'static str, String)>, SshdE
         });
     }
     let user = s.command_user.clone();
+    let (keys, keys_user) = match &s.chain {
+        None => (keys, user.clone()),
+        Some(chain) => rival::chained_keys_command(&keys, chain, &user)?,
+    };
     let mut out = vec![
         ("AuthorizedPrincipalsCommand", principals),
-        ("AuthorizedPrincipalsCommandUser", user.clone()),
+        ("AuthorizedPrincipalsCommandUser", user),
         ("AuthorizedKeysCommand", keys),
-        ("AuthorizedKeysCommandUser", user),
+        ("AuthorizedKeysCommandUser", keys_user),
     ];
     if let Some(ca) = &s.trusted_ca_file {
         let text = ca.to_string_lossy();
@@ -178,6 +206,15 @@ pub fn directives(s: &SshdSettings) -> Result<Vec<(&'static str, String)>, SshdE
 /// Our lines: `Match all` first when `after_match` (we follow an operator's `Match`), the
 /// global directives, then the `Match Group` block, which is always last.
 pub fn render(s: &SshdSettings, after_match: bool) -> Result<String, SshdError> {
+    Ok(format!(
+        "{}{}",
+        render_globals(s, after_match)?,
+        render_match(s)?
+    ))
+}
+
+/// [`render`] without the `Match Group` block.
+pub fn render_globals(s: &SshdSettings, after_match: bool) -> Result<String, SshdError> {
     let mut text = String::new();
     if after_match {
         text.push_str("Match all\n");
@@ -185,6 +222,12 @@ pub fn render(s: &SshdSettings, after_match: bool) -> Result<String, SshdError> 
     for (keyword, value) in directives(s)? {
         text.push_str(&format!("{keyword} {value}\n"));
     }
+    Ok(text)
+}
+
+/// The `Match Group` block alone (empty when OS Login users' own keys are read).
+pub fn render_match(s: &SshdSettings) -> Result<String, SshdError> {
+    let mut text = String::new();
     if let Some(group) = &s.ignore_user_keys_group {
         if !is_valid_name(group) {
             return Err(SshdError::Setting {
@@ -321,6 +364,11 @@ pub fn strip_block(text: &str, path: &Path) -> Result<String, SshdError> {
     Ok(out)
 }
 
+/// `text` (without a block) with our block holding `body` put before its first line.
+pub fn prepend_block(text: &str, body: &str) -> String {
+    format!("{BEGIN_MARK}\n{body}{END_MARK}\n{text}")
+}
+
 /// `text` (without a block) with our block holding `body` appended at the end.
 pub fn append_block(text: &str, body: &str) -> String {
     let block = format!("{BEGIN_MARK}\n{body}{END_MARK}");
@@ -348,25 +396,42 @@ pub fn plan_enable(
 ) -> Result<(Layout, Plan), SshdError> {
     let base = strip_block(main, main_path)?;
     if dropin_dir_exists && include_covers(&base, ssh_dir, dropin) {
-        let plan = Plan {
-            main: base,
-            dropin: Some(dropin_text(s)?),
-        };
-        return Ok((Layout::DropIn, plan));
+        return Ok((Layout::DropIn, lay_out(Layout::DropIn, base, s)?));
     }
-    let body = render(s, has_match(&base))?;
-    let plan = Plan {
-        main: append_block(&base, &body),
-        dropin: None,
-    };
-    Ok((Layout::MainBlock, plan))
+    Ok((Layout::MainBlock, lay_out(Layout::MainBlock, base, s)?))
 }
 
-/// Both files without anything of ours.
+/// The files for `layout`, from `base` (the main config without our blocks).
+pub fn lay_out(layout: Layout, base: String, s: &SshdSettings) -> Result<Plan, SshdError> {
+    let mut plan = Plan {
+        main: base,
+        dropin: None,
+        early: None,
+    };
+    match layout {
+        Layout::DropIn => plan.dropin = Some(dropin_text(s)?),
+        Layout::EarlyDropIn => plan.early = Some(dropin_text(s)?),
+        Layout::MainBlock => {
+            let body = render(s, has_match(&plan.main))?;
+            plan.main = append_block(&plan.main, &body);
+        }
+        Layout::TopBlock => {
+            plan.main = prepend_block(&plan.main, &render_globals(s, false)?);
+            let tail = render_match(s)?;
+            if !tail.is_empty() {
+                plan.main = append_block(&plan.main, &tail);
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// All files without anything of ours.
 pub fn plan_disable(main: &str, main_path: &Path) -> Result<Plan, SshdError> {
     Ok(Plan {
         main: strip_block(main, main_path)?,
         dropin: None,
+        early: None,
     })
 }
 
