@@ -14,6 +14,9 @@
 //!   `getent` and `id` through the NSS module, and after the login role is revoked the next
 //!   login refused;
 //! - OS Login off: a metadata `ssh-keys` user logs in with its key and has sudo;
+//! - Debian 13 only: a systemd-userdbd user (a JSON record in /etc/userdb whose key sshd gets
+//!   from `userdbctl ssh-authorized-keys`, the command of userdbd's own sshd drop-in, which
+//!   sorts before ours) still logs in with that key while OS Login is on;
 //! - `guest-agent doctor` reports no failure;
 //! - `dpkg -P` leaves nothing but what the README says stays (the accounts the agent made and
 //!   their homes).
@@ -34,12 +37,13 @@ use guest_agent_e2e::releases::{ALL, Release};
 use serde_json::json;
 
 /// The checks, in the order of the table's columns.
-const CHECKS: [&str; 9] = [
+const CHECKS: [&str; 10] = [
     "dpkg -i",
     "key login",
     "cert login",
     "sudo (admin)",
     "getent/id",
+    "userdb keys",
     "revoked",
     "metadata keys+sudo",
     "doctor",
@@ -152,6 +156,28 @@ fn run_release(release: Release, p: &Packages) -> Row {
         "host key, ld.so cache",
         "set -e; ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/matrix_host_key; ldconfig",
     );
+    // systemd-userdbd's own users: a JSON user record whose SSH key sshd gets from
+    // `userdbctl ssh-authorized-keys` (its drop-in 20-systemd-userdb.conf), not from a file.
+    let userdb = release.include.contains("systemd-userdbd");
+    let (rival_key, rival_public) = oslogin::keypair(dir.path(), "rival");
+    if userdb {
+        // userdb's drop-in layout: the public part world-readable, the privileged part (where
+        // SSH keys live) beside it, readable by root only.
+        let record = json!({"userName": "rival", "uid": 60100, "gid": 60100,
+            "homeDirectory": "/home/rival", "shell": "/bin/sh"});
+        let privileged = json!({"privileged": {"sshAuthorizedKeys": [rival_public.trim()]}});
+        iso.run(
+            "a userdb user",
+            &format!(
+                "set -e; mkdir -p /etc/userdb /home/rival; chown 60100:60100 /home/rival
+                 cat > /etc/userdb/rival.user <<'E'\n{record}\nE
+                 cat > /etc/userdb/rival.user-privileged <<'E'\n{privileged}\nE
+                 chmod 0644 /etc/userdb/rival.user; chmod 0600 /etc/userdb/rival.user-privileged
+                 ln -s rival.user /etc/userdb/60100.user
+                 getent passwd rival; userdbctl ssh-authorized-keys rival | grep -q ssh-"
+            ),
+        );
+    }
     let before = iso.snapshot();
     let accounts_before = accounts(&iso);
 
@@ -216,6 +242,26 @@ fn run_release(release: Release, p: &Packages) -> Row {
         Ok(())
     })();
     row.record("getent/id", lookups);
+    if userdb {
+        let r = expect("id -un", ssh(&ns, &rival_key, "rival", "id -un"), "rival");
+        row.record(
+            "userdb keys",
+            r.map_err(|e| {
+                let seen = sshd.lines().into_iter().filter(|l| {
+                    l.contains("rival") || l.contains("KeysCommand") || l.contains("userdbctl")
+                });
+                let nss = text(&iso.sh(
+                    "grep -E '^(passwd|group)' /etc/nsswitch.conf; getent passwd rival; \
+                     ls -l /etc/userdb /run/systemd 2>&1",
+                ));
+                format!(
+                    "{e}\nsshd:\n{}\nNSS:\n{nss}\nagent:\n{}",
+                    seen.collect::<Vec<_>>().join("\n"),
+                    agent.dump()
+                )
+            }),
+        );
+    }
     emulator.ok(
         "PUT",
         "/oslogin/users/carol/roles",
@@ -379,6 +425,7 @@ fn debian_11_12_13_log_in_through_the_package() {
                     failures.push(format!("{} {c}: {e}", row.release.name));
                     "FAIL"
                 }
+                None if c == "userdb keys" && !row.release.include.contains("userdbd") => "n/a",
                 None => {
                     failures.push(format!("{} {c}: not reached", row.release.name));
                     "-"
