@@ -379,9 +379,16 @@ fn sweep_stale_temps(dir: &DirFd, name: &OsStr) {
     }
 }
 
-/// Removes `path` if it exists (fsyncing its directory); returns whether it existed.
+/// Removes `path` if it exists (fsyncing its directory); returns whether it existed. A file
+/// whose directory does not exist does not exist either (`/etc/sudoers.d` on an image without
+/// sudo, `/etc/ssh/sshd_config.d` without openssh-server): nothing to remove, not an error.
 pub fn remove_if_exists(path: &Path) -> Result<bool, FileError> {
-    let (dir, name) = open_parent(path)?;
+    let (dir, name) = match open_parent(path) {
+        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(false);
+        }
+        other => other?,
+    };
     match unlinkat(Some(dir.raw()), &*name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => dir.sync().map(|()| true),
         Err(nix::Error::ENOENT) => Ok(false),

@@ -75,8 +75,18 @@ pub fn enable(paths: &SshdPaths, settings: &SshdSettings) -> Result<SshdReport, 
     Ok(report)
 }
 
-/// Removes our drop-in or block, leaving the main config as it was before [`enable`].
+/// Removes our drop-in or block, leaving the main config as it was before [`enable`]. Without
+/// a main config (an image without openssh-server) nothing of ours can be in effect: only a
+/// drop-in left behind is removed, and nothing is run or reloaded.
 pub fn disable(paths: &SshdPaths) -> Result<SshdReport, SshdError> {
+    if files::read_optional(&paths.main_config)?.is_none() {
+        let removed = files::remove_if_exists(&paths.dropin)?;
+        return Ok(SshdReport {
+            layout: None,
+            changed: removed.then(|| paths.dropin.clone()).into_iter().collect(),
+            reloaded: None,
+        });
+    }
     let main = read_main(&paths.main_config)?;
     let plan = plan_disable(&main, &paths.main_config)?;
     converge(paths, &main, &plan, &[])
