@@ -80,6 +80,49 @@ impl Reconciler for ChangeLog {
     }
 }
 
+/// One reconciler's run of failures: logged as an error when it starts and whenever the error
+/// changes, not at every retry (a machine without sshd would otherwise log the same line every
+/// check interval); its end is logged once.
+#[derive(Debug, Default)]
+pub struct FailureEpisode {
+    last: Option<String>,
+    repeats: u64,
+}
+
+/// What to log for one pass's outcome.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FailureLog {
+    /// Nothing to say (succeeded, as before).
+    Quiet,
+    /// A new error, or a different one: an ERROR line.
+    Error,
+    /// The same error as the pass before: a DEBUG line with the count.
+    Again(u64),
+    /// Succeeded after `repeats` failed passes: an INFO line.
+    Recovered(u64),
+}
+
+impl FailureEpisode {
+    pub fn record(&mut self, outcome: Result<(), &str>) -> FailureLog {
+        match (outcome, self.last.as_deref()) {
+            (Ok(()), None) => FailureLog::Quiet,
+            (Ok(()), Some(_)) => {
+                self.last = None;
+                FailureLog::Recovered(std::mem::take(&mut self.repeats) + 1)
+            }
+            (Err(e), Some(last)) if e == last => {
+                self.repeats += 1;
+                FailureLog::Again(self.repeats)
+            }
+            (Err(e), _) => {
+                self.last = Some(e.to_owned());
+                self.repeats = 0;
+                FailureLog::Error
+            }
+        }
+    }
+}
+
 /// Runs every reconciler on each new snapshot until the channel closes. `first_pass` fires
 /// once all reconcilers have succeeded on one snapshot (what READY=1 waits for).
 pub async fn run(
@@ -88,32 +131,46 @@ pub async fn run(
     first_pass: oneshot::Sender<()>,
 ) {
     let mut first_pass = Some(first_pass);
+    let mut episodes: Vec<FailureEpisode> =
+        reconcilers.iter().map(|_| Default::default()).collect();
     loop {
         let snapshot: Option<Arc<Snapshot>> = rx.borrow_and_update().clone();
         if let Some(snapshot) = snapshot {
             let joined = tokio::task::spawn_blocking(move || {
                 let mut all_ok = true;
-                for r in reconcilers.iter_mut() {
+                for (r, episode) in reconcilers.iter_mut().zip(episodes.iter_mut()) {
                     let span = tracing::info_span!("reconcile", reconciler = r.name());
                     let _enter = span.enter();
-                    if let Err(e) = r.reconcile(&snapshot) {
-                        all_ok = false;
-                        // The cause is in the message too: `journalctl` shows only MESSAGE.
-                        tracing::error!(
-                            error = format!("{e:#}"),
-                            "reconcile failed: {e:#}; will retry on the next change"
-                        );
+                    let result = r.reconcile(&snapshot).map_err(|e| format!("{e:#}"));
+                    all_ok &= result.is_ok();
+                    // The cause is in the message too: `journalctl` shows only MESSAGE.
+                    match (
+                        episode.record(result.as_ref().map(|_| ()).map_err(String::as_str)),
+                        &result,
+                    ) {
+                        (FailureLog::Error, Err(e)) => tracing::error!(
+                            error = %e,
+                            "reconcile failed: {e}; retrying at each change and check \
+                             (logged again when the error changes)"
+                        ),
+                        (FailureLog::Again(n), Err(e)) => {
+                            tracing::debug!(error = %e, repeats = n, "reconcile failed again")
+                        }
+                        (FailureLog::Recovered(n), _) => {
+                            tracing::info!(failed_passes = n, "reconcile succeeded again")
+                        }
+                        _ => {}
                     }
                 }
                 // A pass over many users allocates and frees a lot at once; give the freed
                 // memory back so the idle daemon stays small.
                 // SAFETY: malloc_trim only releases free heap memory to the kernel.
                 unsafe { nix::libc::malloc_trim(0) };
-                (reconcilers, all_ok)
+                (reconcilers, episodes, all_ok)
             })
             .await;
             let all_ok;
-            (reconcilers, all_ok) = match joined {
+            (reconcilers, episodes, all_ok) = match joined {
                 Ok(v) => v,
                 Err(e) => {
                     tracing::error!(error = %e, "reconcilers panicked; stopping them");
@@ -138,5 +195,32 @@ pub async fn run(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FailureEpisode, FailureLog};
+
+    #[test]
+    fn a_failure_episode_logs_its_start_each_new_error_and_its_end_once() {
+        let mut e = FailureEpisode::default();
+        assert_eq!(e.record(Ok(())), FailureLog::Quiet);
+        assert_eq!(e.record(Err("no sshd_config")), FailureLog::Error);
+        assert_eq!(e.record(Err("no sshd_config")), FailureLog::Again(1));
+        assert_eq!(e.record(Err("no sshd_config")), FailureLog::Again(2));
+        assert_eq!(
+            e.record(Err("sshd -t failed")),
+            FailureLog::Error,
+            "a new error"
+        );
+        assert_eq!(e.record(Err("sshd -t failed")), FailureLog::Again(1));
+        assert_eq!(e.record(Ok(())), FailureLog::Recovered(2));
+        assert_eq!(e.record(Ok(())), FailureLog::Quiet);
+        assert_eq!(
+            e.record(Err("sshd -t failed")),
+            FailureLog::Error,
+            "a new episode"
+        );
     }
 }

@@ -271,11 +271,24 @@ fn hostile_homes_are_refused_and_nothing_outside_them_is_touched() {
         "the honest user is served:\n{}",
         vm.dump()
     );
-    for user in ["mallory1", "mallory2", "mallory3"] {
+    // A home owned by someone else is refused; links out of the home (~/.ssh to /root/.ssh,
+    // authorized_keys to /etc/shadow) are replaced by the user's own, never followed.
+    vm.env.agent().expect_line(
+        t0,
+        &["managed keys not written", "mallory3"],
+        Duration::from_secs(30),
+    );
+    for (user, target) in [("mallory1", "/root/.ssh"), ("mallory2", "/etc/shadow")] {
         vm.env.agent().expect_line(
             t0,
-            &["managed keys not written", user],
+            &["symbolic link the agent does not follow", user, target],
             Duration::from_secs(30),
+        );
+        assert!(
+            vm.wait_login(&key, user, true, Duration::from_secs(30))
+                .is_some(),
+            "{user}: the key works in the replaced file\n{}",
+            vm.dump()
         );
     }
     // Give the agent a few more passes (2 s checks) to try again, then compare.

@@ -68,6 +68,8 @@ pub struct AccountsReconciler {
     cloud_init_since: Option<Instant>,
     /// cloud-init has finished (or the wait is over): accounts may be touched from now on.
     cloud_init_done: bool,
+    /// The sudo rule is wanted but sudo is not installed (warned once; written when it is).
+    sudo_waiting: bool,
 }
 
 fn now_unix() -> i64 {
@@ -94,6 +96,7 @@ impl AccountsReconciler {
             logged: HashSet::new(),
             cloud_init_since: None,
             cloud_init_done: false,
+            sudo_waiting: false,
         }
     }
 }
@@ -366,8 +369,30 @@ impl Reconciler for AccountsReconciler {
             file: self.paths.sudoers.clone(),
             ..Default::default()
         };
-        if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
-            errors.push(format!("sudoers: {e}"));
+        match sudoers::step(sudoers::installed(&sudo_paths), !grantees.is_empty()) {
+            sudoers::Step::Apply => {
+                if std::mem::take(&mut self.sudo_waiting) && !grantees.is_empty() {
+                    tracing::info!(
+                        path = %sudo_paths.file.display(),
+                        "sudo is installed now; writing the rule for the sudo group"
+                    );
+                }
+                if let Err(e) = sudoers::apply(&sudo_paths, &grantees) {
+                    errors.push(format!("sudoers: {e}"));
+                }
+            }
+            sudoers::Step::Wait => {
+                if !std::mem::replace(&mut self.sudo_waiting, true) {
+                    tracing::warn!(
+                        path = %sudo_paths.file.display(),
+                        visudo = %sudo_paths.visudo.display(),
+                        group = %a.sudo_group,
+                        "sudo is not installed (no sudoers.d directory or visudo): metadata \
+                         users are created and put in the sudo group, and the sudo rule is \
+                         written once sudo is installed (checked every check interval)"
+                    );
+                }
+            }
         }
         let failed = apply::delete_users(&tools, &p.delete);
         let mut after = p.state.clone();

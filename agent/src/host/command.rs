@@ -58,6 +58,19 @@ pub fn run(program: &Path, args: &[&str], timeout: Duration) -> Result<Output, C
     run_with_input(program, args, None, timeout)
 }
 
+/// [`run`] as the user `uid`/`gid` (no supplementary groups), for reading what that user may
+/// read and nothing more. At most `max_output` bytes of stdout are kept (the rest is read and
+/// dropped, so a tool pointed at /dev/zero cannot fill the daemon's memory).
+pub fn run_as(
+    program: &Path,
+    args: &[&str],
+    owner: (u32, u32),
+    max_output: usize,
+    timeout: Duration,
+) -> Result<Output, CommandError> {
+    spawn_and_collect(program, args, None, Some(owner), max_output, timeout)
+}
+
 /// [`run`] with `input` written to the tool's stdin (for batch tools such as `newusers` and
 /// `chpasswd`, which read their work there and never on the command line, where other users
 /// could see it in `ps`).
@@ -67,7 +80,23 @@ pub fn run_with_input(
     input: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<Output, CommandError> {
+    spawn_and_collect(program, args, input, None, usize::MAX, timeout)
+}
+
+fn spawn_and_collect(
+    program: &Path,
+    args: &[&str],
+    input: Option<&[u8]>,
+    owner: Option<(u32, u32)>,
+    max_output: usize,
+    timeout: Duration,
+) -> Result<Output, CommandError> {
     let mut command = Command::new(program);
+    if let Some((uid, gid)) = owner {
+        // std drops the supplementary groups (setgroups(0)) before setuid when uid is set.
+        std::os::unix::process::CommandExt::uid(&mut command, uid);
+        std::os::unix::process::CommandExt::gid(&mut command, gid);
+    }
     command
         .args(args)
         .env("LC_ALL", "C")
@@ -97,7 +126,8 @@ pub fn run_with_input(
         child.stdout.take().map(|mut out| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                let _ = out.read_to_end(&mut buf);
+                let _ = (&mut out).take(max_output as u64).read_to_end(&mut buf);
+                let _ = io::copy(&mut out, &mut io::sink());
                 buf
             })
         }),
@@ -176,6 +206,25 @@ mod tests {
         let err = run(Path::new("/bin/sleep"), &["5"], Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, CommandError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[test]
+    fn runs_as_a_user_with_capped_output() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("SKIPPED runs_as_a_user_...: needs root");
+            return;
+        }
+        let out = run_as(
+            Path::new("/bin/sh"),
+            &["-c", "id -u; id -G; head -c 100000 /dev/zero"],
+            (54321, 54322),
+            20,
+            DEFAULT_TIMEOUT,
+        )
+        .unwrap();
+        assert!(out.status.success(), "{}", out.message());
+        assert!(out.stdout.starts_with("54321\n54322\n"), "{:?}", out.stdout);
+        assert_eq!(out.stdout.len(), 20);
     }
 
     #[test]

@@ -96,6 +96,40 @@ impl DirFd {
         })
     }
 
+    /// Opens the directory `rel` (a relative path, symbolic links and `..` allowed) resolved
+    /// by the kernel strictly beneath this directory (`openat2` with `RESOLVE_BENEATH` and
+    /// `RESOLVE_NO_MAGICLINKS`): an absolute link, a `..` above this directory or a `/proc`
+    /// magic link anywhere on the way fails (`EXDEV`, `ELOOP`). Run it under
+    /// [`crate::host::as_user::AsUser`] to resolve with a user's permissions.
+    pub fn open_dir_beneath(&self, rel: &Path) -> Result<DirFd, FileError> {
+        use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+        let path = self.path.join(rel);
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+        let raw = openat2(self.raw(), rel, how)
+            .map_err(io_err("open directory (beneath its parent)", &path))?;
+        Ok(DirFd {
+            fd: owned(raw),
+            path,
+        })
+    }
+
+    /// The target of the symbolic link `name` here, or `None` when `name` is not a link.
+    pub fn read_link(&self, name: &OsStr) -> Result<Option<PathBuf>, FileError> {
+        let path = self.child_path(name)?;
+        match nix::fcntl::readlinkat(Some(self.raw()), name) {
+            Ok(target) => Ok(Some(PathBuf::from(target))),
+            Err(nix::Error::EINVAL) => Ok(None),
+            Err(e) => Err(io_err("read the link", &path)(e)),
+        }
+    }
+
     /// The path this directory was opened by (for messages only: never re-resolved).
     pub fn path(&self) -> &Path {
         &self.path
@@ -379,9 +413,16 @@ fn sweep_stale_temps(dir: &DirFd, name: &OsStr) {
     }
 }
 
-/// Removes `path` if it exists (fsyncing its directory); returns whether it existed.
+/// Removes `path` if it exists (fsyncing its directory); returns whether it existed. A file
+/// whose directory does not exist does not exist either (`/etc/sudoers.d` on an image without
+/// sudo, `/etc/ssh/sshd_config.d` without openssh-server): nothing to remove, not an error.
 pub fn remove_if_exists(path: &Path) -> Result<bool, FileError> {
-    let (dir, name) = open_parent(path)?;
+    let (dir, name) = match open_parent(path) {
+        Err(FileError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(false);
+        }
+        other => other?,
+    };
     match unlinkat(Some(dir.raw()), &*name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) => dir.sync().map(|()| true),
         Err(nix::Error::ENOENT) => Ok(false),

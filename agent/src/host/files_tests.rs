@@ -228,3 +228,13 @@ fn leftovers_of_a_killed_write_are_swept_at_the_next_write_of_the_same_file() {
     );
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
 }
+
+#[test]
+fn removing_a_file_whose_directory_is_missing_is_nothing_to_do() {
+    let tmp = TempDir::new("files");
+    assert!(!remove_if_exists(&tmp.join("no-such-dir/file")).unwrap());
+    std::fs::write(tmp.join("f"), b"x").unwrap();
+    // A directory that is a file is still an error (something odd is there).
+    assert!(remove_if_exists(&tmp.join("f/x")).is_err());
+    assert!(remove_if_exists(&tmp.join("f")).unwrap());
+}

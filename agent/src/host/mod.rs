@@ -7,6 +7,7 @@
 //! All of it is blocking: async callers use `spawn_blocking`.
 
 pub mod accountdb;
+pub mod as_user;
 pub mod chained;
 pub mod cloud_init;
 pub mod command;

@@ -109,6 +109,32 @@ pub fn is_included_name(name: &OsStr) -> bool {
     !name.is_empty() && !name.contains(&b'.') && !name.ends_with(b"~")
 }
 
+/// Whether sudo is installed as far as a drop-in needs: its directory and visudo (which
+/// checks every file before it goes live) exist. Minimal images come without sudo.
+pub fn installed(paths: &SudoersPaths) -> bool {
+    paths.file.parent().is_some_and(Path::is_dir) && paths.visudo.is_file()
+}
+
+/// What to do with the drop-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// [`apply`] it (removing an unwanted file needs no visudo, nor a missing directory).
+    Apply,
+    /// A rule is wanted but sudo is not installed: nothing can be written (or would be read)
+    /// until it is; the caller says so once and asks again at its next pass.
+    Wait,
+}
+
+/// The decision: write when sudo is installed, remove whenever nothing is wanted, wait
+/// otherwise.
+pub fn step(installed: bool, wanted: bool) -> Step {
+    if installed || !wanted {
+        Step::Apply
+    } else {
+        Step::Wait
+    }
+}
+
 /// Makes the drop-in grant exactly `grantees` (removing it when there are none). Returns
 /// whether the file changed.
 pub fn apply(paths: &SudoersPaths, grantees: &[Grantee]) -> Result<bool, SudoersError> {
@@ -203,6 +229,31 @@ mod tests {
                 Err(SudoersError::InvalidName(_))
             ));
         }
+    }
+
+    #[test]
+    fn a_rule_waits_for_sudo_and_removing_never_does() {
+        assert_eq!(step(true, true), Step::Apply);
+        assert_eq!(step(true, false), Step::Apply);
+        assert_eq!(
+            step(false, false),
+            Step::Apply,
+            "nothing wanted: remove (or nothing)"
+        );
+        assert_eq!(step(false, true), Step::Wait);
+        let tmp = TempDir::new("nosudo");
+        let paths = SudoersPaths {
+            file: tmp.join("sudoers.d/guest-agent-sudoers"),
+            visudo: tmp.join("visudo"),
+            ..SudoersPaths::default()
+        };
+        assert!(!installed(&paths));
+        // No sudoers.d: removing is nothing to do, not an error.
+        assert!(!apply(&paths, &[]).unwrap());
+        std::fs::create_dir(tmp.join("sudoers.d")).unwrap();
+        assert!(!installed(&paths), "visudo missing");
+        std::fs::write(tmp.join("visudo"), "").unwrap();
+        assert!(installed(&paths));
     }
 
     #[test]

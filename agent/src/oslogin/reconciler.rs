@@ -72,6 +72,9 @@ pub struct OsLoginReconciler {
     paths: HostPaths,
     /// (enabled, sshd settings) last applied successfully.
     applied: Option<(bool, sshd::SshdSettings)>,
+    /// After a failure, when to try again without a metadata change (sshd installed later,
+    /// a config fixed by hand): every `accounts.check_interval_secs`.
+    retry_at: Option<std::time::Instant>,
 }
 
 impl OsLoginReconciler {
@@ -85,6 +88,7 @@ impl OsLoginReconciler {
             config,
             paths,
             applied: None,
+            retry_at: None,
         }
     }
 
@@ -242,6 +246,10 @@ impl Reconciler for OsLoginReconciler {
         "oslogin"
     }
 
+    fn next_wakeup(&self) -> Option<std::time::Instant> {
+        self.retry_at
+    }
+
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         let on = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
         let settings = self.settings();
@@ -256,14 +264,18 @@ impl Reconciler for OsLoginReconciler {
         match result {
             Ok(()) => {
                 self.applied = Some((on, settings));
+                self.retry_at = None;
                 Ok(())
             }
             Err(e) => {
                 self.applied = None;
+                let every = self.config.borrow().accounts.check_interval_secs.max(1);
+                self.retry_at =
+                    Some(std::time::Instant::now() + std::time::Duration::from_secs(every));
                 Err(e.context(if on {
-                    "enabling OS Login"
+                    format!("enabling OS Login (retried every {every} s)")
                 } else {
-                    "disabling OS Login"
+                    format!("disabling OS Login (retried every {every} s)")
                 }))
             }
         }

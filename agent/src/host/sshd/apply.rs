@@ -90,8 +90,26 @@ pub fn enable(paths: &SshdPaths, settings: &SshdSettings) -> Result<SshdReport, 
     Ok(report)
 }
 
-/// Removes our drop-in or block, leaving the main config as it was before [`enable`].
+/// Removes our drop-in or block, leaving the main config as it was before [`enable`]. Without
+/// a main config (an image without openssh-server) nothing of ours can be in effect: only a
+/// drop-in left behind (either name) is removed, and nothing is run or reloaded.
 pub fn disable(paths: &SshdPaths) -> Result<SshdReport, SshdError> {
+    if files::read_optional(&paths.main_config)?.is_none() {
+        let mut changed = Vec::new();
+        for dropin in [&paths.dropin, &paths.early_dropin] {
+            if files::remove_if_exists(dropin)? {
+                changed.push(dropin.clone());
+            }
+        }
+        return Ok(SshdReport {
+            layout: None,
+            changed,
+            reloaded: None,
+            chained: None,
+            shadowed_principals: None,
+            keys_command_after: None,
+        });
+    }
     let main = read_main(&paths.main_config)?;
     let plan = plan_disable(&main, &paths.main_config)?;
     converge(paths, &main, &plan, &[])

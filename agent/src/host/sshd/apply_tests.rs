@@ -412,3 +412,42 @@ fn a_symlinked_main_config_is_edited_where_it_points() {
     assert!(is_link());
     assert_eq!(std::fs::read(&target).unwrap(), before);
 }
+
+#[test]
+fn without_sshd_disable_is_nothing_to_undo_and_enable_names_the_missing_config() {
+    // An image without openssh-server: no sshd_config, no sshd binary (never run).
+    let tmp = TempDir::new("nosshd");
+    let paths = SshdPaths {
+        main_config: tmp.join("sshd_config"),
+        dropin: tmp.join("sshd_config.d/60-guest-agent.conf"),
+        early_dropin: tmp.join("sshd_config.d/00-guest-agent.conf"),
+        ssh_dir: tmp.0.clone(),
+        sshd: tmp.join("no-sshd"),
+        privsep_dir: None,
+        reload: ReloadTarget {
+            systemd_marker: tmp.join("no-systemd"),
+            pid_file: tmp.join("sshd.pid"),
+            ..ReloadTarget::sshd()
+        },
+        timeout: Duration::from_secs(10),
+    };
+    let report = disable(&paths).unwrap();
+    assert!(report.changed.is_empty() && report.reloaded.is_none());
+    // A drop-in left behind (sshd removed with its config) goes; nothing is run.
+    std::fs::create_dir(tmp.join("sshd_config.d")).unwrap();
+    std::fs::write(&paths.dropin, "AuthorizedKeysCommand x\n").unwrap();
+    std::fs::write(&paths.early_dropin, "AuthorizedKeysCommand x\n").unwrap();
+    let report = disable(&paths).unwrap();
+    assert_eq!(
+        report.changed,
+        [paths.dropin.clone(), paths.early_dropin.clone()]
+    );
+    assert!(!paths.dropin.exists() && !paths.early_dropin.exists());
+    assert!(report.reloaded.is_none());
+    let err = enable(&paths, &settings()).unwrap_err();
+    assert!(
+        matches!(err, SshdError::MissingConfig { .. })
+            && err.to_string().contains("openssh-server"),
+        "{err}"
+    );
+}
