@@ -102,6 +102,17 @@ fn eventually(secs: u64, mut done: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// The daemon reloads sshd (SIGHUP: sshd re-executes itself and listens again) when it turns
+/// OS Login on or off; a connection in between is refused. Waits for the reload after `since`
+/// and for sshd to listen again.
+fn sshd_restarted(sshd: &Proc, since: Instant) -> bool {
+    let Some(hup) = sshd.wait_for_line(since, &["Received SIGHUP"], Duration::from_secs(60)) else {
+        return false;
+    };
+    sshd.wait_for_line(hup, &["Server listening"], Duration::from_secs(60))
+        .is_some()
+}
+
 /// The account lines of the four account files.
 fn accounts(iso: &Isolated) -> BTreeSet<String> {
     iso.sh("cat /etc/passwd /etc/group /etc/shadow /etc/gshadow")
@@ -206,13 +217,18 @@ fn run_release(release: Release, p: &Packages) -> Row {
     );
     let enabled = agent
         .wait_for_line(t0, &["OS Login enabled"], Duration::from_secs(60))
-        .is_some();
+        .is_some()
+        && sshd_restarted(&sshd, t0);
 
     // OS Login.
     let key_login = if enabled {
         expect("id -un", ssh(&ns, &key, "carol", "id -un"), "carol")
     } else {
-        Err(format!("OS Login never came on:\n{}", agent.dump()))
+        Err(format!(
+            "OS Login never came on, or sshd never listened again after its reload:\n{}\n{}",
+            agent.dump(),
+            sshd.dump()
+        ))
     };
     row.record("key login", key_login);
     emulator.sign_into("carol", &cert_public, -60, &cert_key);
@@ -283,6 +299,7 @@ fn run_release(release: Release, p: &Packages) -> Row {
     let metadata = if agent
         .wait_for_line(t1, &["OS Login disabled"], Duration::from_secs(60))
         .is_none()
+        || !sshd_restarted(&sshd, t1)
     {
         Err(format!("OS Login did not go off:\n{}", agent.dump()))
     } else if !eventually(60, || iso.exists("/home/dave/.ssh/authorized_keys")) {
