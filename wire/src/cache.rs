@@ -95,6 +95,22 @@ pub const COMPAT_VERSIONS: &[u32] = &[2];
 #[cfg(feature = "next-version")]
 pub const COMPAT_VERSIONS: &[u32] = &[3, 2];
 
+/// Where the daemon writes the delta file (see [`delta_path`]).
+pub const DELTA_PATH: &str = "/var/lib/guest-agent/directory.delta";
+
+/// The delta file beside the cache file at `path` (`directory.cache` -> `directory.delta`):
+/// the users the daemon learned on a miss since the last full build of `path`, in the same
+/// format and [`VERSION`] (and header, the users group's gid included), so that learning one
+/// user costs a file of the learned users, not a rewrite of the whole directory. The NSS module
+/// reads it after the main file (the main file wins), before it asks the daemon; a reader of
+/// another version refuses it like the main file and asks the daemon instead.
+pub fn delta_path(path: &str) -> String {
+    match path.strip_suffix(".cache") {
+        Some(stem) => format!("{stem}.delta"),
+        None => format!("{path}.delta"),
+    }
+}
+
 /// Where the file of format `version` is written beside `path` (`directory.cache` ->
 /// `directory.v2.cache`).
 pub fn compat_path(path: &str, version: u32) -> String {

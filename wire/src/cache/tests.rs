@@ -878,3 +878,11 @@ fn the_users_group_gid_is_in_the_header_and_dropped_in_version_2() {
     low.users_group(10);
     assert_eq!(Cache::parse(&low.build()).unwrap().users_gid(), None);
 }
+
+#[test]
+fn the_delta_file_sits_beside_the_cache() {
+    assert_eq!(delta_path(CACHE_PATH), DELTA_PATH);
+    assert_eq!(delta_path("/tmp/x"), "/tmp/x.delta");
+    // Never a name the compat rule gives (the daemon removes those of other versions).
+    assert!(!DELTA_PATH.ends_with(".cache"));
+}
