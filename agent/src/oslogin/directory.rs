@@ -17,6 +17,13 @@ use super::decision::{self, Rules};
 use super::profile::OsUser;
 use crate::host::passwd;
 
+/// The names learned on a miss that a snapshot held (see `Directory::snapshot`).
+#[derive(Debug, Default, Clone)]
+pub struct Learned {
+    pub users: HashSet<String>,
+    pub groups: HashSet<String>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Group {
     pub name: String,
@@ -71,58 +78,178 @@ impl LocalAccounts {
     }
 }
 
+/// The most users learned on a miss that the delta file holds: one more and the next write
+/// is a full rebuild (which empties the delta).
+pub const DELTA_CAP: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct Directory {
     users: HashMap<String, Arc<OsUser>>,
     by_uid: HashMap<u32, String>,
     groups: HashMap<String, Arc<Group>>,
     by_gid: HashMap<u32, String>,
+    /// Index: user name -> names of the groups that list it (initgroups in O(its groups)).
+    member_of: HashMap<String, HashSet<String>>,
     negative: HashMap<Miss, Instant>,
+    /// Users and groups learned on a miss (a socket lookup) since the last full cache build:
+    /// what the delta file holds (see `delta`).
+    learned: HashSet<String>,
+    learned_groups: HashSet<String>,
 }
 
 impl Directory {
-    /// Replaces everything with a full sync's result.
+    /// Replaces everything with a full sync's result. What was learned on a miss and is in
+    /// the sync's result stays learned until the next full build has written it (a delta
+    /// written meanwhile must still hold it: the main file on disk does not yet).
     pub fn replace(&mut self, users: Vec<OsUser>, groups: Vec<Group>) {
+        let learned = std::mem::take(&mut self.learned);
+        let learned_groups = std::mem::take(&mut self.learned_groups);
         *self = Directory::default();
         for u in users {
-            self.insert_user(u);
+            self.put_user(u);
         }
         for g in groups {
-            self.insert_group(g);
+            self.put_group(g);
         }
+        self.learned = learned
+            .into_iter()
+            .filter(|n| self.users.contains_key(n))
+            .collect();
+        self.learned_groups = learned_groups
+            .into_iter()
+            .filter(|n| self.groups.contains_key(n))
+            .collect();
     }
 
+    /// A user learned on a miss (not from a sync): noted for the delta file.
     pub fn insert_user(&mut self, u: OsUser) -> Arc<OsUser> {
+        self.negative.remove(&Miss::UserName(u.username.clone()));
+        self.negative.remove(&Miss::Uid(u.uid));
+        self.learned.insert(u.username.clone());
+        self.put_user(u)
+    }
+
+    fn put_user(&mut self, u: OsUser) -> Arc<OsUser> {
         if let Some(old) = self.users.get(&u.username)
             && old.uid != u.uid
         {
             self.by_uid.remove(&old.uid);
         }
-        self.negative.remove(&Miss::UserName(u.username.clone()));
-        self.negative.remove(&Miss::Uid(u.uid));
         self.by_uid.insert(u.uid, u.username.clone());
         let u = Arc::new(u);
         self.users.insert(u.username.clone(), u.clone());
         u
     }
 
+    /// A group learned on a miss (not from a sync): noted for the delta file.
     pub fn insert_group(&mut self, g: Group) {
         self.negative.remove(&Miss::GroupName(g.name.clone()));
         self.negative.remove(&Miss::Gid(g.gid));
+        self.learned_groups.insert(g.name.clone());
+        self.put_group(g);
+    }
+
+    fn put_group(&mut self, g: Group) {
+        if let Some(old) = self.groups.get(&g.name).cloned() {
+            if old.gid != g.gid && self.by_gid.get(&old.gid) == Some(&old.name) {
+                self.by_gid.remove(&old.gid);
+            }
+            for m in &old.members {
+                if let Some(set) = self.member_of.get_mut(m) {
+                    set.remove(&old.name);
+                    if set.is_empty() {
+                        self.member_of.remove(m);
+                    }
+                }
+            }
+        }
+        for m in &g.members {
+            self.member_of
+                .entry(m.clone())
+                .or_default()
+                .insert(g.name.clone());
+        }
         self.by_gid.insert(g.gid, g.name.clone());
         self.groups.insert(g.name.clone(), Arc::new(g));
     }
 
     /// A copy of the users and groups (entries shared, negative answers left out), to build
-    /// the cache from without holding the lock lookups need.
-    pub fn snapshot(&self) -> Directory {
-        Directory {
+    /// the cache from without holding the lock lookups need, and the names learned on a miss
+    /// it holds (for `forget_learned` once the file built from it is written).
+    pub fn snapshot(&self) -> (Directory, Learned) {
+        let copy = Directory {
             users: self.users.clone(),
             by_uid: self.by_uid.clone(),
             groups: self.groups.clone(),
             by_gid: self.by_gid.clone(),
+            member_of: HashMap::new(), // build_cache reads the groups' member lists
             negative: HashMap::new(),
+            learned: HashSet::new(),
+            learned_groups: HashSet::new(),
+        };
+        let learned = Learned {
+            users: self.learned.clone(),
+            groups: self.learned_groups.clone(),
+        };
+        (copy, learned)
+    }
+
+    /// The main file built from a snapshot is written: what the snapshot held is no longer
+    /// the delta's (what was learned since stays).
+    pub fn forget_learned(&mut self, written: &Learned) {
+        self.learned.retain(|n| !written.users.contains(n));
+        self.learned_groups.retain(|n| !written.groups.contains(n));
+    }
+
+    /// How many users were learned on a miss since the last full build.
+    pub fn learned_count(&self) -> usize {
+        self.learned.len()
+    }
+
+    /// The directory the delta file is built from (by the same `build_cache`, so the same
+    /// rules): the users learned on a miss; the groups learned on a miss, whole; and, for each
+    /// learned user, the groups that list it and the group holding its gid or name (so its
+    /// group list and personal group come out as in a full build), those with their learned
+    /// members only (the main file holds them whole, and the module reads the main file
+    /// first). O(learned users and their groups), never O(directory).
+    pub fn delta(&self) -> Directory {
+        let mut d = Directory::default();
+        let mut wanted: HashSet<&str> = self.learned_groups.iter().map(String::as_str).collect();
+        for name in &self.learned {
+            let Some(u) = self.users.get(name) else {
+                continue;
+            };
+            d.put_user((**u).clone());
+            if let Some(groups) = self.member_of.get(name) {
+                wanted.extend(groups.iter().map(String::as_str));
+            }
+            if let Some(g) = self.by_gid.get(&u.gid) {
+                wanted.insert(g);
+            }
+            if self.groups.contains_key(name) {
+                wanted.insert(name);
+            }
         }
+        for name in wanted {
+            let Some(g) = self.groups.get(name) else {
+                continue;
+            };
+            let members = if self.learned_groups.contains(name) {
+                g.members.clone()
+            } else {
+                g.members
+                    .iter()
+                    .filter(|m| self.learned.contains(*m))
+                    .cloned()
+                    .collect()
+            };
+            d.put_group(Group {
+                name: g.name.clone(),
+                gid: g.gid,
+                members,
+            });
+        }
+        d
     }
 
     pub fn user(&self, name: &str) -> Option<Arc<OsUser>> {
@@ -168,13 +295,15 @@ impl Directory {
         })
     }
 
-    /// The gids of the directory groups that list `user` as a member.
+    /// The gids of the directory groups that list `user` as a member (from the index: no scan
+    /// of the directory).
     pub fn groups_of(&self, user: &str) -> Vec<u32> {
         let mut gids: Vec<u32> = self
-            .groups
-            .values()
-            .filter(|g| g.members.iter().any(|m| m == user))
-            .map(|g| g.gid)
+            .member_of
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|g| self.groups.get(g).map(|g| g.gid))
             .collect();
         gids.sort_unstable();
         gids
