@@ -26,6 +26,14 @@ pub fn write_cache(path: &Path, bytes: &[u8]) -> Result<bool, String> {
     Ok(changed)
 }
 
+/// The delta file (see `cache::delta_path`): world-readable, replaced atomically, in this
+/// format only (an older module ignores it and asks the daemon, as it always did on a miss).
+pub fn write_delta(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    files::write_atomic(path, bytes, 0o644, None)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Removes the cache files of other format versions beside `path` (`directory.vN.cache`), but
 /// those of `keep`.
 pub fn remove_compat_caches(path: &Path, keep: &[u32]) -> Result<(), String> {

@@ -278,7 +278,7 @@ impl OsLogin {
                 // Not adopted: from now on the user is served BASE/NAME (logged by `admit`).
                 tracing::warn!(home = %user.home, owner, "the profile's home exists and belongs to another account; not used");
                 lock(&self.homes_taken).insert(user.username.clone());
-                self.cache_dirty().notify_one();
+                self.request_full_rebuild();
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot create the home directory"),
             Err(e) => tracing::warn!(error = %e, "home directory task failed"),

@@ -1,11 +1,19 @@
 //! The service's background work: full directory syncs (at start, every
-//! `sync_interval_secs`, on demand), the cache file written after every change, and the
-//! admins' sudo rules re-checked at each sync.
+//! `sync_interval_secs`, on demand), the cache file written at each sync, the delta file after
+//! each user learned on a miss, and the admins' sudo rules re-checked at each sync.
+//!
+//! A user learned on a miss (a lookup of a user added since the last sync) is written to the
+//! delta file (`cache::delta_path`, the learned users only: O(learned), not O(directory));
+//! the whole cache file is rebuilt only at a sync, when local accounts change, when a group
+//! or a home changes what the main file says, or when the delta holds more than
+//! `DELTA_CAP` users.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::authorize::{Decision, Policy, ask};
+use super::directory::DELTA_CAP;
 use super::service::{OsLogin, lock, now_usec};
 use super::sync::{Listing, list_all};
 use crate::mds::watcher::Episode;
@@ -21,6 +29,13 @@ const LOCAL_CHECK: Duration = Duration::from_secs(2);
 /// is believed (it would drop more than half the users).
 pub fn needs_confirmation(before: usize, now: usize) -> bool {
     before > 0 && now < before.div_ceil(2)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn mtime(path: &std::path::Path) -> Option<std::time::SystemTime> {
@@ -52,10 +67,16 @@ impl OsLogin {
                         }
                     };
                     if me.is_enabled() {
+                        let full = me.full_rebuild_wanted().swap(false, Ordering::SeqCst);
+                        let learned = lock(&me.directory).learned_count();
                         if local_changed {
                             tracing::info!("local accounts changed; rewriting the directory cache");
+                            me.write_cache().await;
+                        } else if full || learned > DELTA_CAP {
+                            me.write_cache().await;
+                        } else {
+                            me.write_delta().await;
                         }
-                        me.write_cache().await;
                     }
                 }
             })
@@ -232,12 +253,15 @@ impl OsLogin {
         }
     }
 
-    /// Writes the directory cache file from the in-memory directory.
+    /// Writes the directory cache file from the in-memory directory, then the delta file of
+    /// what was learned since the snapshot it was built from (empty: removed). In that order,
+    /// so a reader never misses a user: until the new main file is in place, the old delta
+    /// still holds the users the old main file lacks.
     ///
     /// Built from a snapshot of the directory in a blocking thread, never under the directory
     /// lock: lookups on the socket (sshd's getpwnam and initgroups for a new user among them)
-    /// must not wait for a rebuild of a large directory. One rebuild at a time, so a later
-    /// snapshot is never overwritten by an earlier one.
+    /// must not wait for a rebuild of a large directory. One write at a time (the delta's
+    /// included), so a later snapshot is never overwritten by an earlier one.
     pub(super) async fn write_cache(&self) {
         let _one_at_a_time = self.cache_writes.lock().await;
         let settings = self.rules();
@@ -257,11 +281,8 @@ impl OsLogin {
                 "a local group holds the OS Login users group's name or gid: no OS Login user is served (sshd could not ignore their own key files); set oslogin.users_group and oslogin.users_group_gid to a free name and gid"
             );
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let snapshot = lock(&self.directory).snapshot();
+        let now = unix_now();
+        let (snapshot, learned) = lock(&self.directory).snapshot();
         let path = self.paths.cache.clone();
         let result = tokio::task::spawn_blocking(move || {
             let (bytes, skipped) = snapshot.build_cache(&settings, &local, &taken, now);
@@ -272,9 +293,47 @@ impl OsLogin {
         })
         .await;
         match result {
-            Ok(Ok(_)) => {}
+            Ok(Ok(_)) => {
+                lock(&self.directory).forget_learned(&learned);
+                self.write_delta_now().await;
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot write the directory cache"),
             Err(e) => tracing::error!(error = %e, "cache write task failed"),
+        }
+    }
+
+    /// Writes the delta file: the users learned on a miss since the last full build (see
+    /// `Directory::delta`), by the same rules and builder as the main file.
+    pub(super) async fn write_delta(&self) {
+        let _one_at_a_time = self.cache_writes.lock().await;
+        self.write_delta_now().await;
+    }
+
+    /// `write_delta` with the write lock held by the caller.
+    async fn write_delta_now(&self) {
+        let local = self.local();
+        if local.stale {
+            return; // as the main file: kept until the files read again
+        }
+        let settings = self.rules();
+        let taken = lock(&self.homes_taken).clone();
+        let delta = lock(&self.directory).delta();
+        let path = self.paths.delta();
+        let now = unix_now();
+        let result = tokio::task::spawn_blocking(move || {
+            if delta.user_count() == 0 {
+                return crate::host::files::remove_if_exists(&path)
+                    .map(|_| 0)
+                    .map_err(|e| e.to_string());
+            }
+            let (bytes, _skipped) = delta.build_cache(&settings, &local, &taken, now);
+            super::effects::write_delta(&path, &bytes).map(|()| delta.user_count())
+        })
+        .await;
+        match result {
+            Ok(Ok(users)) => tracing::debug!(users, "directory delta written"),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot write the directory delta"),
+            Err(e) => tracing::error!(error = %e, "delta write task failed"),
         }
     }
 
@@ -290,10 +349,7 @@ impl OsLogin {
         if local.stale {
             return Ok(());
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = unix_now();
         let (bytes, _) = super::directory::Directory::default().build_cache(
             &self.rules(),
             &local,

@@ -62,6 +62,13 @@ pub struct Paths {
     pub skel: PathBuf,
 }
 
+impl Paths {
+    /// The delta file beside the cache file (`cache::delta_path`).
+    pub fn delta(&self) -> PathBuf {
+        guest_agent_wire::cache::delta_path(&self.cache.to_string_lossy()).into()
+    }
+}
+
 impl Default for Paths {
     fn default() -> Self {
         Paths {
@@ -105,6 +112,8 @@ pub struct OsLogin {
     /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
     ca_requested: Notify,
     cache_dirty: Notify,
+    /// The next cache write must be a full rebuild, not a delta (see `request_full_rebuild`).
+    full_rebuild: AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,6 +182,7 @@ impl OsLogin {
             sync_requested: Notify::new(),
             ca_requested: Notify::new(),
             cache_dirty: Notify::new(),
+            full_rebuild: AtomicBool::new(false),
         })
     }
 
@@ -524,7 +534,7 @@ impl OsLogin {
         };
         if !self.local().stale {
             lock(&self.directory).insert_group(group.clone());
-            self.cache_dirty.notify_one();
+            self.request_full_rebuild();
         }
         Ok(Arc::new(group))
     }
@@ -557,8 +567,8 @@ impl OsLogin {
         Answer::Ok(gids)
     }
 
-    /// OS Login turned off: forget the directory and the admins, remove the sudo rules and the
-    /// cache file.
+    /// OS Login turned off: forget the directory and the admins, remove the sudo rules, the
+    /// cache file and the delta file.
     pub fn clear(&self) -> anyhow::Result<()> {
         *lock(&self.directory) = Directory::default();
         lock(&self.inherited_admins).clear();
@@ -567,6 +577,7 @@ impl OsLogin {
             super::effects::write_sudoers(&self.paths.sudoers, &[]).map_err(anyhow::Error::msg)?;
         }
         crate::host::files::remove_if_exists(&self.paths.cache)?;
+        crate::host::files::remove_if_exists(&self.paths.delta())?;
         super::effects::remove_compat_caches(&self.paths.cache, &[]).map_err(anyhow::Error::msg)?;
         Ok(())
     }
@@ -581,5 +592,17 @@ impl OsLogin {
 
     pub(super) fn cache_dirty(&self) -> &Notify {
         &self.cache_dirty
+    }
+
+    pub(super) fn full_rebuild_wanted(&self) -> &AtomicBool {
+        &self.full_rebuild
+    }
+
+    /// A change the delta cannot carry (a group learned on a miss: the main file's members
+    /// must list it; a home taken: a user the main file holds is served another home): the
+    /// next write rebuilds the whole file, debounced like a delta, in a blocking thread.
+    pub(super) fn request_full_rebuild(&self) {
+        self.full_rebuild.store(true, Ordering::SeqCst);
+        self.cache_dirty.notify_one();
     }
 }
