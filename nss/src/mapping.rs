@@ -117,8 +117,9 @@ pub struct Mapping {
 /// Where and how to read the file.
 pub struct Source<'a> {
     pub path: &'a CStr,
-    /// The file of this module's format version, read when `path` does not open.
-    pub compat_path: &'a CStr,
+    /// The file of this module's format version, read when `path` does not open (None: no
+    /// such file, as for the delta).
+    pub compat_path: Option<&'a CStr>,
     pub recheck_ms: u64,
     /// Refuse a file not owned by root or writable by group or others.
     pub require_root_owner: bool,
@@ -155,10 +156,11 @@ impl Mapping {
         }
         self.checked_at_ms = Some(now);
         self.main.refresh(src.path, src.require_root_owner);
-        if self.main.loaded.is_some() {
-            self.compat.clear();
-        } else {
-            self.compat.refresh(src.compat_path, src.require_root_owner);
+        match src.compat_path {
+            Some(compat) if self.main.loaded.is_none() => {
+                self.compat.refresh(compat, src.require_root_owner);
+            }
+            _ => self.compat.clear(),
         }
     }
 }

@@ -1,6 +1,15 @@
 //! The module's logic, free of fixed paths so tests can run it against a temporary cache file
-//! and socket: cache first (a lock, a clock read, a hash-table probe), the daemon's socket on a
-//! miss, enumeration from the cache only.
+//! and socket: cache first (a lock, a clock read, a hash-table probe), then the delta file,
+//! the daemon's socket on a miss of both, enumeration from the cache only.
+//!
+//! The delta (`cache::delta_path`) holds the users the daemon learned on a miss since its last
+//! full build of the cache file (the daemon rebuilds the whole file only at a sync). It is
+//! read like the cache file (same recheck interval, same root-owner rule, same version check:
+//! a delta of another format is ignored and the daemon asked), after it: the main file wins
+//! where both answer. Enumeration stays on the main file: a user learned on a miss is listed
+//! from the next sync on. The delta has no file of an older format beside it: a module of an
+//! older release ignores the delta and asks the daemon on a miss, which is what it did before
+//! the delta existed, so nothing changes for it.
 
 use std::ffi::{CStr, CString};
 use std::mem::MaybeUninit;
@@ -49,6 +58,8 @@ impl From<Result<(), Erange>> for Status {
 
 struct State {
     map: Mapping,
+    /// The delta file (see the module doc).
+    delta: Mapping,
     pw_pos: usize,
     gr_pos: usize,
     learned: Learned,
@@ -90,6 +101,8 @@ pub struct Module {
     cache_path: CString,
     /// The file of this module's cache format beside it (read when `cache_path` does not open).
     compat_path: CString,
+    /// The delta file beside it (users learned since the last full build).
+    delta_path: CString,
     socket_path: CString,
     no_socket_var: CString,
     recheck_ms: u64,
@@ -128,6 +141,20 @@ fn pw_data<'a>(p: &Passwd<'a>) -> PwData<'a> {
     }
 }
 
+fn user_in<'a>(c: &Cache<'a>, key: Key<'_>) -> Option<Passwd<'a>> {
+    match key {
+        Key::Name(n) => c.user_by_name(n.as_bytes()),
+        Key::Id(u) => c.user_by_uid(u),
+    }
+}
+
+fn group_in<'a>(c: &Cache<'a>, key: Key<'_>) -> Option<guest_agent_wire::cache::Group<'a>> {
+    match key {
+        Key::Name(n) => c.group_by_name(n.as_bytes()),
+        Key::Id(g) => c.group_by_gid(g),
+    }
+}
+
 /// A name as asked: valid per the name rule, else the lookup is NOTFOUND at once.
 fn valid_name(name: &[u8]) -> Option<&str> {
     if !is_valid_name_bytes(name) {
@@ -158,12 +185,14 @@ impl Module {
                 cache_path,
                 guest_agent_wire::cache::VERSION,
             )),
+            delta_path: c(&guest_agent_wire::cache::delta_path(cache_path)),
             socket_path: c(socket_path),
             no_socket_var: no_socket_var.to_owned(),
             recheck_ms,
             require_root_owner,
             state: Mutex::new(State {
                 map: Mapping::new(),
+                delta: Mapping::new(),
                 pw_pos: 0,
                 gr_pos: 0,
                 learned: Learned::default(),
@@ -176,7 +205,13 @@ impl Module {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         st.map.refresh(&Source {
             path: &self.cache_path,
-            compat_path: &self.compat_path,
+            compat_path: Some(&self.compat_path),
+            recheck_ms: self.recheck_ms,
+            require_root_owner: self.require_root_owner,
+        });
+        st.delta.refresh(&Source {
+            path: &self.delta_path,
+            compat_path: None,
             recheck_ms: self.recheck_ms,
             require_root_owner: self.require_root_owner,
         });
@@ -238,15 +273,14 @@ impl Module {
             let st = self.state();
             #[cfg(feature = "planted-panic")]
             planted_panic(key);
-            let cache = st.map.cache();
-            let hit = cache.and_then(|c| match key {
-                Key::Name(n) => c.user_by_name(n.as_bytes()),
-                Key::Id(u) => c.user_by_uid(u),
-            });
+            let (cache, delta) = (st.map.cache(), st.delta.cache());
+            let hit = cache
+                .and_then(|c| user_in(c, key))
+                .or_else(|| delta.and_then(|c| user_in(c, key)));
             if let Some(p) = hit {
                 return fill::passwd(&pw_data(&p), out, arena).into();
             }
-            cache.map(Cache::min_id)
+            cache.or(delta).map(Cache::min_id)
         };
         let floor = match self.miss(floor, key) {
             Ok(f) => f,
@@ -296,16 +330,15 @@ impl Module {
             let st = self.state();
             #[cfg(feature = "planted-panic")]
             planted_panic(key);
-            let cache = st.map.cache();
-            let hit = cache.and_then(|c| match key {
-                Key::Name(n) => c.group_by_name(n.as_bytes()),
-                Key::Id(g) => c.group_by_gid(g),
-            });
+            let (cache, delta) = (st.map.cache(), st.delta.cache());
+            let hit = cache
+                .and_then(|c| group_in(c, key))
+                .or_else(|| delta.and_then(|c| group_in(c, key)));
             if let Some(g) = hit {
                 return fill::group(g.name, g.gid, g.members(), g.member_count(), out, arena)
                     .into();
             }
-            cache.map(Cache::min_id)
+            cache.or(delta).map(Cache::min_id)
         };
         let floor = match self.miss(floor, key) {
             Ok(f) => f,
@@ -430,11 +463,15 @@ impl Module {
         };
         let floor = {
             let st = self.state();
-            let cache = st.map.cache();
-            if let Some(p) = cache.and_then(|c| c.user_by_name(name.as_bytes())) {
+            let (cache, delta) = (st.map.cache(), st.delta.cache());
+            let key = Key::Name(name);
+            let hit = cache
+                .and_then(|c| user_in(c, key))
+                .or_else(|| delta.and_then(|c| user_in(c, key)));
+            if let Some(p) = hit {
                 return push_all(list, &mut p.groups());
             }
-            cache.map(Cache::min_id)
+            cache.or(delta).map(Cache::min_id)
         };
         let floor = match self.miss(floor, Key::Name(name)) {
             Ok(f) => f,
@@ -459,7 +496,8 @@ impl Module {
         // the users group, so the sshd rule that depends on it holds (see [`Learned`]).
         let users_gid = {
             let st = self.state();
-            let gid = st.map.cache().and_then(|c| c.users_gid());
+            let gid = (st.map.cache().and_then(Cache::users_gid))
+                .or_else(|| st.delta.cache().and_then(Cache::users_gid));
             gid.filter(|_| st.learned.knows(name, crate::mapping::coarse_ms()))
         };
         match users_gid {
