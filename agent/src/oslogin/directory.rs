@@ -547,4 +547,123 @@ mod tests {
         assert!(d.user_by_uid(200001).is_none());
         assert_eq!(d.user_by_uid(200009).unwrap().username, "alice");
     }
+
+    #[test]
+    fn the_delta_holds_only_the_learned_users_by_the_same_rules() {
+        let mut d = Directory::default();
+        let everyone: Vec<OsUser> = (0..1000)
+            .map(|i| user(&format!("u{i}"), 200_000 + i))
+            .collect();
+        d.replace(
+            everyone,
+            vec![
+                Group {
+                    name: "devs".into(),
+                    gid: 300000,
+                    members: vec!["u1".into(), "new1".into(), "u2".into()],
+                },
+                Group {
+                    name: "ops".into(),
+                    gid: 300001,
+                    members: vec!["u3".into()],
+                },
+            ],
+        );
+        assert_eq!(d.learned_count(), 0, "a sync is not learned");
+        assert!(d.delta().user_count() == 0);
+        d.insert_user(user("new1", 250001));
+        d.insert_user(user("new2", 250002));
+        d.insert_user(user("clash", 250003));
+        assert_eq!(d.learned_count(), 3);
+        let local = LocalAccounts::parse("clash:x:5000:5000::/:/bin/sh\n", "");
+        let delta = d.delta();
+        let (bytes, skipped) = delta.build_cache(&settings(), &local, &HashSet::new(), 7);
+        assert_eq!(
+            skipped,
+            vec!["user clash: a local account holds the name \"clash\"".to_string()]
+        );
+        let c = Cache::parse(&bytes).unwrap();
+        c.validate_all().unwrap();
+        assert_eq!(
+            &bytes[8..12],
+            &guest_agent_wire::cache::VERSION.to_le_bytes()
+        );
+        assert_eq!(
+            c.users_gid(),
+            Some(4_000_000_000),
+            "the header names the users group"
+        );
+        assert_eq!(c.user_count(), 2, "only the learned users (clash refused)");
+        assert!(c.user_by_name(b"u1").is_none());
+        let new1 = c.user_by_name(b"new1").unwrap();
+        assert_eq!(
+            new1.groups().collect::<Vec<_>>(),
+            vec![300000, 4_000_000_000]
+        );
+        assert_eq!(c.user_by_uid(250002).unwrap().name, b"new2");
+        // Personal groups as in a full build; the directory group with its learned members.
+        assert_eq!(c.group_by_gid(250001).unwrap().name, b"new1");
+        let devs = c.group_by_name(b"devs").unwrap();
+        assert_eq!(devs.members().collect::<Vec<_>>(), vec![b"new1".as_slice()]);
+        assert!(c.group_by_name(b"ops").is_none(), "no learned member");
+        // The same entries as a full build gives them.
+        let (full, _) = d.build_cache(&settings(), &local, &HashSet::new(), 7);
+        let full = Cache::parse(&full).unwrap();
+        let f = full.user_by_name(b"new1").unwrap();
+        assert_eq!(
+            (f.uid, f.gid, f.home, f.shell),
+            (new1.uid, new1.gid, new1.home, new1.shell)
+        );
+        assert_eq!(
+            f.groups().collect::<Vec<_>>(),
+            new1.groups().collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_full_build_forgets_what_it_wrote_and_keeps_what_came_after() {
+        let mut d = Directory::default();
+        d.replace(vec![user("alice", 200001)], Vec::new());
+        d.insert_user(user("new1", 250001));
+        let (snapshot, learned) = d.snapshot();
+        assert!(snapshot.user("new1").is_some());
+        d.insert_user(user("new2", 250002)); // learned while the full build runs
+        d.forget_learned(&learned);
+        assert_eq!(d.learned_count(), 1);
+        assert!(d.delta().user("new2").is_some() && d.delta().user("new1").is_none());
+        // A sync keeps a learned user it lists (the main file on disk lacks it until the
+        // sync's own build is written) and drops one it does not.
+        d.insert_user(user("gone", 250003));
+        d.replace(
+            vec![user("alice", 200001), user("new2", 250002)],
+            Vec::new(),
+        );
+        assert_eq!(d.learned_count(), 1);
+        assert!(d.delta().user("new2").is_some());
+    }
+
+    #[test]
+    fn groups_of_comes_from_the_member_index() {
+        let mut d = Directory::default();
+        let g = |name: &str, gid, members: &[&str]| Group {
+            name: name.into(),
+            gid,
+            members: members.iter().map(|m| m.to_string()).collect(),
+        };
+        d.replace(
+            vec![user("alice", 200001)],
+            vec![
+                g("b", 300002, &["alice"]),
+                g("a", 300001, &["alice", "bob"]),
+            ],
+        );
+        assert_eq!(d.groups_of("alice"), vec![300001, 300002]);
+        assert_eq!(d.groups_of("bob"), vec![300001]);
+        d.insert_group(g("a", 300001, &["bob"])); // alice left "a"
+        assert_eq!(d.groups_of("alice"), vec![300002]);
+        d.insert_group(g("b", 300009, &["alice"])); // "b" got another gid
+        assert_eq!(d.groups_of("alice"), vec![300009]);
+        assert!(d.group_by_gid(300002).is_none());
+        assert!(d.groups_of("nobody").is_empty());
+    }
 }
