@@ -657,3 +657,124 @@ fn the_memory_of_served_users_is_bounded_and_expires() {
     l.note("u19", 5_000);
     assert_eq!(l.0.iter().filter(|(n, _)| n == "u19").count(), 1);
 }
+
+/// The delta file beside the cache (`cache::delta_path`): users the daemon learned on a miss
+/// since its last full build. A user only there is answered with no socket request (name, uid,
+/// initgroups, its personal group); the main file wins where both answer; enumeration stays on
+/// the main file.
+#[test]
+fn a_user_in_the_delta_is_answered_without_the_socket_and_the_main_file_wins() {
+    let f = fixture("delta", UNSET);
+    let delta = guest_agent_wire::cache::delta_path(&f.dir.path("cache"));
+    write_cache(
+        &delta,
+        1000,
+        &[
+            user("dave", 6001, &[8000, USERS_GID]),
+            // Also in the main file, with another uid: the main file's alice is served.
+            user("alice", 6100, &[]),
+        ],
+        &[GroupEntry {
+            name: "dave".into(),
+            gid: 6001,
+            members: vec![],
+        }],
+    );
+    let mut pw = Pw::new(1024);
+    assert_eq!(getpwnam(&f.module, "dave", &mut pw), Status::Success);
+    assert_eq!((pw.name(), pw.ids()), ("dave".into(), (6001, 6001)));
+    assert_eq!(getpwuid(&f.module, 6001, &mut pw), Status::Success);
+    assert_eq!(pw.name(), "dave");
+    let (s, gids, _) = initgroups(&f.module, "dave", 6001, 1, 0);
+    assert_eq!(
+        (s, gids.as_slice()),
+        (Status::Success, &[6001, 8000, USERS_GID][..])
+    );
+    assert_eq!(getgr(&f.module, Err(6001)).1, "dave");
+    assert_eq!(getgr(&f.module, Ok("dave")).2, 6001);
+    assert_eq!(getpwnam(&f.module, "alice", &mut pw), Status::Success);
+    assert_eq!(pw.ids(), (5001, 5001), "the main file wins");
+    assert_eq!(getpwuid(&f.module, 6100, &mut pw), Status::Success);
+    assert_eq!(
+        pw.name(),
+        "alice",
+        "by uid, the delta's alice (the main file has no 6100)"
+    );
+    assert_eq!(f.server.count(), 0, "no socket request");
+    // Enumeration: the main file's three users only.
+    f.module.setpwent();
+    let mut names = Vec::new();
+    loop {
+        let mut arena = pw.arena();
+        match f.module.getpwent(&mut pw.out, &mut arena) {
+            Status::Success => names.push(pw.name()),
+            s => {
+                assert_eq!(s, Status::NotFound);
+                break;
+            }
+        }
+    }
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    // The delta removed (a full build wrote the main file): dave is asked of the daemon.
+    std::fs::remove_file(&delta).unwrap();
+    assert_eq!(getpwnam(&f.module, "dave", &mut pw), Status::Success);
+    assert_eq!(f.server.count(), 1);
+}
+
+#[test]
+fn a_corrupt_or_other_version_delta_is_ignored_and_the_daemon_asked() {
+    use guest_agent_wire::cache::VERSION;
+    let f = fixture("delta-bad", UNSET);
+    let delta = guest_agent_wire::cache::delta_path(&f.dir.path("cache"));
+    write_cache(&delta, 1000, &[user("dave", 6001, &[])], &[]);
+    let good = std::fs::read(&delta).unwrap();
+    let replace = |bytes: &[u8]| {
+        std::fs::write(format!("{delta}.tmp"), bytes).unwrap();
+        std::fs::rename(format!("{delta}.tmp"), &delta).unwrap();
+    };
+    let mut pw = Pw::new(1024);
+    let mut asked = 0;
+    let mut other = good.clone();
+    other[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    let mut truncated = good.clone();
+    truncated.truncate(good.len() / 2);
+    let mut garbage = good.clone();
+    garbage[0] ^= 0xff;
+    for (what, bytes) in [
+        ("another format version", other),
+        ("truncated", truncated),
+        ("bad magic", garbage),
+        ("empty", Vec::new()),
+    ] {
+        replace(&bytes);
+        assert_eq!(
+            getpwnam(&f.module, "dave", &mut pw),
+            Status::Success,
+            "{what}"
+        );
+        asked += 1;
+        assert_eq!(f.server.count(), asked, "{what}: the daemon asked");
+        assert_eq!(pw.ids(), (6001, 6001));
+    }
+    replace(&good);
+    assert_eq!(getpwnam(&f.module, "dave", &mut pw), Status::Success);
+    assert_eq!(f.server.count(), asked, "a good delta answers again");
+}
+
+#[test]
+fn a_delta_not_owned_by_root_is_ignored_when_root_ownership_is_required() {
+    // The installed module requires a root-owned file not writable by others: the test
+    // process's own file (not root's unless tests run as root) or a group-writable one is
+    // refused like the main cache would be.
+    let dir = TempDir::new("delta-owner");
+    standard_cache(&dir.path("cache"));
+    let delta = guest_agent_wire::cache::delta_path(&dir.path("cache"));
+    write_cache(&delta, 1000, &[user("dave", 6001, &[])], &[]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&delta, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let server = Server::start(&dir.path("sock"), daemon);
+    let module = Module::new(&dir.path("cache"), &dir.path("sock"), UNSET, 0, true);
+    let mut pw = Pw::new(1024);
+    assert_eq!(getpwnam(&module, "dave", &mut pw), Status::Success);
+    assert_eq!(server.count(), 1, "refused: the daemon was asked");
+}
