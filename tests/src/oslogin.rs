@@ -35,7 +35,19 @@ impl OsLoginVm {
     /// Emulator (OS Login on at project level), VM, agent (READY, OS Login applied), sshd.
     /// `setup` adds users and groups to the emulator before the agent starts.
     pub fn start(tag: &str, agent_config: &str, setup: impl FnOnce(&TestEnv)) -> OsLoginVm {
-        let env = TestEnv::with_emulator(tag, None);
+        OsLoginVm::start_with(tag, agent_config, None, &[], setup)
+    }
+
+    /// [`OsLoginVm::start`] with the emulator's initial `state` (e.g. thousands of users at
+    /// once) and extra environment variables for the agent (e.g. `RUST_LOG`).
+    pub fn start_with(
+        tag: &str,
+        agent_config: &str,
+        state: Option<&serde_json::Value>,
+        agent_env: &[(&str, &str)],
+        setup: impl FnOnce(&TestEnv),
+    ) -> OsLoginVm {
+        let env = TestEnv::with_emulator(tag, state);
         env.emulator()
             .set_attribute("project", "enable-oslogin", "TRUE");
         setup(&env);
@@ -47,7 +59,10 @@ impl OsLoginVm {
         let start = Instant::now();
         vm.env.start_agent(AgentOptions {
             config,
-            ..Default::default()
+            env: agent_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         });
         vm.env.wait_ready(start, Duration::from_secs(30));
         vm.env.agent().expect_line(
