@@ -27,8 +27,8 @@
 //! table), that the fault met at least one request of its path (no vacuous cell), and:
 //! 1. **daemon up**: the process is alive and answers on its socket (`getpwuid 1`).
 //! 2. **files**: a hash (content, mode, owner) of every file the agent owns, taken before the
-//!    fault and after it did its work: `/var/lib/guest-agent/*` (the directory cache and its
-//!    older-format copies without
+//!    fault and after it did its work: `/var/lib/guest-agent/*` (the directory cache, its
+//!    older-format copies and the delta file without
 //!    its `generated_at` stamp, bytes 32..40, which every rewrite renews), sshd_config and its
 //!    drop-ins, nsswitch.conf, `/etc/sudoers.d/*`, `/etc/ssh/guest-agent/*` (the CA file),
 //!    passwd, group, shadow, gshadow, every `~/.ssh/authorized_keys`. Unchanged, except where
@@ -434,7 +434,7 @@ fn files(vm: &Vm) -> Files {
   [ -f "$f" ] || continue
   case "$f" in
     *.tmp-*) continue ;;
-    */directory.cache | */directory.v*.cache) h=$({ head -c 32 "$f"; tail -c +41 "$f"; } | sha256sum) ;;
+    */directory.cache | */directory.v*.cache | */directory.delta) h=$({ head -c 32 "$f"; tail -c +41 "$f"; } | sha256sum) ;;
     *) h=$(sha256sum < "$f") ;;
   esac
   printf '%s %s %s\n' "$f" "$(stat -c '%a:%u:%g' "$f")" "${h%% *}"
