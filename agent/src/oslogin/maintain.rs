@@ -341,7 +341,16 @@ impl OsLogin {
     /// before sshd is pointed at the helper): its header names the users group, so the NSS
     /// module's fallback for a slow `initgroups` (see `nss/src/module.rs`, `Learned`) holds
     /// from the first login on, before the first sync has filled the directory.
+    ///
+    /// Never over a file a sync is writing: without the write lock, a sync that had just
+    /// written the full directory (OS Login turning on starts one) could be overwritten by
+    /// this empty file, and the users then served by the socket only until the next change
+    /// (seen once in `users_and_groups_resolve_through_glibc`: enumeration without alice).
+    /// When a write is in flight, that write makes the file.
     pub fn ensure_cache_file(&self) -> Result<(), String> {
+        let Ok(_one_at_a_time) = self.cache_writes.try_lock() else {
+            return Ok(());
+        };
         if self.paths.cache.exists() {
             return Ok(());
         }
