@@ -65,10 +65,11 @@ impl OsLoginVm {
                 .collect(),
         });
         vm.env.wait_ready(start, Duration::from_secs(30));
+        // A give-up bound (a 100,000-user directory in a debug build on a loaded machine).
         vm.env.agent().expect_line(
             start,
             &["OS Login directory synced"],
-            Duration::from_secs(30),
+            Duration::from_secs(600),
         );
         vm.env
             .agent()

@@ -95,12 +95,12 @@ fn users_learned_after_the_sync_go_to_the_delta_and_the_cache_is_not_rebuilt() {
             .lines_since(started, &["OS Login directory synced"])
             .len()
     };
-    // OS Login turning on asks for a sync of its own: let it land before the baseline.
-    let t0 = Instant::now();
-    while sync_lines(&vm) < 2 && t0.elapsed() < Duration::from_secs(5) {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    std::thread::sleep(Duration::from_millis(500));
+    // The baseline once the sync's cache file is written (the daemon logs it).
+    vm.env.agent().expect_line(
+        started,
+        &["directory cache written"],
+        Duration::from_secs(600),
+    );
     let syncs = sync_lines(&vm);
     let main_before = stamp(&vm, CACHE_PATH);
     let main = Cache::parse(&read_bytes(&vm, CACHE_PATH).expect("main cache"))
@@ -279,12 +279,17 @@ fn at_100000_users_lookups_of_users_added_after_the_sync_never_fail() {
         |_| {},
     );
     let users_field = format!("users={USERS}");
+    // The daemon writes the cache file, then logs the sync.
     vm.env.agent().expect_line(
         started,
         &["OS Login directory synced", &users_field],
         Duration::from_secs(600),
     );
-    std::thread::sleep(Duration::from_millis(500));
+    vm.env.agent().expect_line(
+        started,
+        &["directory cache written", &users_field],
+        Duration::from_secs(60),
+    );
     let main_before = stamp(&vm, CACHE_PATH);
     let new_uid = FIRST_UID + USERS as u32 + 1000;
     let emu = vm.env.emulator();

@@ -78,6 +78,17 @@ impl LocalAccounts {
     }
 }
 
+/// What [`Directory::insert_user`] did to the files' view of the directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// Not held before: the delta file gets it.
+    New,
+    /// Held with the same cache fields: no file changes.
+    Same,
+    /// Held with other cache fields: a full rebuild (the main file wins over the delta).
+    Changed,
+}
+
 /// The most users learned on a miss that the delta file holds: one more and the next write
 /// is a full rebuild (which empties the delta).
 pub const DELTA_CAP: usize = 4096;
@@ -121,12 +132,31 @@ impl Directory {
             .collect();
     }
 
-    /// A user learned on a miss (not from a sync): noted for the delta file.
-    pub fn insert_user(&mut self, u: OsUser) -> Arc<OsUser> {
+    /// A profile fetched on a miss or at a login (not from a sync). A new user is noted for
+    /// the delta file. A user the directory held with the same name, ids, gecos, home and
+    /// shell (a login's profile refresh: only the keys, which no cache file holds, may differ)
+    /// changes no file. A user held with other such fields is [`Inserted::Changed`]: the main
+    /// file, which wins over the delta, must be rebuilt.
+    pub fn insert_user(&mut self, u: OsUser) -> (Arc<OsUser>, Inserted) {
         self.negative.remove(&Miss::UserName(u.username.clone()));
         self.negative.remove(&Miss::Uid(u.uid));
-        self.learned.insert(u.username.clone());
-        self.put_user(u)
+        let how = match self.users.get(&u.username) {
+            None => Inserted::New,
+            Some(old)
+                if old.uid == u.uid
+                    && old.gid == u.gid
+                    && old.email == u.email
+                    && old.home == u.home
+                    && old.shell == u.shell =>
+            {
+                Inserted::Same
+            }
+            Some(_) => Inserted::Changed,
+        };
+        if how != Inserted::Same {
+            self.learned.insert(u.username.clone());
+        }
+        (self.put_user(u), how)
     }
 
     fn put_user(&mut self, u: OsUser) -> Arc<OsUser> {
@@ -665,5 +695,26 @@ mod tests {
         assert_eq!(d.groups_of("alice"), vec![300009]);
         assert!(d.group_by_gid(300002).is_none());
         assert!(d.groups_of("nobody").is_empty());
+    }
+
+    /// A login's profile refresh of a user the sync already gave changes no file (the first
+    /// fault-matrix cell once saw the delta written by the first certificate login); a new
+    /// user goes to the delta; changed cache fields ask for a full rebuild.
+    #[test]
+    fn a_refreshed_profile_with_the_same_fields_is_not_learned() {
+        let mut d = Directory::default();
+        d.replace(vec![user("alice", 200001)], vec![]);
+        let mut refreshed = user("alice", 200001);
+        refreshed.keys.push(super::super::profile::OsKey {
+            line: "ssh-ed25519 AAAA new".into(),
+            expires_usec: None,
+        });
+        assert_eq!(d.insert_user(refreshed).1, Inserted::Same);
+        assert_eq!(d.learned_count(), 0);
+        let mut moved = user("alice", 200001);
+        moved.home = "/home/alice2".into();
+        assert_eq!(d.insert_user(moved).1, Inserted::Changed);
+        assert_eq!(d.insert_user(user("bob", 200002)).1, Inserted::New);
+        assert_eq!(d.learned_count(), 2);
     }
 }

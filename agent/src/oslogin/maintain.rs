@@ -86,6 +86,8 @@ impl OsLogin {
         // them): confirmed once, after the first sync.
         let mut inherited = true;
         loop {
+            // Requests made until now are answered by the sync below.
+            let generation = self.sync_generation();
             if self.is_enabled() {
                 let synced = self.sync_once().await;
                 if std::mem::take(&mut inherited) {
@@ -114,9 +116,18 @@ impl OsLogin {
             } else {
                 interval
             };
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {}
-                () = self.sync_requested().notified() => {}
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => break,
+                    () = self.sync_requested().notified() => {
+                        // A request the last sync already answered (made before it
+                        // started) waits for the next one.
+                        if self.sync_generation() != generation || !self.is_enabled() {
+                            break;
+                        }
+                    }
+                }
             }
             if writer.is_finished() {
                 tracing::error!("cache writer stopped");
@@ -283,6 +294,7 @@ impl OsLogin {
         }
         let now = unix_now();
         let (snapshot, learned) = lock(&self.directory).snapshot();
+        let users = snapshot.user_count();
         let path = self.paths.cache.clone();
         let result = tokio::task::spawn_blocking(move || {
             let (bytes, skipped) = snapshot.build_cache(&settings, &local, &taken, now);
@@ -294,6 +306,7 @@ impl OsLogin {
         .await;
         match result {
             Ok(Ok(_)) => {
+                tracing::info!(users, "directory cache written");
                 lock(&self.directory).forget_learned(&learned);
                 self.write_delta_now().await;
             }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -14,7 +14,7 @@ use guest_agent_wire::records::{PasswdRecord, format_group};
 
 use super::authorize::Authorizer;
 use super::decision::{self, Refusal, Rules};
-use super::directory::{Directory, Group, LocalAccounts, Miss};
+use super::directory::{Directory, Group, Inserted, LocalAccounts, Miss};
 use super::profile::{OsUser, parse_group_page, parse_members, parse_single_user};
 use crate::config::Config;
 use crate::mds::{ClientSettings, GceClient, MdsError, query_escape};
@@ -109,6 +109,10 @@ pub struct OsLogin {
     /// Held across one cache rebuild and write (`write_cache`).
     pub(super) cache_writes: tokio::sync::Mutex<()>,
     sync_requested: Notify,
+    /// How many syncs were requested: a request made before a sync started is answered by
+    /// that sync (OS Login turning on while the first sync is about to run asked for a second,
+    /// redundant one: at 100,000 users, 101 more requests and a second rebuild).
+    sync_generation: AtomicU64,
     /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
     ca_requested: Notify,
     cache_dirty: Notify,
@@ -180,6 +184,7 @@ impl OsLogin {
             lookups: Mutex::new(LookupHealth::default()),
             cache_writes: tokio::sync::Mutex::new(()),
             sync_requested: Notify::new(),
+            sync_generation: AtomicU64::new(0),
             ca_requested: Notify::new(),
             cache_dirty: Notify::new(),
             full_rebuild: AtomicBool::new(false),
@@ -209,6 +214,7 @@ impl OsLogin {
 
     /// Syncs the directory and fetches the CA keys now (OS Login turned on, SIGUSR1).
     pub fn request_sync(&self) {
+        self.sync_generation.fetch_add(1, Ordering::SeqCst);
         self.sync_requested.notify_one();
         self.ca_requested.notify_one();
     }
@@ -393,8 +399,12 @@ impl OsLogin {
             // served before (`decision`).
             Ok(u) if self.local().stale => Ok(Arc::new(u)),
             Ok(u) => {
-                let u = lock(&self.directory).insert_user(u);
-                self.cache_dirty.notify_one();
+                let (u, how) = lock(&self.directory).insert_user(u);
+                match how {
+                    Inserted::New => self.cache_dirty.notify_one(),
+                    Inserted::Changed => self.request_full_rebuild(),
+                    Inserted::Same => {}
+                }
                 Ok(u)
             }
             Err(e) => {
@@ -584,6 +594,10 @@ impl OsLogin {
 
     pub(super) fn sync_requested(&self) -> &Notify {
         &self.sync_requested
+    }
+
+    pub(super) fn sync_generation(&self) -> u64 {
+        self.sync_generation.load(Ordering::SeqCst)
     }
 
     pub(super) fn ca_requested(&self) -> &Notify {
