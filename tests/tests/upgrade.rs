@@ -2,7 +2,7 @@
 //!
 //! Two releases built from this tree (`guest_agent_e2e::packages::Build`): N (the workspace as
 //! it is) and N+1 (package version 0.1.1, built with the `next-version` flag: directory cache
-//! format 4 instead of 3, socket protocol 2 instead of 1, state files 3 instead of 2). On an
+//! format 5 instead of 4, socket protocol 2 instead of 1, state files 3 instead of 2). On an
 //! isolated copy of this machine (private namespaces, overlay of `/`, see `packages.rs`), with
 //! the metadata emulator in the network namespace:
 //!
@@ -19,7 +19,7 @@
 //!    hold, which the new module asks again in the old protocol version).
 //! 4. Then the new daemon with the old module still mapped in the perl process (its
 //!    `/proc/PID/maps` shows the replaced file as deleted) and the new cache format it cannot
-//!    read: it reads the file N+1 writes in N's format beside it (`directory.v3.cache`) and
+//!    read: it reads the file N+1 writes in N's format beside it (`directory.v4.cache`) and
 //!    answers right, also while the daemon restarts. (Before that file existed, this test
 //!    caught an old-module lookup failing in the restart window: the module could neither read
 //!    the cache nor reach the daemon.)
@@ -48,7 +48,7 @@ use serde_json::json;
 
 const CACHE: &str = "/var/lib/guest-agent/directory.cache";
 /// N+1's copy of the directory in N's format (`cache::COMPAT_VERSIONS`).
-const COMPAT_CACHE: &str = "/var/lib/guest-agent/directory.v3.cache";
+const COMPAT_CACHE: &str = "/var/lib/guest-agent/directory.v4.cache";
 const OSLOGIN_STATE: &str = "/var/lib/guest-agent/oslogin-state.json";
 const ACCOUNTS_STATE: &str = "/var/lib/guest-agent/state.json";
 const SUDOERS_OSLOGIN: &str = "/etc/sudoers.d/guest-agent-oslogin";
@@ -377,7 +377,7 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
     let sshd = start_sshd(&iso);
     if matches!(mode, Mode::OsLogin) {
         emulator.sign_into("carol", &cert_public, -60, &cert_key);
-        assert_eq!(cache_version(&iso), 3, "N writes cache format 3");
+        assert_eq!(cache_version(&iso), 4, "N writes cache format 4");
     }
     assert_eq!(
         state_version(&iso, state),
@@ -462,11 +462,11 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             Duration::from_secs(30),
         );
         if matches!(mode, Mode::OsLogin) {
-            wait_for("N+1 writing cache format 4", || cache_version(&iso) == 4);
-            // And format 3 beside it, for N's modules.
+            wait_for("N+1 writing cache format 5", || cache_version(&iso) == 5);
+            // And format 4 beside it, for N's modules.
             assert_eq!(
                 file_version(&iso, COMPAT_CACHE),
-                3,
+                4,
                 "N+1 writes {COMPAT_CACHE}"
             );
         }
@@ -533,11 +533,11 @@ fn upgrade_and_downgrade(mode: Mode, test: &str) {
             Duration::from_secs(30),
         );
         if matches!(mode, Mode::OsLogin) {
-            wait_for("N rewriting the cache in format 3", || {
-                cache_version(&iso) == 3
+            wait_for("N rewriting the cache in format 4", || {
+                cache_version(&iso) == 4
             });
-            // N keeps only its own compat file (format 2): N+1's format-3 copy is removed with its
-            // first write.
+            // N keeps only its own compat files (formats 3 and 2): N+1's format-4 copy is removed
+            // with its first write.
             assert!(!iso.exists(COMPAT_CACHE), "{COMPAT_CACHE} left by N+1");
         }
         resident_progress(&iso, "old", 20);

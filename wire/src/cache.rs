@@ -15,7 +15,7 @@
 //!
 //! ```text
 //! header (HEADER_LEN = 104 bytes)
-//!   0 magic "GADIRC\r\n"   8 version u32 (3)   12 header_len u32   16 min_id u32
+//!   0 magic "GADIRC\r\n"   8 version u32 (4)   12 header_len u32   16 min_id u32
 //!  20 user_count u32   24 group_count u32   28 flags u32 (0)   32 generated_at_unix u64
 //!  40 users_off   44 groups_off   48 user_name_idx   52 group_name_idx
 //!  56 user_slots u32   60 user_name_hash   64 user_uid_hash
@@ -26,6 +26,14 @@
 //! user record (48 bytes), sorted by name:
 //!   uid, gid, name (off,len), gecos (off,len), home (off,len), shell (off,len),
 //!   groups (first word, count)              supplementary gids, in the word area
+//!   version 4: each record is followed by its name, gecos, home and shell (in that order,
+//!   no terminators), then zeros to the next multiple of 64 bytes from the user section's
+//!   start, which is itself 64-aligned in the file: a record and its strings share one or two
+//!   cache lines (a random hit at 100,000 users then reads a slot and that block, not a slot, a
+//!   record and a string area 10 MB away). The string area starts where the user section
+//!   does and runs to the end of the file (the records' references land in their blocks; the
+//!   groups' strings follow the words). Up to version 3, records are a fixed-stride array and
+//!   the string area follows the words, holding each distinct string once.
 //! group record (20 bytes), sorted by name:
 //!   gid, name (off,len), members (first word, count)   each member is 2 words: (off,len)
 //! name indexes (enumeration): one u32 per record, the record's offset in the file, in byte
@@ -44,9 +52,10 @@
 //! ```
 //!
 //! The builder lays sections out in this order: header, the four hash tables (8-byte aligned:
-//! a slot never straddles a cache line), user records, group records, name indexes, words,
-//! strings; the reader only requires every section to be in bounds, after the header, and
-//! aligned (hash tables to 8 bytes, record arrays, indexes and words to 4).
+//! a slot never straddles a cache line), user records (version 4: the user blocks), group
+//! records, name indexes, words, strings (version 4: the groups' strings); the reader only
+//! requires every section to be in bounds, after the header, and aligned (hash tables to 8
+//! bytes, record arrays, indexes and words to 4).
 //!
 //! Ids below `min_id` (never below 1: root is never served) are neither written nor accepted.
 //! Names follow [`crate::names::is_valid_name`]; gecos, home and shell hold no `:`, newline,
@@ -68,19 +77,21 @@ pub const CACHE_PATH: &str = "/var/lib/guest-agent/directory.cache";
 /// First bytes of every cache file (the CR LF catches text-mode mangling).
 pub const MAGIC: [u8; 8] = *b"GADIRC\r\n";
 /// Format version this code writes (1: sorted indexes and binary search; 2: hash tables for
-/// lookups, name indexes for enumeration; 3: the users group's gid in the header). A reader
+/// lookups, name indexes for enumeration; 3: the users group's gid in the header; 4: each user
+/// record followed by its own strings, so a hit reads a slot and one block of two cache lines
+/// instead of a slot, a record and the string area elsewhere). A reader
 /// given any other version refuses the file (`UnsupportedVersion`) and the NSS module then asks
 /// the daemon for every name: during an upgrade or a downgrade, a module loaded by a
 /// long-running process meets a file written by another version of the daemon, and must never
 /// misread it.
 ///
 /// The build flag `next-version` (tests only: the upgrade test builds the next release from
-/// this tree) writes version 4, the same layout under a new number, and reads 2 to 4, as a
+/// this tree) writes version 5, the layout of 4 under a new number, and reads 2 to 5, as a
 /// real next format would keep reading the ones before it.
 #[cfg(not(feature = "next-version"))]
-pub const VERSION: u32 = 3;
-#[cfg(feature = "next-version")]
 pub const VERSION: u32 = 4;
+#[cfg(feature = "next-version")]
+pub const VERSION: u32 = 5;
 /// Oldest version this code reads (a version 2 file is read as one with no users group).
 pub const MIN_READ_VERSION: u32 = 2;
 /// Older versions the daemon also writes, each to [`compat_path`] next to the file, so that an
@@ -88,12 +99,13 @@ pub const MIN_READ_VERSION: u32 = 2;
 /// (or loaded by a new process in the moment of a downgrade, before the older daemon has
 /// written its own file), reads a fresh file of its own version instead of depending on the
 /// daemon for every name. A module that cannot read [`CACHE_PATH`] reads the compat file of its
-/// own version, and only when neither opens asks the daemon. Version 2 (the release before the
-/// users group's gid moved into the header); with `next-version`, 3 as well.
+/// own version, and only when neither opens asks the daemon. Versions 3 (the release before the
+/// strings moved next to the records) and 2 (the one before the users group's gid moved into
+/// the header); with `next-version`, 4 as well.
 #[cfg(not(feature = "next-version"))]
-pub const COMPAT_VERSIONS: &[u32] = &[2];
-#[cfg(feature = "next-version")]
 pub const COMPAT_VERSIONS: &[u32] = &[3, 2];
+#[cfg(feature = "next-version")]
+pub const COMPAT_VERSIONS: &[u32] = &[4, 3, 2];
 
 /// Where the daemon writes the delta file (see [`delta_path`]).
 pub const DELTA_PATH: &str = "/var/lib/guest-agent/directory.delta";
@@ -121,18 +133,40 @@ pub fn compat_path(path: &str, version: u32) -> String {
 }
 
 /// The file `bytes` (as [`CacheBuilder::build`] made it) in the older format `version`, for
-/// [`COMPAT_VERSIONS`] only (they share this layout: only the number differs, and version 2
-/// holds 0 where later versions hold the users group's gid); None otherwise.
+/// [`COMPAT_VERSIONS`] only: the same users and groups, written again in that version's
+/// layout (version 3 has the shared string area, version 2 holds 0 where later versions hold
+/// the users group's gid); None for another version or bytes that are not a valid file.
 pub fn in_compat_version(bytes: &[u8], version: u32) -> Option<Vec<u8>> {
-    if !COMPAT_VERSIONS.contains(&version) || bytes.len() < HEADER_LEN {
+    if !COMPAT_VERSIONS.contains(&version) {
         return None;
     }
-    let mut out = bytes.to_vec();
-    out.get_mut(8..12)?.copy_from_slice(&version.to_le_bytes());
-    if version < 3 {
-        out.get_mut(100..104)?.copy_from_slice(&0u32.to_le_bytes());
+    let c = Cache::parse(bytes).ok()?;
+    let mut b = CacheBuilder::new(c.min_id(), c.generated_at_unix());
+    if let Some(gid) = c.users_gid() {
+        b.users_group(gid);
     }
-    Some(out)
+    let text = |s: &[u8]| String::from_utf8_lossy(s).into_owned();
+    for i in 0..c.user_count() {
+        let p = c.user_at(i)?;
+        b.add_user(UserEntry {
+            name: text(p.name),
+            uid: p.uid,
+            gid: p.gid,
+            gecos: text(p.gecos),
+            home: text(p.home),
+            shell: text(p.shell),
+            groups: p.groups().collect(),
+        });
+    }
+    for i in 0..c.group_count() {
+        let g = c.group_at(i)?;
+        b.add_group(GroupEntry {
+            name: text(g.name),
+            gid: g.gid,
+            members: g.members().map(text).collect(),
+        });
+    }
+    Some(b.build_as(version))
 }
 /// Size of the header.
 pub const HEADER_LEN: usize = 104;
@@ -140,6 +174,11 @@ pub const HEADER_LEN: usize = 104;
 pub const MAX_FIELD_LEN: usize = 1024;
 
 const USER_REC: usize = 48;
+/// The first version whose user records are followed by their own strings.
+const INLINE_VERSION: u32 = 4;
+/// From [`INLINE_VERSION`] on, where user records start (a multiple of this from the user
+/// section's start): a record and its strings, about 100 bytes, then span two cache lines.
+const BLOCK_ALIGN: usize = 64;
 const GROUP_REC: usize = 20;
 const SLOT: usize = 8;
 
@@ -350,6 +389,14 @@ impl CacheBuilder {
     /// sharing a name or an id the first added is kept. Supplementary gids below `min_id` and
     /// invalid member names are dropped from their lists.
     pub fn build(self) -> Vec<u8> {
+        self.build_as(VERSION)
+    }
+
+    /// The file in format `version`: [`VERSION`] (see [`CacheBuilder::build`]), or one of
+    /// [`COMPAT_VERSIONS`] (for [`in_compat_version`]): from version 4 on each user's strings
+    /// follow its record, before that they are in the shared string area.
+    fn build_as(self, version: u32) -> Vec<u8> {
+        let inline = version >= INLINE_VERSION;
         let min = self.min_id;
         let (mut names, mut ids) = (HashSet::new(), HashSet::new());
         let mut users: Vec<UserEntry> = Vec::new();
@@ -391,13 +438,27 @@ impl CacheBuilder {
         };
         let mut words: Vec<u32> = Vec::new();
         let mut user_recs = Vec::with_capacity(users.len() * USER_REC);
+        // Where each user record starts, from the start of the user section.
+        let mut user_starts = Vec::with_capacity(users.len());
         for u in &users {
-            let (n, g, h, s) = (
-                strings.add(&u.name),
-                strings.add(&u.gecos),
-                strings.add(&u.home),
-                strings.add(&u.shell),
-            );
+            user_starts.push(user_recs.len());
+            let (n, g, h, s) = if inline {
+                // Relative to the string area, which starts where the user section does.
+                let mut at = user_recs.len() + USER_REC;
+                let mut next = |f: &str| {
+                    let r = (to_u32(at), to_u32(f.len()));
+                    at += f.len();
+                    r
+                };
+                (next(&u.name), next(&u.gecos), next(&u.home), next(&u.shell))
+            } else {
+                (
+                    strings.add(&u.name),
+                    strings.add(&u.gecos),
+                    strings.add(&u.home),
+                    strings.add(&u.shell),
+                )
+            };
             let at = to_u32(words.len());
             words.extend_from_slice(&u.groups);
             let rec = [
@@ -415,36 +476,60 @@ impl CacheBuilder {
                 to_u32(u.groups.len()),
             ];
             put(&mut user_recs, &rec);
-        }
-        let mut group_recs = Vec::with_capacity(groups.len() * GROUP_REC);
-        for g in &groups {
-            let n = strings.add(&g.name);
-            let at = to_u32(words.len());
-            for m in &g.members {
-                let (off, len) = strings.add(m);
-                words.extend_from_slice(&[off, len]);
+            if inline {
+                for f in [&u.name, &u.gecos, &u.home, &u.shell] {
+                    user_recs.extend_from_slice(f.as_bytes());
+                }
+                user_recs.resize(user_recs.len().next_multiple_of(BLOCK_ALIGN), 0);
             }
-            put(
-                &mut group_recs,
-                &[g.gid, n.0, n.1, at, to_u32(g.members.len())],
-            );
         }
-
+        // Group strings are in the string area: from version 4 in its part after the words,
+        // which starts at `tail` in it.
+        let member_words: usize = groups.iter().map(|g| 2 * g.members.len()).sum();
         let (user_slots, group_slots) = (slots_for(users.len()), slots_for(groups.len()));
         let user_name_hash = HEADER_LEN;
         let user_uid_hash = user_name_hash + SLOT * user_slots;
         let group_name_hash = user_uid_hash + SLOT * user_slots;
         let group_gid_hash = group_name_hash + SLOT * group_slots;
         let users_off = group_gid_hash + SLOT * group_slots;
+        let users_off = if inline && !users.is_empty() {
+            users_off.next_multiple_of(BLOCK_ALIGN)
+        } else {
+            users_off
+        };
         let groups_off = users_off + user_recs.len();
-        let user_name_idx = groups_off + group_recs.len();
+        let user_name_idx = groups_off + groups.len() * GROUP_REC;
         let group_name_idx = user_name_idx + 4 * users.len();
         let words_off = group_name_idx + 4 * groups.len();
-        let strings_off = words_off + 4 * words.len();
-        let file_len = strings_off + strings.bytes.len();
+        let tail_off = words_off + 4 * (words.len() + member_words);
+        let (strings_off, tail) = if inline {
+            (users_off, to_u32(tail_off - users_off))
+        } else {
+            (tail_off, 0)
+        };
+        let mut group_recs = Vec::with_capacity(groups.len() * GROUP_REC);
+        for g in &groups {
+            let n = strings.add(&g.name);
+            let at = to_u32(words.len());
+            for m in &g.members {
+                let (off, len) = strings.add(m);
+                words.extend_from_slice(&[off.wrapping_add(tail), len]);
+            }
+            put(
+                &mut group_recs,
+                &[
+                    g.gid,
+                    n.0.wrapping_add(tail),
+                    n.1,
+                    at,
+                    to_u32(g.members.len()),
+                ],
+            );
+        }
+        let file_len = tail_off + strings.bytes.len();
 
-        // Records are laid out in name order: the name indexes are 0, 1, 2, ...
-        let user_at = |i: usize| to_u32(users_off + i * USER_REC);
+        // Records are laid out in name order: the name indexes are their offsets in order.
+        let user_at = |i: usize| to_u32(users_off + user_starts.get(i).copied().unwrap_or(0));
         let group_at = |i: usize| to_u32(groups_off + i * GROUP_REC);
         let by_name_users: Vec<u32> = (0..users.len()).map(user_at).collect();
         let by_name_groups: Vec<u32> = (0..groups.len()).map(group_at).collect();
@@ -482,7 +567,7 @@ impl CacheBuilder {
         put(
             &mut out,
             &[
-                VERSION,
+                version,
                 to_u32(HEADER_LEN),
                 min,
                 to_u32(users.len()),
@@ -508,8 +593,8 @@ impl CacheBuilder {
                 to_u32(words_off),
                 to_u32(words.len()),
                 to_u32(strings_off),
-                to_u32(strings.bytes.len()),
-                if self.users_gid >= min {
+                to_u32(file_len - strings_off),
+                if version >= 3 && self.users_gid >= min {
                     self.users_gid
                 } else {
                     0
@@ -520,6 +605,7 @@ impl CacheBuilder {
         put(&mut out, &user_uids);
         put(&mut out, &group_names);
         put(&mut out, &group_gids);
+        out.resize(users_off, 0);
         out.extend_from_slice(&user_recs);
         out.extend_from_slice(&group_recs);
         put(&mut out, &by_name_users);
@@ -644,6 +730,9 @@ pub struct Cache<'a> {
     group_count: usize,
     users_off: usize,
     groups_off: usize,
+    /// From version 4: user records are followed by their strings (see [`INLINE_VERSION`]),
+    /// so they start anywhere in the user section (4-aligned), not at a fixed stride.
+    inline: bool,
     user_name_idx: &'a [u8],
     group_name_idx: &'a [u8],
     user_names: Table<'a>,
@@ -740,8 +829,22 @@ impl<'a> Cache<'a> {
         let user_count = header_u32(bytes, 20)? as usize;
         let group_count = header_u32(bytes, 24)? as usize;
         let generated_at_unix = u64_at(bytes, 32).ok_or(CacheError::Truncated)?;
-        // The record arrays are in bounds as a whole (records are then read one by one).
-        section(bytes, 40, user_count.checked_mul(USER_REC), 4)?;
+        // The record arrays are in bounds as a whole (records are then read one by one); from
+        // version 4 the user section (records and their strings) ends where the groups start.
+        let inline = version >= INLINE_VERSION;
+        let users_off = header_u32(bytes, 40)? as usize;
+        let groups_off = header_u32(bytes, 44)? as usize;
+        let users_len = if inline {
+            groups_off
+                .checked_sub(users_off)
+                .filter(|&l| user_count.checked_mul(USER_REC).is_some_and(|min| l >= min))
+                .ok_or(CacheError::Corrupt("section out of bounds"))?
+        } else {
+            user_count
+                .checked_mul(USER_REC)
+                .ok_or(CacheError::Corrupt("section out of bounds"))?
+        };
+        section(bytes, 40, Some(users_len), 4)?;
         section(bytes, 44, group_count.checked_mul(GROUP_REC), 4)?;
         let words_count = header_u32(bytes, 88)? as usize;
         let strings_len = header_u32(bytes, 96)? as usize;
@@ -752,8 +855,9 @@ impl<'a> Cache<'a> {
             users_gid: (users_gid != 0).then_some(users_gid),
             user_count,
             group_count,
-            users_off: header_u32(bytes, 40)? as usize,
-            groups_off: header_u32(bytes, 44)? as usize,
+            users_off,
+            groups_off,
+            inline,
             user_name_idx: section(bytes, 48, user_count.checked_mul(4), 4)?,
             group_name_idx: section(bytes, 52, group_count.checked_mul(4), 4)?,
             user_names: table(bytes, 56, 60, user_count)?,
@@ -770,20 +874,22 @@ impl<'a> Cache<'a> {
     /// and is listed once by enumeration, in name order. For the writer (right after writing)
     /// and tests; readers need only [`Cache::parse`].
     pub fn validate_all(&self) -> Result<(), CacheError> {
-        // One pass over the string area stands for a check of every field in it.
-        if !is_safe_field(self.strings) {
+        // Up to version 3, one pass over the string area stands for a check of every field in
+        // it (from version 4 it holds the user records too: each field is checked instead).
+        if !self.inline && !is_safe_field(self.strings) {
             return Err(CacheError::Corrupt(
                 "string area holds ':', a newline or NUL",
             ));
         }
-        self.check_records()?;
-        self.check_indexes()
+        self.check_indexes()?;
+        self.check_records()
     }
 
-    /// Every record: in bounds, following the rules, and found through both of its kind's
-    /// hash tables at its own offset. As each table holds exactly as many entries as there are
-    /// records, that makes every slot point at a distinct record under that record's key, and
-    /// names and ids unique (a duplicate would find the other record first).
+    /// Every record (each listed once by the name index, as [`Cache::check_indexes`] found):
+    /// in bounds, following the rules, and found through both of its kind's hash tables at its
+    /// own offset. As each table holds exactly as many entries as there are records, that makes
+    /// every slot point at a distinct record under that record's key, and names and ids unique
+    /// (a duplicate would find the other record first).
     fn check_records(&self) -> Result<(), CacheError> {
         let bad_table = CacheError::Corrupt("hash table");
         for t in [self.user_names, self.user_uids] {
@@ -797,7 +903,8 @@ impl<'a> Cache<'a> {
             }
         }
         for i in 0..self.user_count {
-            let off = self.users_off + i * USER_REC;
+            let off = u32_at(self.user_name_idx, i * 4).ok_or(CacheError::Corrupt("index"))?;
+            let off = off as usize;
             let p = self.checked_user(off)?;
             if !p.groups_ok() {
                 return Err(CacheError::Corrupt("user id below min_id"));
@@ -850,9 +957,20 @@ impl<'a> Cache<'a> {
         Ok(())
     }
 
-    /// Whether a user record starts at `off`.
+    /// Whether a user record starts at `off`: up to version 3, one of the records at their
+    /// fixed stride; from version 4, a record's worth of the user section, 4-aligned (a
+    /// record and its strings take a variable length: [`Cache::validate_all`] checks that
+    /// every slot and index entry points at a record the name index lists).
     fn is_user(&self, off: usize) -> bool {
-        record_start(off, self.users_off, USER_REC, self.user_count)
+        if self.inline {
+            off.checked_sub(self.users_off)
+                .is_some_and(|d| d.is_multiple_of(4))
+                && off
+                    .checked_add(USER_REC)
+                    .is_some_and(|end| end <= self.groups_off)
+        } else {
+            record_start(off, self.users_off, USER_REC, self.user_count)
+        }
     }
 
     /// Whether a group record starts at `off`.

@@ -510,8 +510,10 @@ fn a_corrupt_record_is_a_miss_and_skipped_by_enumeration() {
     let cache = f.dir.path("cache");
     let mut bytes = std::fs::read(&cache).unwrap();
     // bob, the second record in name order: a uid below min_id (the file still opens).
-    let users = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
-    bytes[users + 48..users + 52].copy_from_slice(&5u32.to_le_bytes());
+    // Its record's offset is the second entry of the user name index (header offset 48).
+    let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let bob = word(&bytes, word(&bytes, 48) + 4);
+    bytes[bob..bob + 4].copy_from_slice(&5u32.to_le_bytes());
     std::fs::write(format!("{cache}.tmp"), &bytes).unwrap();
     std::fs::rename(format!("{cache}.tmp"), &cache).unwrap();
     let mut pw = Pw::new(1024);

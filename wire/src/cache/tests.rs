@@ -88,8 +88,11 @@ fn round_trip() {
     let groups: Vec<&[u8]> = (0..3).map(|i| c.group_at(i).unwrap().name).collect();
     assert_eq!(groups, [&b"admins"[..], b"demo", b"empty"]);
     assert!(c.group_at(3).is_none());
-    // Repeated strings are stored once.
-    assert_eq!(bytes.windows(9).filter(|w| w == b"/bin/bash").count(), 1);
+    // Each user's strings follow its record (three users' shells); in the version 3 copy,
+    // repeated strings are stored once.
+    let bash = |b: &[u8]| b.windows(9).filter(|w| w == b"/bin/bash").count();
+    assert_eq!(bash(&bytes), 3);
+    assert_eq!(bash(&in_compat_version(&bytes, 3).unwrap()), 1);
 }
 
 #[test]
@@ -608,11 +611,10 @@ fn corrupt_tables_are_refused() {
     );
 
     // Two users with one uid (record and slot key patched alike): one of them is unreachable.
-    let recs = header(&good, 40);
-    let uid0 = u32_at(&good, recs).unwrap();
-    let uid1 = u32_at(&good, recs + USER_REC).unwrap();
+    let uid0 = u32_at(&good, rec(&good, 0)).unwrap();
+    let uid1 = u32_at(&good, rec(&good, 1)).unwrap();
     let mut b = good.clone();
-    set_u32(&mut b, recs + USER_REC, uid0);
+    set_u32(&mut b, rec(&good, 1), uid0);
     let s1 = used
         .iter()
         .find(|&&i| slot(&good, uids, i).0 == uid1)
@@ -628,7 +630,9 @@ fn an_empty_table_may_have_slots() {
     b.add_user(user("alice", 5001, &[]));
     let mut bytes = b.build();
     assert_eq!(header(&bytes, 68), 0);
-    let end = bytes.len();
+    // Tables are 8-aligned (from version 4 the file may end anywhere).
+    let end = bytes.len().next_multiple_of(SLOT);
+    bytes.resize(end, 0);
     bytes.extend_from_slice(&[0; 2 * 4 * SLOT]);
     set_u32(&mut bytes, 68, 4);
     set_u32(&mut bytes, 72, end as u32);
@@ -684,22 +688,30 @@ fn opening_checks_the_header_and_sections_only() {
         set_u32(&mut b, field, u32::MAX);
         assert!(Cache::parse(&b).is_err(), "field {field}");
     }
-    // The string area is not scanned at open: a NUL in it is found by the full check, and
-    // refused by the lookups that read it.
-    let mut b = good.clone();
-    let strings = header(&b, 92);
-    let home = strings + find(&b[strings..], b"/home/alice");
-    b[home + 1] = 0;
-    let c = Cache::parse(&b).unwrap();
-    assert_eq!(
-        c.validate_all().err(),
-        Some(CacheError::Corrupt(
-            "string area holds ':', a newline or NUL"
-        ))
-    );
-    assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
-    assert_eq!(c.user_by_name(b"zoe").unwrap().uid, 5003);
-    exercise(&c);
+    // The string area is not scanned at open: a NUL in it is found by the full check (field
+    // by field from version 4, where the area holds the records too; in one pass over the
+    // area before), and refused by the lookups that read it.
+    let v3 = in_compat_version(&good, 3).unwrap();
+    for (file, want) in [
+        (&good, "user field holds ':', a newline or NUL"),
+        (&v3, "string area holds ':', a newline or NUL"),
+    ] {
+        let mut b = file.clone();
+        let strings = header(&b, 92);
+        let home = strings + find(&b[strings..], b"/home/alice");
+        b[home + 1] = 0;
+        let c = Cache::parse(&b).unwrap();
+        assert_eq!(c.validate_all().err(), Some(CacheError::Corrupt(want)));
+        assert!(c.user_by_name(b"alice").is_none() && c.user_by_uid(5001).is_none());
+        assert_eq!(c.user_by_name(b"zoe").unwrap().uid, 5003);
+        exercise(&c);
+    }
+}
+
+/// Where the `i`-th user record (in name order) starts, from the name index (from version 4
+/// records and their strings have no fixed stride).
+fn rec(b: &[u8], i: usize) -> usize {
+    u32_at(b, header(b, 48) + 4 * i).unwrap() as usize
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
@@ -709,9 +721,9 @@ fn find(hay: &[u8], needle: &[u8]) -> usize {
 #[test]
 fn a_corrupt_record_hides_only_itself() {
     let good = sample();
-    let (users, groups) = (header(&good, 40), header(&good, 44));
+    let groups = header(&good, 44);
     // Name order: alice, bob.smith, zoe; admins, demo, empty.
-    let (alice, bob, zoe) = (users, users + USER_REC, users + 2 * USER_REC);
+    let (alice, bob, zoe) = (rec(&good, 0), rec(&good, 1), rec(&good, 2));
     let (admins, demo) = (groups, groups + GROUP_REC);
     let mut b = good.clone();
     set_u32(&mut b, alice + 12, u32::MAX); // name length
@@ -832,9 +844,9 @@ fn opening_a_large_cache_reads_none_of_its_records() {
     }
     let mut bytes = b.build();
     // Corrupt every record but the first: opening still succeeds, and the first is served.
-    let users = header(&bytes, 40);
-    for i in 1..100_000 {
-        set_u32(&mut bytes, users + i * USER_REC + 12, u32::MAX);
+    let recs: Vec<usize> = (1..100_000).map(|i| rec(&bytes, i)).collect();
+    for r in recs {
+        set_u32(&mut bytes, r + 12, u32::MAX);
     }
     let c = Cache::parse(&bytes).unwrap();
     assert!(c.validate_all().is_err());
@@ -885,4 +897,54 @@ fn the_delta_file_sits_beside_the_cache() {
     assert_eq!(delta_path("/tmp/x"), "/tmp/x.delta");
     // Never a name the compat rule gives (the daemon removes those of other versions).
     assert!(!DELTA_PATH.ends_with(".cache"));
+}
+
+#[test]
+fn compat_copies_hold_the_same_directory_in_their_own_layout() {
+    let bytes = sample();
+    let c = full(&bytes).unwrap();
+    assert_eq!(header(&bytes, 8), VERSION as usize);
+    // Version 4: user records are 64-aligned blocks with their strings, not a 48-byte stride.
+    let starts: Vec<usize> = (0..3).map(|i| rec(&bytes, i)).collect();
+    assert!(starts.iter().all(|s| s % 64 == 0), "{starts:?}");
+    assert_ne!(starts[1] - starts[0], USER_REC);
+    for v in [3, 2] {
+        let old = in_compat_version(&bytes, v).unwrap();
+        assert_eq!(header(&old, 8), v as usize);
+        let o = full(&old).unwrap();
+        // Up to version 3: a fixed stride of records, strings elsewhere.
+        assert_eq!(rec(&old, 1) - rec(&old, 0), USER_REC);
+        assert_eq!(
+            (o.user_count(), o.group_count()),
+            (c.user_count(), c.group_count())
+        );
+        for i in 0..c.user_count() {
+            let (a, b) = (c.user_at(i).unwrap(), o.user_at(i).unwrap());
+            assert_eq!(
+                a,
+                Passwd {
+                    min_id: a.min_id,
+                    groups_raw: a.groups_raw,
+                    ..b
+                }
+            );
+            assert_eq!(
+                a.groups().collect::<Vec<_>>(),
+                b.groups().collect::<Vec<_>>()
+            );
+            assert_eq!(o.user_by_uid(a.uid).unwrap().name, a.name);
+        }
+        for i in 0..c.group_count() {
+            let (a, b) = (c.group_at(i).unwrap(), o.group_at(i).unwrap());
+            assert_eq!((a.name, a.gid), (b.name, b.gid));
+            assert_eq!(
+                a.members().collect::<Vec<_>>(),
+                b.members().collect::<Vec<_>>()
+            );
+        }
+        assert_eq!(o.users_gid(), if v >= 3 { c.users_gid() } else { None });
+    }
+    // Not a compat version, or not a valid file: nothing.
+    assert!(in_compat_version(&bytes, VERSION).is_none());
+    assert!(in_compat_version(&bytes[..HEADER_LEN], 3).is_none());
 }
