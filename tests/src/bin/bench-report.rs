@@ -68,9 +68,9 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
 
     eprintln!("bench-report: NSS lookups (module, glibc, files) ...");
     let (sizes, min_run): (&[usize], _) = if quick {
-        (&[100, 10_000], Duration::from_millis(100))
+        (&[1_000, 10_000], Duration::from_millis(100))
     } else {
-        (&[100, 10_000, 100_000], Duration::from_millis(300))
+        (&[1_000, 10_000, 100_000], Duration::from_millis(300))
     };
     let nss = nss::run_in_subprocess(&library, sizes, min_run)?;
 

@@ -16,7 +16,7 @@ use guest_agent_e2e::bench::nss;
 fn main() {
     let arg = std::env::args().nth(1);
     let result = nss::library(arg.as_deref())
-        .and_then(|lib| nss::run(&lib, &[100, 10_000, 100_000], Duration::from_millis(300)));
+        .and_then(|lib| nss::run(&lib, &[1_000, 10_000, 100_000], Duration::from_millis(300)));
     match result {
         Ok(r) => nss::print(&r),
         Err(e) => {

@@ -241,15 +241,38 @@ fn time_per_call(min_run: Duration, mut f: impl FnMut(usize) -> bool) -> Result<
     }
 }
 
-/// Random existing users: (name, uid), fixed before timing.
-fn picks(n: usize) -> Result<Vec<(CString, u32)>, String> {
+/// Every user of the directory once, in a random order fixed before timing: a lookup's name is
+/// a random one of all `n` (a 4,096-name sample would keep the file's part it touches in the
+/// CPU cache, the figure of a warm, repeated name). The names sit back to back in one buffer
+/// read in order, so the bench's own reading of them costs no cache miss.
+struct Picks {
+    /// NUL-terminated names, back to back.
+    names: Vec<u8>,
+    /// Where each name starts in `names`, and its uid.
+    at: Vec<(u32, u32)>,
+}
+
+impl Picks {
+    /// The `i`-th name (a C string) and uid, cycling.
+    fn get(&self, i: usize) -> (*const c_char, u32) {
+        let (start, uid) = self.at[i % self.at.len()];
+        (self.names[start as usize..].as_ptr().cast(), uid)
+    }
+}
+
+fn picks(n: usize) -> Result<Picks, String> {
     let mut rng = crate::bench::timer::Rng(0x9E37_79B9_7F4A_7C15 ^ n as u64);
-    (0..4096)
-        .map(|_| {
-            let i = rng.below(n);
-            Ok((cstring(name(i))?, FIRST_UID + i as u32))
-        })
-        .collect()
+    let mut order: Vec<usize> = (0..n.max(1)).collect();
+    for k in (1..order.len()).rev() {
+        order.swap(k, rng.below(k + 1));
+    }
+    let mut names = Vec::with_capacity(order.len() * 16);
+    let mut at = Vec::with_capacity(order.len());
+    for i in order {
+        at.push((names.len() as u32, FIRST_UID + i as u32));
+        names.extend_from_slice(cstring(name(i))?.as_bytes_with_nul());
+    }
+    Ok(Picks { names, at })
 }
 
 /// The module called directly: [first call µs, by name ns, by uid ns].
@@ -279,7 +302,7 @@ pub(super) fn direct(lib: &Path, n: usize, min_run: Duration) -> Result<Vec<f64>
     // SAFETY: valid pointers for the module's contract.
     let ok = unsafe {
         by_name(
-            picks[0].0.as_ptr(),
+            picks.get(0).0,
             pw.as_mut_ptr(),
             buf.as_mut_ptr(),
             buf.len(),
@@ -291,20 +314,12 @@ pub(super) fn direct(lib: &Path, n: usize, min_run: Duration) -> Result<Vec<f64>
         return Err(format!("first lookup: status {ok}, errno {errno}"));
     }
     let name_ns = time_per_call(min_run, |i| {
-        let (nm, _) = &picks[i % picks.len()];
+        let (nm, _) = picks.get(i);
         // SAFETY: as above.
-        unsafe {
-            by_name(
-                nm.as_ptr(),
-                pw.as_mut_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut errno,
-            ) == 1
-        }
+        unsafe { by_name(nm, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut errno) == 1 }
     })?;
     let uid_ns = time_per_call(min_run, |i| {
-        let (_, uid) = picks[i % picks.len()];
+        let (_, uid) = picks.get(i);
         // SAFETY: as above.
         unsafe {
             by_uid(
@@ -328,18 +343,12 @@ pub(super) fn through_glibc(n: usize, min_run: Duration) -> Result<Vec<f64>, Str
     let mut res: *mut libc::passwd = std::ptr::null_mut();
     // SAFETY (both closures): valid pointers for getpw*_r; success is 0 with a non-null result.
     let name_ns = time_per_call(min_run, |i| unsafe {
-        let (nm, _) = &picks[i % picks.len()];
-        libc::getpwnam_r(
-            nm.as_ptr(),
-            pw.as_mut_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-            &mut res,
-        ) == 0
+        let (nm, _) = picks.get(i);
+        libc::getpwnam_r(nm, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut res) == 0
             && !res.is_null()
     })?;
     let uid_ns = time_per_call(min_run, |i| unsafe {
-        let (_, uid) = picks[i % picks.len()];
+        let (_, uid) = picks.get(i);
         libc::getpwuid_r(uid, pw.as_mut_ptr(), buf.as_mut_ptr(), buf.len(), &mut res) == 0
             && !res.is_null()
     })?;
