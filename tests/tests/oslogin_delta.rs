@@ -133,9 +133,18 @@ fn users_learned_after_the_sync_go_to_the_delta_and_the_cache_is_not_rebuilt() {
         retried += tries - 1;
     }
     eprintln!("{ADDED} first lookups, {retried} retried");
+    // The daemon's log is read as it comes (a busy machine delivers its lines late): wait for
+    // them, with a 10x margin, instead of counting at once.
+    let logged = Instant::now();
+    while socket_requests(&vm, first, "getpwnam") < ADDED
+        && logged.elapsed() < Duration::from_secs(60)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
         socket_requests(&vm, first, "getpwnam") >= ADDED,
-        "each first lookup went to the daemon (and its log shows socket requests)"
+        "each first lookup went to the daemon (and its log shows socket requests): {} lines",
+        socket_requests(&vm, first, "getpwnam")
     );
 
     // The daemon writes them to the delta (debounced): it holds exactly the learned users.
