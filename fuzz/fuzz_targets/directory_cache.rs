@@ -57,10 +57,6 @@ fn dedup<T: PartialEq>(v: impl Iterator<Item = T>) -> Vec<T> {
     out
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 /// A valid file rebuilt from what it serves serves the same (fields the builder would drop,
 /// over MAX_FIELD_LEN, excepted).
 fn rebuild(c: &Cache<'_>) {
@@ -81,22 +77,10 @@ fn rebuild(c: &Cache<'_>) {
     }
     let mut b = CacheBuilder::new(c.min_id(), c.generated_at_unix());
     for p in &users {
-        b.add_user(UserEntry {
-            name: text(p.name),
-            uid: p.uid,
-            gid: p.gid,
-            gecos: text(p.gecos),
-            home: text(p.home),
-            shell: text(p.shell),
-            groups: p.groups().collect(),
-        });
+        b.add_user(UserEntry::from(p));
     }
     for g in &groups {
-        b.add_group(GroupEntry {
-            name: text(g.name),
-            gid: g.gid,
-            members: g.members().map(text).collect(),
-        });
+        b.add_group(GroupEntry::from(g));
     }
     let bytes = b.build();
     let d = Cache::parse(&bytes).expect("a rebuilt cache opens");

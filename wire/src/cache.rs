@@ -145,29 +145,46 @@ pub fn in_compat_version(bytes: &[u8], version: u32) -> Option<Vec<u8>> {
     if let Some(gid) = c.users_gid() {
         b.users_group(gid);
     }
-    let text = |s: &[u8]| String::from_utf8_lossy(s).into_owned();
     for i in 0..c.user_count() {
-        let p = c.user_at(i)?;
-        b.add_user(UserEntry {
-            name: text(p.name),
-            uid: p.uid,
-            gid: p.gid,
-            gecos: text(p.gecos),
-            home: text(p.home),
-            shell: text(p.shell),
-            groups: p.groups().collect(),
-        });
+        b.add_user(UserEntry::from(&c.user_at(i)?));
     }
     for i in 0..c.group_count() {
-        let g = c.group_at(i)?;
-        b.add_group(GroupEntry {
-            name: text(g.name),
-            gid: g.gid,
-            members: g.members().map(text).collect(),
-        });
+        b.add_group(GroupEntry::from(&c.group_at(i)?));
     }
     Some(b.build_as(version))
 }
+
+/// Lossy text of a field read from a file (a valid file holds only UTF-8 there).
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl From<&Passwd<'_>> for UserEntry {
+    /// The entry a builder needs to write this record again (into another layout or file).
+    fn from(p: &Passwd<'_>) -> Self {
+        UserEntry {
+            name: lossy(p.name),
+            uid: p.uid,
+            gid: p.gid,
+            gecos: lossy(p.gecos),
+            home: lossy(p.home),
+            shell: lossy(p.shell),
+            groups: p.groups().collect(),
+        }
+    }
+}
+
+impl From<&Group<'_>> for GroupEntry {
+    /// The entry a builder needs to write this group again.
+    fn from(g: &Group<'_>) -> Self {
+        GroupEntry {
+            name: lossy(g.name),
+            gid: g.gid,
+            members: g.members().map(lossy).collect(),
+        }
+    }
+}
+
 /// Size of the header.
 pub const HEADER_LEN: usize = 104;
 /// Longest gecos, home or shell the builder keeps (longer entries are dropped).
