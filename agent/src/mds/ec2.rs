@@ -58,6 +58,7 @@ impl Ec2Client {
             TOKEN_PATH,
             &[(TTL_HEADER, ttl.as_str())],
             s.request_timeout,
+            None,
         )
         .await?;
         let url = || s.endpoint.url(TOKEN_PATH);
@@ -101,6 +102,7 @@ impl Ec2Client {
             path,
             &headers,
             s.request_timeout,
+            None,
         )
         .await?;
         Ok((answer.status, answer.body))
