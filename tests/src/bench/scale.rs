@@ -27,7 +27,9 @@ use super::accounts::field;
 use super::login::{fingerprint, oslogin_requests};
 use super::nss::thousands;
 use super::procfs::{agent_pid, memory};
-use super::timer::{BurstRun, Lookups, burst_in_vm, lookups_in_vm, numbered};
+use super::timer::{
+    BurstRun, Lookups, burst_in_vm, get_in_vm, lookups_in_vm, numbered, time_in_vm,
+};
 use super::{Row, Stats, fmt_d, fmt_kib, row};
 use crate::emulator::Emulator;
 use crate::oslogin::keypair;
@@ -35,8 +37,13 @@ use crate::vm::AGENT;
 use crate::{AgentOptions, TestEnv};
 
 const PREFIX: &str = "oslu";
+/// Users added to the service after the sync.
+const ADDED: &str = "osladded";
 const FIRST_UID: u32 = 500_000;
 const SYNCED: &str = "OS Login directory synced";
+/// guest-oslogin, an unknown name asked once by a `getent` process (issue 15, measured side by
+/// side on this kind of machine).
+const INCUMBENT_UNKNOWN: Duration = Duration::from_micros(1_260);
 
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
@@ -92,8 +99,135 @@ pub struct ScaleResult {
     pub sync_requests: String,
     pub cache_bytes: u64,
     pub lookups: Lookups,
+    pub processes: Processes,
+    pub keys: KeysRuns,
     pub load: Load,
     pub took: Duration,
+}
+
+/// Lookups as a program makes them, one `getent` (or `id`) process each, timed in the VM
+/// from spawn to exit: what a login's tools and an operator see, a process's first lookup
+/// included (nsswitch.conf, loading the module, opening the cache).
+#[derive(Debug, Clone, Default)]
+pub struct Processes {
+    /// `getent passwd root` (answered by `files`: the process's own floor).
+    pub root: Stats,
+    /// `getent passwd` of a random synced user (the cache).
+    pub hit: Stats,
+    /// `getent passwd` of a name never asked before (the daemon asks the service).
+    pub unknown_once: Stats,
+    /// `getent passwd` of a user added to the service after the sync, each asked once (the
+    /// daemon asks the service and learns the user).
+    pub added: Stats,
+    /// `getent passwd` of one unknown name again and again (the daemon's negative cache).
+    pub unknown_again: Stats,
+    /// `id` of a random synced user (passwd and initgroups through the cache).
+    pub id: Stats,
+}
+
+/// AuthorizedKeysCommand runs one after another, each from a parent process of its own (a new
+/// SSH connection to the daemon, so every run authorizes live), for one user with the role.
+#[derive(Debug, Clone, Default)]
+pub struct KeysRuns {
+    pub runs: Stats,
+    /// OS Login requests the daemon made, per run.
+    pub requests_per_run: f64,
+    /// The service's own time for those requests, per run: each distinct request the runs
+    /// made asked again from inside the VM on a new connection (median), times how often a
+    /// run made it.
+    pub service_per_run: Duration,
+}
+
+impl KeysRuns {
+    /// The median run less the service's own time: what is ours (exec, the socket round trip,
+    /// the daemon's decision).
+    pub fn ours(&self) -> Duration {
+        self.runs.median().saturating_sub(self.service_per_run)
+    }
+}
+
+/// Runs in [`KeysRuns`].
+const KEY_RUNS: usize = 40;
+
+fn keys_runs(env: &TestEnv, fp: &str, users: usize) -> Result<KeysRuns, String> {
+    let (vm, emu) = (env.vm(), env.emulator());
+    // A user with the login role (every fourth has none), in the middle of the directory.
+    let user = numbered(PREFIX, (users / 2) & !3);
+    emu.clear_requests();
+    let (times, codes) = time_in_vm(vm, KEY_RUNS, true, AGENT, &["authorized-keys", &user, fp])?;
+    if let Some(c) = codes.iter().find(|&&c| c != 0) {
+        return Err(format!("authorized-keys {user} exited {c}"));
+    }
+    let mut asked: BTreeMap<String, usize> = BTreeMap::new();
+    for r in emu.requests() {
+        let path = r["path"].as_str().unwrap_or_default();
+        if let Some(p) = path
+            .strip_prefix("/computeMetadata/v1/")
+            .filter(|p| p.starts_with("oslogin/"))
+        {
+            let q = r["query"].as_str().unwrap_or_default();
+            let full = if q.is_empty() {
+                p.to_owned()
+            } else {
+                format!("{p}?{q}")
+            };
+            *asked.entry(full).or_insert(0) += 1;
+        }
+    }
+    let total: usize = asked.values().sum();
+    if total < KEY_RUNS {
+        return Err(format!(
+            "{KEY_RUNS} keys-command runs from fresh parents made {total} OS Login requests: not every run authorized live"
+        ));
+    }
+    let paths: Vec<String> = asked.keys().cloned().collect();
+    let own = get_in_vm(vm, 20, &paths)?;
+    let mut service = Duration::ZERO;
+    for ((path, count), (status, t)) in asked.iter().zip(&own) {
+        if *status != 200 {
+            return Err(format!("GET {path} from the VM answered {status}"));
+        }
+        service += t.median() * *count as u32 / KEY_RUNS as u32;
+    }
+    Ok(KeysRuns {
+        runs: Stats::new(times),
+        requests_per_run: total as f64 / KEY_RUNS as f64,
+        service_per_run: service,
+    })
+}
+
+/// Runs of each kind in [`Processes`].
+const PROCESS_RUNS: usize = 40;
+
+fn processes(env: &TestEnv, users: usize, public: &str) -> Result<Processes, String> {
+    let vm = env.vm();
+    let hit = numbered(PREFIX, users / 3);
+    for i in 0..PROCESS_RUNS {
+        let name = format!("{ADDED}{i}");
+        let u = json!({"email": format!("{name}@example.com"), "username": name,
+                       "uid": FIRST_UID + users as u32 + 1_000 + i as u32,
+                       "keys": [{"key": public, "expiration_usec": null}],
+                       "login": true, "admin": false});
+        env.emulator()
+            .ok("POST", "/oslogin/users", Some(&u.to_string()));
+    }
+    let time = |prog: &str, args: &[&str], want: i32| -> Result<Stats, String> {
+        let (times, codes) = time_in_vm(vm, PROCESS_RUNS, false, prog, args)?;
+        if let Some(c) = codes.iter().find(|&&c| c != want) {
+            return Err(format!(
+                "{prog} {args:?} in the VM exited {c}, wanted {want}"
+            ));
+        }
+        Ok(Stats::new(times))
+    };
+    Ok(Processes {
+        root: time("getent", &["passwd", "root"], 0)?,
+        hit: time("getent", &["passwd", &hit], 0)?,
+        unknown_once: time("getent", &["passwd", "nobodyonce{i}"], 2)?,
+        added: time("getent", &["passwd", &format!("{ADDED}{{i}}")], 0)?,
+        unknown_again: time("getent", &["passwd", "nosuchbenchuser"], 2)?,
+        id: time("id", &[&hit], 0)?,
+    })
 }
 
 /// The emulator's initial state: `n` users, one key, every fourth without the login role.
@@ -201,13 +335,18 @@ fn measure(env: &mut TestEnv, key: &Path, public: &str, p: Params) -> Result<Sca
     // Lookups.
     eprintln!("  scale: lookups through glibc ...");
     r.lookups = lookups_in_vm(env.vm(), p.lookups, p.users, FIRST_UID, PREFIX)?;
+    eprintln!("  scale: getent and id processes ...");
+    r.processes = processes(env, p.users, public)?;
+
+    eprintln!("  scale: AuthorizedKeysCommand runs, one after another ...");
+    let fp = fingerprint(&key.with_extension("pub"))?;
+    r.keys = keys_runs(env, &fp, p.users)?;
 
     // The burst.
     eprintln!(
         "  scale: {} concurrent AuthorizedKeysCommand runs ...",
         p.load
     );
-    let fp = fingerprint(&key.with_extension("pub"))?;
     let material = public.split_whitespace().nth(1).unwrap_or("-");
     let step = (p.users / p.load.max(1)).max(1);
     let picked: Vec<usize> = (0..p.load).map(|k| (k * step + k % 4) % p.users).collect();
@@ -305,6 +444,18 @@ pub fn rows(r: &ScaleResult) -> Vec<Row> {
             "",
         ),
         row(
+            "  the service's own answer to a new unknown name, asked from the looking-up process \
+             on a new connection (what guest-oslogin's module does for every lookup)",
+            format!(
+                "median {}, max {}: our hop through the daemon costs {} (median new miss less this)",
+                fmt_ns(l.direct.median()),
+                fmt_ns(l.direct.max()),
+                fmt_signed_ns(l.new_miss.median(), l.direct.median()),
+            ),
+            "",
+            "",
+        ),
+        row(
             "daemon RSS idle, OS Login off (before the sync)",
             format!(
                 "{} (peak {})",
@@ -368,5 +519,118 @@ fn fmt_ns(d: Duration) -> String {
         format!("{:.1} µs", ns as f64 / 1000.0)
     } else {
         fmt_d(d)
+    }
+}
+
+/// guest-oslogin's AuthorizedKeysCommand run from a fresh parent at 1,000 and 100,000 users
+/// (issue 15).
+const INCUMBENT_KEYS: [(usize, Duration); 2] = [
+    (1_000, Duration::from_micros(11_200)),
+    (100_000, Duration::from_micros(21_500)),
+];
+/// Our keys command must be this many times faster than guest-oslogin's.
+const KEYS_FASTER: f64 = 6.0;
+/// Our own part of a keys-command run (the service's time taken out) may differ by this much
+/// between the sizes: flat in N.
+const FLAT_WITHIN: f64 = 0.10;
+
+/// The same lookups and logins at two directory sizes side by side (`small` first): what a
+/// process sees, and whether our part grows with N.
+pub fn compare_rows(small: &ScaleResult, big: &ScaleResult) -> Vec<Row> {
+    let (a, b) = (&small.processes, &big.processes);
+    let sizes = format!(
+        "{} / {} users",
+        thousands(small.users),
+        thousands(big.users)
+    );
+    let pair = |x: &Stats, y: &Stats| format!("{} / {}", fmt_d(x.median()), fmt_d(y.median()));
+    let ratio = |d: Duration| INCUMBENT_UNKNOWN.as_secs_f64() / d.as_secs_f64().max(1e-9);
+    let unknown_ok = a.unknown_once.median() <= INCUMBENT_UNKNOWN
+        && b.unknown_once.median() <= INCUMBENT_UNKNOWN;
+    let incumbent_keys = |n: usize| {
+        INCUMBENT_KEYS
+            .iter()
+            .find(|(u, _)| *u == n)
+            .map(|(_, d)| *d)
+    };
+    let (ka, kb) = (&small.keys, &big.keys);
+    let faster = [(small.users, ka), (big.users, kb)]
+        .iter()
+        .filter_map(|(n, k)| Some((incumbent_keys(*n)?, k.runs.median())))
+        .map(|(inc, ours)| inc.as_secs_f64() / ours.as_secs_f64().max(1e-9))
+        .collect::<Vec<_>>();
+    let growth = kb.ours().as_secs_f64() / ka.ours().as_secs_f64().max(1e-9) - 1.0;
+    let keys_ok = !faster.is_empty()
+        && faster.iter().all(|&f| f >= KEYS_FASTER)
+        && growth.abs() <= FLAT_WITHIN;
+    let incumbent_keys_text: Vec<String> = INCUMBENT_KEYS
+        .iter()
+        .map(|(n, d)| format!("{} at {}", fmt_d(*d), thousands(*n)))
+        .collect();
+    vec![
+        row(
+            format!("Lookups by a process (`getent passwd`, each a new process), {sizes}: root (files) / a synced user / `id` of it"),
+            format!(
+                "{} ; {} ; {}",
+                pair(&a.root, &b.root),
+                pair(&a.hit, &b.hit),
+                pair(&a.id, &b.id)
+            ),
+            "",
+            "",
+        ),
+        row(
+            "  a user added to the service after the sync (the daemon asks, answers, learns it)",
+            pair(&a.added, &b.added),
+            "",
+            "",
+        ),
+        row(
+            "  unknown name, first time (the daemon asks the service) / asked again (its negative cache)",
+            format!(
+                "{} ; {} (ratio to guest-oslogin, first time: {:.2}x / {:.2}x)",
+                pair(&a.unknown_once, &b.unknown_once),
+                pair(&a.unknown_again, &b.unknown_again),
+                ratio(a.unknown_once.median()),
+                ratio(b.unknown_once.median()),
+            ),
+            format!("{} first time (issue 15)", fmt_d(INCUMBENT_UNKNOWN)),
+            "≤ guest-oslogin at both sizes",
+        )
+        .judged(unknown_ok),
+        row(
+            format!("AuthorizedKeysCommand run from a fresh parent (live authorize), {sizes}"),
+            format!(
+                "{} ({:.1} / {:.1} req/run; {}); less the service's own time for its requests                  ({} / {}): {} / {} ({:+.0}%)",
+                pair(&ka.runs, &kb.runs),
+                ka.requests_per_run,
+                kb.requests_per_run,
+                faster
+                    .iter()
+                    .map(|f| format!("{f:.1}x"))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+                fmt_d(ka.service_per_run),
+                fmt_d(kb.service_per_run),
+                fmt_d(ka.ours()),
+                fmt_d(kb.ours()),
+                growth * 100.0,
+            ),
+            format!("guest-oslogin {} (issue 15)", incumbent_keys_text.join(", ")),
+            format!(
+                "≥ {KEYS_FASTER}x faster; ours within {:.0}% across sizes",
+                FLAT_WITHIN * 100.0
+            ),
+        )
+        .judged(keys_ok),
+    ]
+}
+
+/// `a - b` as `+1.2 µs` / `-3.4 µs`.
+fn fmt_signed_ns(a: Duration, b: Duration) -> String {
+    if a >= b {
+        format!("+{}", fmt_ns(a - b))
+    } else {
+        format!("-{}", fmt_ns(b - a))
     }
 }

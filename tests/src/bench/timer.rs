@@ -15,7 +15,7 @@ use super::Stats;
 use crate::vm::Vm;
 
 /// Handles the in-VM modes (`--time-one`, `--time-runs`, `--burst`, `--time-at`,
-/// `--lookups`); `None` when `args` (without the program name) asks for none of them.
+/// `--lookups`, `--get`); `None` when `args` (without the program name) asks for none of them.
 pub fn dispatch(args: &[String]) -> Option<i32> {
     let (mode, rest) = args.split_first()?;
     Some(match mode.as_str() {
@@ -24,6 +24,7 @@ pub fn dispatch(args: &[String]) -> Option<i32> {
         "--burst" => burst(rest),
         "--time-at" => time_at(rest),
         "--lookups" => lookups(rest),
+        "--get" => get(rest),
         _ => return None,
     })
 }
@@ -77,6 +78,8 @@ fn time_one(argv: &[String]) -> i32 {
 /// each. `same`: every run is a child of this process (one SSH connection to the daemon,
 /// which tells connections apart by the helper's parent); `fresh`: each run is a child of a
 /// new `--time-one` process (a new connection each run, as for the first run of a login).
+/// `{i}` in ARGS is replaced by the run's number (0, 1, ...): with a prefix of the caller's, a
+/// name asked for the first time in every run.
 fn time_runs(argv: &[String]) -> i32 {
     let (Some(n), Some(mode), Some(rest)) = (
         argv.first().and_then(|n| n.parse::<usize>().ok()),
@@ -87,7 +90,12 @@ fn time_runs(argv: &[String]) -> i32 {
         return 2;
     };
     let exe = own_exe();
-    for _ in 0..n {
+    for i in 0..n {
+        let run: Vec<String> = rest
+            .iter()
+            .map(|a| a.replace("{i}", &i.to_string()))
+            .collect();
+        let rest = &run[..];
         if mode == "fresh" {
             match Command::new(&exe).arg("--time-one").args(rest).output() {
                 Ok(o) if o.status.success() => print!("{}", String::from_utf8_lossy(&o.stdout)),
@@ -274,7 +282,8 @@ fn timed_series(
 /// `--lookups N USERS FIRST_UID PREFIX`: glibc lookups in this process, each timed; prints
 /// lines `KEY NS...`: `first` (the process's first lookup: nsswitch.conf, the module, the
 /// cache file), `name` and `uid` (N random existing users each), `miss` (one unknown name
-/// asked N/10 times), `newmiss` (20 names never asked before, each once).
+/// asked N/10 times), `newmiss` (20 names never asked before, each once), `direct` (20 more
+/// such names asked of the metadata service straight from this process, see [`direct_get`]).
 fn lookups(argv: &[String]) -> i32 {
     let (Some(n), Some(users), Some(first_uid), Some(prefix)) = (
         argv.first().and_then(|v| v.parse::<usize>().ok()),
@@ -300,8 +309,100 @@ fn lookups(argv: &[String]) -> i32 {
         (cname("nosuchbenchuser".into()), 0)
     }) && timed_series("newmiss", 20, false, &mut buf, &mut |i| {
         (cname(format!("nobody{stamp}x{i}")), 0)
-    });
+    }) && direct_series(&format!("direct{stamp}x"));
     if ok { 0 } else { 1 }
+}
+
+/// `direct`: 20 unknown names asked of the metadata service the way guest-oslogin's NSS module
+/// asks it for every lookup (a new TCP connection from the looking-up process, one GET of
+/// `oslogin/users?username=`, the answer read to its end): the service's own cost of an
+/// unknown name from this process, with no daemon in between.
+fn direct_series(prefix: &str) -> bool {
+    let mut line = "direct".to_owned();
+    for i in 0..20 {
+        let t = Instant::now();
+        let status = direct_get(&format!("oslogin/users?username={prefix}{i}"));
+        let took = t.elapsed().as_nanos();
+        if status.as_deref() != Some("404") {
+            eprintln!("direct: GET of an unknown name answered {status:?}, wanted 404");
+            return false;
+        }
+        line.push_str(&format!(" {took}"));
+    }
+    println!("{line}");
+    true
+}
+
+/// `--get N PATH...`: N GETs of each `PATH` (under `/computeMetadata/v1/`, query included),
+/// each on a new connection, timed; prints `STATUS NS...` per path, in order.
+fn get(argv: &[String]) -> i32 {
+    let Some((n, paths)) = argv
+        .split_first()
+        .and_then(|(n, p)| Some((n.parse::<usize>().ok()?, p)))
+    else {
+        eprintln!("usage: --get N PATH...");
+        return 2;
+    };
+    for path in paths {
+        let mut status = String::new();
+        let mut times = String::new();
+        for _ in 0..n {
+            let t = Instant::now();
+            let Some(s) = direct_get(path) else {
+                eprintln!("GET {path}: no answer");
+                return 1;
+            };
+            times.push_str(&format!(" {}", t.elapsed().as_nanos()));
+            status = s;
+        }
+        println!("{status}{times}");
+    }
+    0
+}
+
+/// The service's own time for each of `paths` ([`get`]): `n` GETs each, on new connections
+/// from inside the VM; (status, times) per path.
+pub fn get_in_vm(vm: &Vm, n: usize, paths: &[String]) -> Result<Vec<(u16, Stats)>, String> {
+    let mut argv = vec!["--get".to_owned(), n.to_string()];
+    argv.extend(paths.iter().cloned());
+    let text = run_self(vm, &argv)?;
+    let out: Vec<(u16, Stats)> = text
+        .lines()
+        .map(|line| {
+            let v: Vec<u64> = numbers(line)?;
+            let (status, times) = v.split_first().ok_or("--get printed nothing")?;
+            Ok((
+                *status as u16,
+                Stats::new(times.iter().map(|&t| Duration::from_nanos(t)).collect()),
+            ))
+        })
+        .collect::<Result<_, String>>()?;
+    if out.len() != paths.len() {
+        return Err(format!(
+            "--get: {} answers for {} paths",
+            out.len(),
+            paths.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// One GET of `/computeMetadata/v1/PATH` on a new connection to the metadata service, read to
+/// its end; its status.
+fn direct_get(path: &str) -> Option<String> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("169.254.169.254", 80)).ok()?;
+    let _ = s.set_nodelay(true);
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let req = format!(
+        "GET /computeMetadata/v1/{path} HTTP/1.1\r\n\
+         Host: 169.254.169.254\r\nMetadata-Flavor: Google\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).ok()?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace().nth(1).map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -432,6 +533,8 @@ pub struct Lookups {
     pub by_uid: Stats,
     pub miss: Stats,
     pub new_miss: Stats,
+    /// Unknown names asked of the service directly, on a new connection each.
+    pub direct: Stats,
 }
 
 /// `n` random lookups by name and by uid of the users `PREFIX000000`.. (`users` of them, uids
@@ -464,6 +567,7 @@ pub fn lookups_in_vm(
             "uid" => l.by_uid = s,
             "miss" => l.miss = s,
             "newmiss" => l.new_miss = s,
+            "direct" => l.direct = s,
             _ => {}
         }
     }

@@ -110,6 +110,8 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
         sp.load
     );
     let scale = scale::run(record, sp)?;
+    eprintln!("bench-report: the same at 1,000 OS Login users ...");
+    let scale_small = scale::run(record, scale::Params { users: 1_000, ..sp })?;
     eprintln!("bench-report: ending the idle window ...");
     let ready = ready.join().map_err(|_| "the READY measurement panicked")?;
     let idle = idle.finish()?;
@@ -124,6 +126,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     rows.extend(service_rows.next()); // requests per idle hour
     rows.extend(service_rows); // idle RSS
     rows.push(accounts::rss_idle_row(&accounts));
+    rows.extend(scale::compare_rows(&scale_small, &scale));
     rows.extend(scale::rows(&scale));
     rows.extend(accounts::detail_rows(&accounts));
 
