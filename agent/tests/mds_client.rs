@@ -1,10 +1,8 @@
 //! The metadata client against the emulator, in process on 127.0.0.1 (no root needed).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use guest_agent::mds::{ClientSettings, Ec2Client, Endpoint, GceClient, Limits, MdsError, Pool};
+use guest_agent::mds::{ClientSettings, Ec2Client, Endpoint, GceClient, Limits, MdsError};
 use guest_agent_emulator::{EmulatorOptions, Fault, FaultKind, InitialState, Running, Scope};
 
 async fn emulator() -> Running {
@@ -322,126 +320,4 @@ async fn ec2_credentials_and_disabled_endpoint() {
         .await
         .unwrap_err();
     assert!(matches!(err, MdsError::Status { status: 400, .. }), "{err}");
-}
-
-/// A server answering every request on a connection with `200 id`, counting connections and
-/// requests; `close_after`: it closes each connection after that many answers, without saying
-/// so (as a server whose idle timeout ran out does).
-fn counting_server(
-    close_after: usize,
-) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    use std::io::{BufRead, BufReader, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (conns, reqs) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, r) = (conns.clone(), reqs.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
-            c.fetch_add(1, Ordering::SeqCst);
-            let r = r.clone();
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                for _ in 0..close_after {
-                    // The request head, to its empty line.
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                    }
-                    r.fetch_add(1, Ordering::SeqCst);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\nMetadata-Flavor: Google\r\nContent-Length: 2\r\n\r\nid",
-                    );
-                }
-                let _ = stream.shutdown(std::net::Shutdown::Both);
-            });
-        }
-    });
-    (addr, conns, reqs)
-}
-
-fn client_of(addr: std::net::SocketAddr) -> GceClient {
-    GceClient::new(ClientSettings {
-        endpoint: Endpoint::parse(&format!("http://{addr}")).unwrap(),
-        limits: Limits {
-            connect_timeout: Duration::from_secs(5),
-            max_body_bytes: 1 << 20,
-        },
-        request_timeout: Duration::from_secs(20),
-    })
-}
-
-#[tokio::test]
-async fn a_pool_keeps_one_connection_for_requests_one_after_another() {
-    let (addr, conns, reqs) = counting_server(usize::MAX);
-    let pool = Arc::new(Pool::default());
-    let client = client_of(addr).with_pool(pool.clone());
-    for _ in 0..3 {
-        assert_eq!(client.get_text("instance/id").await.unwrap(), "id");
-    }
-    assert_eq!(
-        (conns.load(Ordering::SeqCst), reqs.load(Ordering::SeqCst)),
-        (1, 3)
-    );
-    assert_eq!(
-        pool.idle(),
-        1,
-        "the connection is kept for the next request"
-    );
-
-    // Without a pool: a connection per request, as before.
-    let (addr, conns, reqs) = counting_server(usize::MAX);
-    let client = client_of(addr);
-    for _ in 0..3 {
-        client.get_text("instance/id").await.unwrap();
-    }
-    assert_eq!(
-        (conns.load(Ordering::SeqCst), reqs.load(Ordering::SeqCst)),
-        (3, 3)
-    );
-}
-
-#[tokio::test]
-async fn a_kept_connection_the_server_closed_is_replaced_and_no_request_is_made_twice() {
-    let (addr, conns, reqs) = counting_server(1);
-    let client = client_of(addr).with_pool(Arc::new(Pool::default()));
-    for i in 0..3 {
-        assert_eq!(
-            client.get_text("instance/id").await.unwrap(),
-            "id",
-            "request {i}"
-        );
-    }
-    // Each request on a connection of its own (the closed one was never used), each made once.
-    assert_eq!(reqs.load(Ordering::SeqCst), 3);
-    assert_eq!(conns.load(Ordering::SeqCst), 3);
-}
-
-#[tokio::test]
-async fn a_request_sent_on_a_kept_connection_that_fails_is_not_repeated() {
-    let emu = emulator().await;
-    let client = gce(&emu).with_pool(Arc::new(Pool::default()));
-    assert!(client.get_text("instance/id").await.is_ok());
-    emu.state().add_fault(fault(
-        "/computeMetadata/v1/instance/id",
-        FaultKind::Drop,
-        Some(1),
-    ));
-    let err = client.get_text("instance/id").await.unwrap_err();
-    assert!(matches!(err, MdsError::Http { .. }), "{err}");
-    assert_eq!(
-        count(&emu, "GET", "/computeMetadata/v1/instance/id"),
-        2,
-        "the dropped request was made once, not again"
-    );
-    assert!(
-        client.get_text("instance/id").await.is_ok(),
-        "and the next one works"
-    );
 }

@@ -58,7 +58,6 @@ impl Ec2Client {
             TOKEN_PATH,
             &[(TTL_HEADER, ttl.as_str())],
             s.request_timeout,
-            None,
         )
         .await?;
         let url = || s.endpoint.url(TOKEN_PATH);
@@ -102,7 +101,6 @@ impl Ec2Client {
             path,
             &headers,
             s.request_timeout,
-            None,
         )
         .await?;
         Ok((answer.status, answer.body))

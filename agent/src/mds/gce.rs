@@ -6,9 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use std::sync::Arc;
-
-use super::http::{Answer, Pool, exchange};
+use super::http::{Answer, exchange};
 use super::{ClientSettings, MdsError, body_start};
 
 const PREFIX: &str = "/computeMetadata/v1/";
@@ -18,9 +16,6 @@ const FLAVOR: &str = "Metadata-Flavor";
 #[derive(Debug, Clone)]
 pub struct GceClient {
     settings: ClientSettings,
-    /// Kept-alive connections for ordinary requests (never for long polls, which hold theirs
-    /// for minutes); None: a new connection per request.
-    pool: Option<Arc<Pool>>,
 }
 
 /// The whole tree as the service answered it, with its version.
@@ -32,16 +27,7 @@ pub struct Tree {
 
 impl GceClient {
     pub fn new(settings: ClientSettings) -> Self {
-        GceClient {
-            settings,
-            pool: None,
-        }
-    }
-
-    /// The same client, reusing `pool`'s connections for ordinary requests.
-    pub fn with_pool(mut self, pool: Arc<Pool>) -> GceClient {
-        self.pool = Some(pool);
-        self
+        GceClient { settings }
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -52,10 +38,7 @@ impl GceClient {
     pub fn with_timeout(&self, request_timeout: Duration) -> GceClient {
         let mut settings = self.settings.clone();
         settings.request_timeout = request_timeout;
-        GceClient {
-            settings,
-            pool: self.pool.clone(),
-        }
+        GceClient { settings }
     }
 
     /// GETs `PREFIX + path_and_query` and returns the body of a 200 answer that echoed the
@@ -74,7 +57,6 @@ impl GceClient {
             &full,
             &[(FLAVOR, "Google")],
             s.request_timeout + extra_wait,
-            self.pool.as_deref().filter(|_| extra_wait.is_zero()),
         )
         .await?;
         let url = || s.endpoint.url(&full);

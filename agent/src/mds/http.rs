@@ -1,13 +1,11 @@
 //! One HTTP/1.1 exchange with the metadata service, bounded in time and size.
 //!
-//! Deliberately small: one connection per request unless the caller brings a [`Pool`] (the
-//! OS Login service does: a login's two requests and a lookup's one then skip the TCP and
-//! HTTP handshakes, one network round trip each on a real VM), never a proxy (the `*_proxy` variables are not read, on purpose: a proxy in front
+//! Deliberately small: one connection per request (the daemon makes about one request a
+//! minute), never a proxy (the `*_proxy` variables are not read, on purpose: a proxy in front
 //! of the metadata service caused 403 storms for the incumbent), a connect deadline, a deadline
 //! on the whole exchange, and a cap on the body that is enforced while reading.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
@@ -92,90 +90,7 @@ impl Answer {
     }
 }
 
-/// An HTTP/1.1 connection: the request half and the task that drives it (ended with it).
-struct Connection {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    _task: AbortOnDrop<()>,
-}
-
-/// Kept-alive connections to the metadata service, reused by later requests.
-///
-/// A connection goes back only after its answer was read to the end (a request cut by its
-/// deadline, a body over the cap or a broken answer drop theirs), at most [`Pool::MAX_IDLE`]
-/// are kept, and one idle longer than [`Pool::IDLE_FOR`] is closed instead of used: far under
-/// the idle timeout of any HTTP server, so the service does not close it in the moment it
-/// is used. If it did all the same, and the request was never sent (hyper: canceled), the
-/// request is made once more on a new connection; once sent, it is never repeated (the
-/// answer is an error like any other, and the service saw one request).
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<Vec<(Endpoint, Instant, Connection)>>,
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Pool({} idle)", self.idle())
-    }
-}
-
-impl Pool {
-    pub const MAX_IDLE: usize = 4;
-    pub const IDLE_FOR: Duration = Duration::from_secs(4);
-
-    fn take(&self, endpoint: &Endpoint) -> Option<Connection> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(_, at, c)| at.elapsed() < Self::IDLE_FOR && !c.sender.is_closed());
-        let i = idle
-            .iter()
-            .rposition(|(e, _, c)| e == endpoint && c.sender.is_ready())?;
-        Some(idle.swap_remove(i).2)
-    }
-
-    fn put(&self, endpoint: &Endpoint, c: Connection) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < Self::MAX_IDLE {
-            idle.push((endpoint.clone(), Instant::now(), c));
-        }
-    }
-
-    /// Idle connections held now.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-}
-
-/// Opens a connection within `limits.connect_timeout`.
-async fn connect(endpoint: &Endpoint, limits: Limits, url: &str) -> Result<Connection, MdsError> {
-    let stream = tokio::time::timeout(
-        limits.connect_timeout,
-        TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
-    )
-    .await
-    .map_err(|_| MdsError::ConnectTimeout {
-        url: url.to_owned(),
-        after: limits.connect_timeout,
-    })?
-    .map_err(|source| MdsError::Connect {
-        url: url.to_owned(),
-        source,
-    })?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| MdsError::Http {
-            url: url.to_owned(),
-            source,
-        })?;
-    Ok(Connection {
-        sender,
-        _task: AbortOnDrop(tokio::spawn(async move {
-            let _ = conn.await;
-        })),
-    })
-}
-
-/// Makes one request and reads the whole answer within `deadline`, on a new connection, or
-/// on one from `pool` (and back into it) when one is given.
+/// Makes one request and reads the whole answer within `deadline`.
 pub async fn exchange(
     endpoint: &Endpoint,
     limits: Limits,
@@ -183,44 +98,48 @@ pub async fn exchange(
     path_and_query: &str,
     headers: &[(&str, &str)],
     deadline: Duration,
-    pool: Option<&Pool>,
 ) -> Result<Answer, MdsError> {
     let url = || endpoint.url(path_and_query);
     let work = async {
-        let reused = pool.and_then(|p| p.take(endpoint));
-        let was_reused = reused.is_some();
-        let mut conn = match reused {
-            Some(c) => c,
-            None => connect(endpoint, limits, &url()).await?,
-        };
-        let request = || {
-            let mut request = Request::builder()
-                .method(method.clone())
-                .uri(path_and_query)
-                .header(hyper::header::HOST, endpoint.authority())
-                .header(
-                    hyper::header::USER_AGENT,
-                    concat!("guest-agent/", env!("CARGO_PKG_VERSION")),
-                );
-            for (name, value) in headers {
-                request = request.header(*name, *value);
-            }
-            request
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| MdsError::Request {
-                    url: url(),
-                    reason: e.to_string(),
-                })
-        };
-        let response = match conn.sender.send_request(request()?).await {
-            // A kept connection the service had closed before the request went out.
-            Err(e) if was_reused && e.is_canceled() => {
-                conn = connect(endpoint, limits, &url()).await?;
-                conn.sender.send_request(request()?).await
-            }
-            other => other,
+        let stream = tokio::time::timeout(
+            limits.connect_timeout,
+            TcpStream::connect((endpoint.host.as_str(), endpoint.port)),
+        )
+        .await
+        .map_err(|_| MdsError::ConnectTimeout {
+            url: url(),
+            after: limits.connect_timeout,
+        })?
+        .map_err(|source| MdsError::Connect { url: url(), source })?;
+        let _ = stream.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| MdsError::Http { url: url(), source })?;
+        // The connection task lives exactly as long as this exchange.
+        let conn = AbortOnDrop(tokio::spawn(async move {
+            let _ = conn.await;
+        }));
+        let mut request = Request::builder()
+            .method(method)
+            .uri(path_and_query)
+            .header(hyper::header::HOST, endpoint.authority())
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("guest-agent/", env!("CARGO_PKG_VERSION")),
+            );
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        .map_err(|source| MdsError::Http { url: url(), source })?;
+        let request = request
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| MdsError::Request {
+                url: url(),
+                reason: e.to_string(),
+            })?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| MdsError::Http { url: url(), source })?;
         let (parts, mut body) = response.into_parts();
         let declared = parts
             .headers
@@ -246,9 +165,7 @@ pub async fn exchange(
                 buf.extend_from_slice(&data);
             }
         }
-        if let Some(p) = pool {
-            p.put(endpoint, conn);
-        }
+        drop(conn);
         Ok(Answer {
             status: parts.status.as_u16(),
             headers: parts.headers,

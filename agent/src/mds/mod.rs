@@ -14,7 +14,7 @@ pub use backoff::Backoff;
 pub use ec2::Ec2Client;
 pub use gce::GceClient;
 pub(crate) use gce::query_escape;
-pub use http::{Endpoint, Limits, Pool};
+pub use http::{Endpoint, Limits};
 pub use snapshot::Snapshot;
 
 /// Why a request to the metadata service did not give a usable answer. Every variant names the

@@ -17,7 +17,7 @@ use super::decision::{self, Refusal, Rules};
 use super::directory::{Directory, Group, Inserted, LocalAccounts, Miss};
 use super::profile::{OsUser, parse_group_page, parse_members, parse_single_user};
 use crate::config::Config;
-use crate::mds::{ClientSettings, GceClient, MdsError, Pool, query_escape};
+use crate::mds::{ClientSettings, GceClient, MdsError, query_escape};
 
 /// Deadline for a lookup the NSS module is waiting on (it gives up after 90 ms; the answer
 /// still lands in the directory for the next lookup).
@@ -108,10 +108,6 @@ pub struct OsLogin {
     lookups: Mutex<LookupHealth>,
     /// Held across one cache rebuild and write (`write_cache`).
     pub(super) cache_writes: tokio::sync::Mutex<()>,
-    /// Kept-alive connections to the metadata service for every OS Login request (a login's
-    /// two, a lookup's one, a sync's pages): each skips the TCP and HTTP handshakes when a
-    /// request came shortly before (see [`Pool`]).
-    pool: Arc<Pool>,
     sync_requested: Notify,
     /// How many syncs were requested: a request made before a sync started is answered by
     /// that sync (OS Login turning on while the first sync is about to run asked for a second,
@@ -187,7 +183,6 @@ impl OsLogin {
             refreshes: Mutex::new(Default::default()),
             lookups: Mutex::new(LookupHealth::default()),
             cache_writes: tokio::sync::Mutex::new(()),
-            pool: Arc::new(Pool::default()),
             sync_requested: Notify::new(),
             sync_generation: AtomicU64::new(0),
             ca_requested: Notify::new(),
@@ -201,10 +196,9 @@ impl OsLogin {
     }
 
     pub(super) fn client(&self) -> Result<GceClient, String> {
-        Ok(
-            GceClient::new(ClientSettings::from_config(&self.config().metadata)?)
-                .with_pool(self.pool.clone()),
-        )
+        Ok(GceClient::new(ClientSettings::from_config(
+            &self.config().metadata,
+        )?))
     }
 
     pub fn is_enabled(&self) -> bool {
