@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use super::accounts::field;
-use super::login::{fingerprint, oslogin_requests};
+use super::login::{OSLOGIN_PREFIX, fingerprint, oslogin_requests};
 use super::nss::thousands;
 use super::procfs::{agent_pid, memory};
 use super::timer::{
@@ -161,15 +161,12 @@ fn keys_runs(env: &TestEnv, fp: &str, users: usize) -> Result<KeysRuns, String> 
     let mut asked: BTreeMap<String, usize> = BTreeMap::new();
     for r in emu.requests() {
         let path = r["path"].as_str().unwrap_or_default();
-        if let Some(p) = path
-            .strip_prefix("/computeMetadata/v1/")
-            .filter(|p| p.starts_with("oslogin/"))
-        {
+        if let Some(p) = path.strip_prefix(OSLOGIN_PREFIX) {
             let q = r["query"].as_str().unwrap_or_default();
             let full = if q.is_empty() {
-                p.to_owned()
+                format!("oslogin/{p}")
             } else {
-                format!("{p}?{q}")
+                format!("oslogin/{p}?{q}")
             };
             *asked.entry(full).or_insert(0) += 1;
         }
@@ -601,7 +598,7 @@ pub fn compare_rows(small: &ScaleResult, big: &ScaleResult) -> Vec<Row> {
         row(
             format!("AuthorizedKeysCommand run from a fresh parent (live authorize), {sizes}"),
             format!(
-                "{} ({:.1} / {:.1} req/run; {}); less the service's own time for its requests                  ({} / {}): {} / {} ({:+.0}%)",
+                "{} ({:.1} / {:.1} req/run; {}); less the service's own time for its requests ({} / {}): {} / {} ({:+.0}%)",
                 pair(&ka.runs, &kb.runs),
                 ka.requests_per_run,
                 kb.requests_per_run,

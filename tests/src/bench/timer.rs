@@ -283,7 +283,7 @@ fn timed_series(
 /// lines `KEY NS...`: `first` (the process's first lookup: nsswitch.conf, the module, the
 /// cache file), `name` and `uid` (N random existing users each), `miss` (one unknown name
 /// asked N/10 times), `newmiss` (20 names never asked before, each once), `direct` (20 more
-/// such names asked of the metadata service straight from this process, see [`direct_get`]).
+/// such names asked of the metadata service straight from this process, see [`timed_get`]).
 fn lookups(argv: &[String]) -> i32 {
     let (Some(n), Some(users), Some(first_uid), Some(prefix)) = (
         argv.first().and_then(|v| v.parse::<usize>().ok()),
@@ -320,14 +320,13 @@ fn lookups(argv: &[String]) -> i32 {
 fn direct_series(prefix: &str) -> bool {
     let mut line = "direct".to_owned();
     for i in 0..20 {
-        let t = Instant::now();
-        let status = direct_get(&format!("oslogin/users?username={prefix}{i}"));
-        let took = t.elapsed().as_nanos();
-        if status.as_deref() != Some("404") {
-            eprintln!("direct: GET of an unknown name answered {status:?}, wanted 404");
-            return false;
+        match timed_get(&format!("oslogin/users?username={prefix}{i}")) {
+            Some((status, took)) if status == "404" => line.push_str(&format!(" {took}")),
+            other => {
+                eprintln!("direct: GET of an unknown name answered {other:?}, wanted 404");
+                return false;
+            }
         }
-        line.push_str(&format!(" {took}"));
     }
     println!("{line}");
     true
@@ -347,12 +346,11 @@ fn get(argv: &[String]) -> i32 {
         let mut status = String::new();
         let mut times = String::new();
         for _ in 0..n {
-            let t = Instant::now();
-            let Some(s) = direct_get(path) else {
+            let Some((s, took)) = timed_get(path) else {
                 eprintln!("GET {path}: no answer");
                 return 1;
             };
-            times.push_str(&format!(" {}", t.elapsed().as_nanos()));
+            times.push_str(&format!(" {took}"));
             status = s;
         }
         println!("{status}{times}");
@@ -388,9 +386,10 @@ pub fn get_in_vm(vm: &Vm, n: usize, paths: &[String]) -> Result<Vec<(u16, Stats)
 }
 
 /// One GET of `/computeMetadata/v1/PATH` on a new connection to the metadata service, read to
-/// its end; its status.
-fn direct_get(path: &str) -> Option<String> {
+/// its end; its status and the ns it took, from the connect on.
+fn timed_get(path: &str) -> Option<(String, u128)> {
     use std::io::Write;
+    let t = Instant::now();
     let mut s = std::net::TcpStream::connect(("169.254.169.254", 80)).ok()?;
     let _ = s.set_nodelay(true);
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -401,8 +400,9 @@ fn direct_get(path: &str) -> Option<String> {
     s.write_all(req.as_bytes()).ok()?;
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).ok()?;
+    let took = t.elapsed().as_nanos();
     let text = String::from_utf8_lossy(&answer);
-    text.split_whitespace().nth(1).map(str::to_owned)
+    Some((text.split_whitespace().nth(1)?.to_owned(), took))
 }
 
 // ---------------------------------------------------------------------------------------
