@@ -216,6 +216,9 @@ pub struct AccountsConfig {
     pub useradd_cmd: String,
     /// Delete an account (`deprovision = "delete"`), `{user}` replaced by the name.
     pub userdel_cmd: String,
+    /// `auto`: the daemon takes over from Google's guest agent once, when it finds its traces
+    /// (see [`crate::takeover`]); `off`: only `guest-agent takeover` does.
+    pub takeover: String,
 }
 
 impl Default for AccountsConfig {
@@ -230,6 +233,7 @@ impl Default for AccountsConfig {
             cloud_init_wait_secs: 120,
             useradd_cmd: String::new(),
             userdel_cmd: "/usr/sbin/userdel {user}".into(),
+            takeover: "auto".into(),
         }
     }
 }
@@ -472,6 +476,13 @@ impl Config {
                 "accounts.deprovision",
                 &format!("{:?}", a.deprovision),
                 "must be \"keep\" or \"delete\"",
+            );
+        }
+        if !matches!(a.takeover.as_str(), "auto" | "off") {
+            return invalid(
+                "accounts.takeover",
+                &format!("{:?}", a.takeover),
+                "must be \"auto\" or \"off\"",
             );
         }
         for (key, template) in [

@@ -110,10 +110,15 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
             Default::default(),
         )),
         Box::new(crate::accounts::reconciler::AccountsReconciler::new(
-            config_rx,
+            config_rx.clone(),
             Default::default(),
             answers,
             reread,
+        )),
+        // Last: ours is in effect (written earlier in the same pass) before Google's goes.
+        Box::new(crate::takeover::TakeoverReconciler::new(
+            config_rx,
+            Default::default(),
         )),
     ];
     let reconciler = AbortOnDrop(tokio::spawn(reconcile::run(

@@ -14,6 +14,7 @@ pub mod notify;
 pub mod oslogin;
 pub mod reconcile;
 pub mod socket;
+pub mod takeover;
 pub mod task;
 pub mod tokens;
 

@@ -68,6 +68,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Take over from Google's guest agent (or Yandex's fork): adopt its users, move its sudo
+    /// members to our group, and remove its sshd blocks, nsswitch entries, PAM lines, sudoers
+    /// files, caches and units once ours are in effect. Report: /var/lib/guest-agent/takeover.json.
+    Takeover {
+        /// The agent to take over from.
+        #[arg(long, default_value = "google")]
+        from: String,
+        /// Print the plan; change nothing.
+        #[arg(long, conflicts_with = "undo")]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Put back every file the takeover changed, from what its report saved.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Explain why a login fails and what to do: metadata, OS Login, sshd, NSS, the user's
     /// roles, keys and files, the CA file, a certificate, the daemon. Exit 0 when nothing
     /// failed, 1 when a check failed, 78 for a bad config file. Run it as root.
@@ -151,6 +167,15 @@ fn main() -> ExitCode {
         Command::Identity { json } => guest_agent::commands::identity(&config, json),
         Command::Doctor { user, cert, json } => {
             guest_agent::doctor::run(&config, &guest_agent::doctor::Options { user, cert, json })
+        }
+        Command::Takeover {
+            from,
+            dry_run,
+            json,
+            undo,
+        } => {
+            guest_agent::logging::init(&config.daemon.log_level);
+            guest_agent::takeover::command::run(&config, &from, dry_run, json, undo)
         }
         Command::Run => {
             // The daemon must never ask itself through the NSS module (it answers the socket

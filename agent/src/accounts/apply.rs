@@ -21,7 +21,7 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::{Mode, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use super::authorized_keys::render;
+use super::authorized_keys::{GoogleLines, render, render_with};
 use super::key_link;
 use crate::host::accountdb::{self, AccountDbError, AccountFiles};
 use crate::host::as_user::AsUser;
@@ -402,6 +402,16 @@ fn make_ssh_dir(home: &DirFd, ssh_path: &Path, user: &PasswdEntry) -> Result<Dir
 /// block; that is logged once, with where the link pointed. With no keys to write, a link is
 /// left alone.
 pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyError> {
+    write_keys_with(user, lines, GoogleLines::KeepUnlisted)
+}
+
+/// [`write_keys`], with Google's `# Added by Google` lines treated as `google` says.
+pub fn write_keys_with(
+    user: &PasswdEntry,
+    lines: &[String],
+    google: GoogleLines,
+) -> Result<bool, ApplyError> {
+    let render = |existing: &str, lines: &[String]| render_with(existing, lines, google);
     let refuse_link = |path: PathBuf| ApplyError::Link {
         path,
         user: user.name.clone(),
@@ -552,6 +562,7 @@ pub fn write_keys(user: &PasswdEntry, lines: &[String]) -> Result<bool, ApplyErr
     if existing.is_some() && new == old || existing.is_none() && new.is_empty() {
         return Ok(false);
     }
+
     Ok(files::write_atomic_at(
         dir,
         name,

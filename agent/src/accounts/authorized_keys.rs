@@ -21,7 +21,10 @@
 //! single line ending with `# Added by Google` (the comment form) whose key we write is removed
 //! the same way. Pairs are read on the lines outside our regions, so removing one can make the
 //! line before it and the line after it a pair (as if removal were repeated until nothing
-//! changes); this keeps [`render`] idempotent.
+//! changes); this keeps [`render`] idempotent. After a takeover from Google's agent
+//! ([`GoogleLines::DropAll`], `guest-agent takeover`) every such pair goes, listed or not: the
+//! listed keys are in our block, and a key metadata no longer lists must stop working, as it
+//! would have under Google's agent.
 
 use std::collections::HashSet;
 
@@ -85,11 +88,28 @@ pub fn managed(existing: &str) -> Vec<String> {
         .collect()
 }
 
+/// What happens to Google's `# Added by Google` key lines outside our block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GoogleLines {
+    /// A pair goes when its key is in the block we write; the others stay (before a takeover
+    /// from Google's agent: a key metadata no longer lists is not ours to remove).
+    #[default]
+    KeepUnlisted,
+    /// Every pair goes (after `guest-agent takeover`: we are the agent that wrote them now,
+    /// and the keys metadata still lists are in the block we write, in the same file write).
+    DropAll,
+}
+
 /// The file with our block holding exactly `keys` (in that order), everything else kept. An
 /// empty `keys` removes the block and its markers (a file that held only our block becomes
 /// empty); a file without our markers is then returned unchanged. Keys are lines without line
 /// endings: an entry holding a CR or LF, or only blanks, is skipped (it cannot be one line).
 pub fn render(existing: &str, keys: &[String]) -> String {
+    render_with(existing, keys, GoogleLines::KeepUnlisted)
+}
+
+/// [`render`], with Google's key lines treated as `google` says.
+pub fn render_with(existing: &str, keys: &[String], google: GoogleLines) -> String {
     let keys: Vec<&str> = keys
         .iter()
         .map(String::as_str)
@@ -97,7 +117,9 @@ pub fn render(existing: &str, keys: &[String]) -> String {
         .collect();
     let lines = lines(existing);
     let first_marker = lines.iter().position(|l| l.role == Role::Marker);
-    if keys.is_empty() && first_marker.is_none() {
+    let drop_all = google == GoogleLines::DropAll;
+    if keys.is_empty() && first_marker.is_none() && !(drop_all && existing.contains(GOOGLE_MARKER))
+    {
         return existing.to_owned();
     }
     let ours: HashSet<(&str, &str)> = keys.iter().filter_map(|k| key_identity(k)).collect();
@@ -109,7 +131,7 @@ pub fn render(existing: &str, keys: &[String]) -> String {
             continue;
         }
         let identity = key_identity(l.text);
-        let is_ours = identity.is_some_and(|id| ours.contains(&id));
+        let is_ours = identity.is_some_and(|id| drop_all || ours.contains(&id));
         if is_ours && l.text.trim_end().ends_with(GOOGLE_MARKER) {
             continue;
         }

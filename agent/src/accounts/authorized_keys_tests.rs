@@ -183,3 +183,32 @@ fn keys_that_are_not_one_line_are_skipped() {
     let keys = k(&[A, "x\ncommand=\"evil\" ssh-ed25519 AAAA", "  ", B, "y\r"]);
     assert_eq!(render("", &keys), block(&[A, B]));
 }
+
+#[test]
+fn after_a_takeover_every_google_pair_goes_and_the_users_own_lines_stay() {
+    use super::{GoogleLines, render_with};
+    let listed = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIListedListedListedListedListedListed alice";
+    let revoked = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIRevokedRevokedRevokedRevokedRevoked alice";
+    let own = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOwnOwnOwnOwnOwnOwnOwnOwnOwnOwnOwnOwn mine";
+    let file = format!(
+        "# Added by Google\n{listed}\n# Added by Google\n{revoked}\n{own}\n{revoked} # Added by Google\n"
+    );
+    let keep = super::render(&file, &[listed.to_owned()]);
+    assert!(
+        keep.contains(revoked),
+        "before a takeover an unlisted pair stays"
+    );
+    let out = render_with(&file, &[listed.to_owned()], GoogleLines::DropAll);
+    assert!(!out.contains(revoked), "{out}");
+    assert!(!out.contains("# Added by Google"), "{out}");
+    assert!(out.starts_with(&format!("{own}\n")), "{out}");
+    assert!(out.contains(listed), "the listed key is in our block");
+    assert_eq!(
+        render_with(&out, &[listed.to_owned()], GoogleLines::DropAll),
+        out,
+        "idempotent"
+    );
+    // A user who left metadata (no keys to write): Google's lines still go, theirs stay.
+    let gone = render_with(&file, &[], GoogleLines::DropAll);
+    assert_eq!(gone, format!("{own}\n"));
+}

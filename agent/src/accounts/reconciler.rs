@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
 use super::apply::{self, Tools};
+use super::authorized_keys::GoogleLines;
 use super::keys::desired_keys;
 use super::plan::{Inputs, plan};
 use super::state::AccountsState;
@@ -37,6 +38,8 @@ pub struct Paths {
     /// given to a new account.
     pub home_base: PathBuf,
     pub cloud_init: CloudInitPaths,
+    /// The takeover report ([`crate::takeover::Report`]).
+    pub takeover_report: PathBuf,
 }
 
 impl Default for Paths {
@@ -49,6 +52,7 @@ impl Default for Paths {
             homes: HomePaths::default(),
             home_base: "/home".into(),
             cloud_init: CloudInitPaths::default(),
+            takeover_report: crate::takeover::REPORT_PATH.into(),
         }
     }
 }
@@ -210,7 +214,27 @@ impl Reconciler for AccountsReconciler {
         let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
         let groups = passwd::parse_group(&passwd::read(&self.paths.group));
         let files = self.account_files();
-        let state = AccountsState::load(&self.paths.state);
+        let mut state = AccountsState::load(&self.paths.state);
+        // A takeover from Google's agent: its users are ours now (once per report), and its
+        // key lines are ours to drop.
+        let taken_over = crate::takeover::adopted(&self.paths.takeover_report);
+        if let Some((at, adoption)) = &taken_over
+            && state.takeover_merged != Some(*at)
+        {
+            tracing::info!(
+                managed = ?adoption.managed,
+                created = ?adoption.created,
+                "users of Google's guest agent adopted"
+            );
+            state.managed.extend(adoption.managed.iter().cloned());
+            state.created.extend(adoption.created.iter().cloned());
+            state.takeover_merged = Some(*at);
+        }
+        let google_lines = if taken_over.is_some() {
+            GoogleLines::DropAll
+        } else {
+            GoogleLines::KeepUnlisted
+        };
         let reserved = accountdb::reserved_uids(&self.paths.home_base, &state.retired);
         // Only deletions need the names to protect (cloud.cfg is read only then).
         let delete_released = a.deprovision == "delete";
@@ -319,7 +343,7 @@ impl Reconciler for AccountsReconciler {
             {
                 tracing::warn!(%user, error = %e, "cannot create the home");
             }
-            match apply::write_keys(entry, lines) {
+            match apply::write_keys_with(entry, lines, google_lines) {
                 Ok(true) => {
                     written += 1;
                     tracing::info!(%user, keys = lines.len(), "authorized_keys updated");

@@ -26,6 +26,9 @@ pub struct AccountsState {
     /// user -> the cloud-init `groups:` memberships the agent added (only these are ever
     /// removed by it).
     pub granted: BTreeMap<String, BTreeSet<String>>,
+    /// The takeover from Google's agent (its report's time) whose users were merged into
+    /// `managed` and `created` (each report once: a user released since is not adopted again).
+    pub takeover_merged: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

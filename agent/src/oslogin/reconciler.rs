@@ -70,8 +70,10 @@ pub struct OsLoginReconciler {
     service: Arc<OsLogin>,
     config: watch::Receiver<Arc<Config>>,
     paths: HostPaths,
-    /// (enabled, sshd settings) last applied successfully.
-    applied: Option<(bool, sshd::SshdSettings)>,
+    /// (enabled, sshd settings, the main sshd_config's identity) last applied successfully:
+    /// a main config changed since (a takeover removed another agent's block, an operator's
+    /// edit) is planned again, so a chained command that is gone is not kept.
+    applied: Option<(bool, sshd::SshdSettings, Option<FileStamp>)>,
     /// After a failure, when to try again without a metadata change (sshd installed later,
     /// a config fixed by hand): every `accounts.check_interval_secs`.
     retry_at: Option<std::time::Instant>,
@@ -253,7 +255,8 @@ impl Reconciler for OsLoginReconciler {
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         let on = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
         let settings = self.settings();
-        if self.applied.as_ref() == Some(&(on, settings.clone())) {
+        let stamp = file_stamp(&self.paths.sshd.main_config);
+        if self.applied.as_ref() == Some(&(on, settings.clone(), stamp)) {
             return Ok(());
         }
         let result = if on {
@@ -263,7 +266,8 @@ impl Reconciler for OsLoginReconciler {
         };
         match result {
             Ok(()) => {
-                self.applied = Some((on, settings));
+                // The stamp after our own edit (a block we wrote there is no change).
+                self.applied = Some((on, settings, file_stamp(&self.paths.sshd.main_config)));
                 self.retry_at = None;
                 Ok(())
             }
@@ -280,6 +284,15 @@ impl Reconciler for OsLoginReconciler {
             }
         }
     }
+}
+
+/// A file's inode, size and modification time (`None`: missing).
+type FileStamp = (u64, u64, i64, i64);
+
+fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 /// What OS Login asks of sshd with this configuration (also what `doctor` expects to find).
