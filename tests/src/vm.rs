@@ -111,6 +111,19 @@ mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Makes all of /var the VM's own for a test that writes outside /var/lib (Google's
+    /// `/var/google-users.d`): an overlay on the host's /var whose writes land in the VM's
+    /// directory, and a fresh tmpfs on /var/lib again (the overlay hides the VM's). Call it
+    /// before anything is written to /var/lib.
+    pub fn private_var(&self) {
+        let r = self.root.display();
+        self.run(&format!(
+            "set -e; mkdir -p {r}/varupper {r}/varwork; \
+             mount -t overlay overlay -o lowerdir=/var,upperdir={r}/varupper,workdir={r}/varwork /var; \
+             mount -t tmpfs -o mode=755 tmpfs /var/lib"
+        ));
+    }
+
     /// A file's content inside the VM.
     pub fn read(&self, path: &str) -> Option<String> {
         let out = self.command("cat").arg(path).output().ok()?;

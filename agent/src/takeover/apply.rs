@@ -76,7 +76,7 @@ fn read_text(path: &Path) -> Option<String> {
 /// Reads what Google's agent left (see [`Found`]).
 pub fn gather(paths: &Paths, ctx: &Context) -> Found {
     let t = &paths.traces;
-    let mut whole_files: Vec<PathBuf> = [&t.sudoers_users, &t.sudoers_oslogin]
+    let mut whole_files: Vec<PathBuf> = [&t.trusted_ca, &t.sudoers_users, &t.sudoers_oslogin]
         .into_iter()
         .chain(t.caches.iter())
         .filter(|p| std::fs::symlink_metadata(p).is_ok())
@@ -170,6 +170,9 @@ fn save(paths: &Paths, report: &mut Report, path: &Path) -> Result<(), TakeoverE
     let meta = std::fs::symlink_metadata(&target).map_err(err)?;
     let kind = if meta.is_dir() {
         BackupKind::Dir
+    } else if std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()) {
+        // Never read: a FIFO without a writer would hang us.
+        BackupKind::Fifo
     } else {
         let bytes = std::fs::read(&target).map_err(err)?;
         let name = format!("{:04}", report.backups.len() + 1);
@@ -416,6 +419,23 @@ fn restore(paths: &Paths, b: &Backup) -> Result<(), TakeoverError> {
                     .mode(b.mode)
                     .create(&b.path)
                     .map_err(io("create"))?;
+            }
+            nix::unistd::chown(
+                &b.path,
+                Some(nix::unistd::Uid::from_raw(b.uid)),
+                Some(nix::unistd::Gid::from_raw(b.gid)),
+            )
+            .map_err(|e| io("chown")(e.into()))?;
+            std::fs::set_permissions(
+                &b.path,
+                std::os::unix::fs::PermissionsExt::from_mode(b.mode),
+            )
+            .map_err(io("chmod"))?;
+        }
+        BackupKind::Fifo => {
+            if std::fs::symlink_metadata(&b.path).is_err() {
+                nix::unistd::mkfifo(&b.path, nix::sys::stat::Mode::from_bits_truncate(b.mode))
+                    .map_err(|e| io("create the FIFO")(e.into()))?;
             }
             nix::unistd::chown(
                 &b.path,

@@ -85,6 +85,8 @@ pub enum BackupKind {
     File { saved: String },
     /// A directory (its files are saved on their own).
     Dir,
+    /// A FIFO (Google's `TrustedUserCAKeys`): made again, never read.
+    Fifo,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

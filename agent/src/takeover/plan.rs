@@ -47,6 +47,8 @@ pub struct TracePaths {
     pub sudoers_dir: PathBuf,
     pub users_dir: PathBuf,
     pub caches: Vec<PathBuf>,
+    /// The FIFO its agent feeds sshd's `TrustedUserCAKeys` from.
+    pub trusted_ca: PathBuf,
 }
 
 impl Default for TracePaths {
@@ -65,6 +67,7 @@ impl Default for TracePaths {
                 "/etc/oslogin_passwd.cache".into(),
                 "/etc/oslogin_group.cache".into(),
             ],
+            trusted_ca: "/etc/ssh/oslogin_trustedca.pub".into(),
         }
     }
 }
@@ -296,7 +299,7 @@ pub fn plan(f: &Found, paths: &TracePaths) -> Plan {
         .collect();
     p.sudo_add = members.clone();
     for path in &f.whole_files {
-        let step = if path.starts_with(&paths.users_dir) {
+        let step = if path.starts_with(&paths.users_dir) || *path == paths.trusted_ca {
             Step::Sshd
         } else if paths.caches.contains(path) {
             Step::Nsswitch
