@@ -133,6 +133,24 @@ fn takeover(env: &TestEnv, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// doctor's `google-agent` check, run in the VM.
+fn google_check(env: &TestEnv) -> Value {
+    let out = env
+        .vm()
+        .command(AGENT)
+        .arg("--config")
+        .arg(env.config_path())
+        .args(["doctor", "--json"])
+        .output()
+        .expect("doctor");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("doctor: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["id"] == "google-agent").cloned())
+        .unwrap_or_else(|| panic!("no google-agent check: {report:#}"))
+}
+
 fn run(env: &TestEnv, script: &str) -> String {
     env.vm().run(script)
 }
@@ -192,9 +210,27 @@ fn googles_agent_is_taken_over_with_no_failed_login_and_undo_restores_its_files(
         "Google's sudo"
     );
 
-    // --dry-run prints the plan and changes no file.
+    // doctor names Google's files (before our daemon ever ran).
     let config = format!("{TEST_CONFIG}check_interval_secs = 2\ndeprovision = \"delete\"\n");
     env.write_config(&config);
+    let check = google_check(&env);
+    assert_eq!(check["status"], "warn", "{check:#}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("/etc/ssh/sshd_config"),
+        "{check:#}"
+    );
+    assert!(
+        check["fix"]
+            .as_str()
+            .unwrap_or("")
+            .contains("guest-agent takeover"),
+        "{check:#}"
+    );
+
+    // --dry-run prints the plan and changes no file.
     let (code, out, err) = takeover(&env, &["--dry-run", "--json"]);
     assert_eq!(code, 0, "dry run: {out}{err}");
     let plan: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
@@ -411,6 +447,15 @@ fn googles_agent_is_taken_over_with_no_failed_login_and_undo_restores_its_files(
     assert_eq!(report["failed"], serde_json::json!([]), "{report:#}");
     let (code, again, _) = takeover(&env, &["--dry-run", "--json"]);
     assert_eq!(code, 2, "nothing left to take over: {again}");
+    let check = google_check(&env);
+    assert_eq!(check["status"], "ok", "{check:#}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains("took over"),
+        "{check:#}"
+    );
 
     // --undo (with our daemon stopped) puts Google's files back byte for byte.
     agent.signal(nix::sys::signal::Signal::SIGTERM);
@@ -430,5 +475,22 @@ fn googles_agent_is_taken_over_with_no_failed_login_and_undo_restores_its_files(
     assert_eq!(report["status"], "undone");
     let (code, _, _) = takeover(&env, &["--undo"]);
     assert_eq!(code, 2, "a second undo has nothing to do");
+
+    // A Google agent process running beside us is named by doctor.
+    let fake = env.dir().join("google_guest_agent");
+    std::fs::copy("/bin/sleep", &fake).expect("copy sleep");
+    let mut cmd = env.vm().command(fake.to_str().unwrap());
+    cmd.arg("60");
+    let google = Proc::spawn("google_guest_agent", cmd);
+    let check = google_check(&env);
+    assert_eq!(check["status"], "fail", "{check:#}");
+    assert!(
+        check["summary"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&format!("pid {}", google.pid())),
+        "{check:#}"
+    );
+    drop(google);
     drop(sshd);
 }

@@ -115,8 +115,70 @@ pub struct Facts {
     pub cert: Option<(PathBuf, Result<CertInfo, String>)>,
     /// The daemon's answer time, or why it did not answer.
     pub daemon: Result<Duration, String>,
+    /// Google's guest agent on this VM: its traces, its processes, our takeover report.
+    pub google: GoogleFacts,
     /// The local accounts as the agent reads them (for the OS Login admission rules).
     pub local_accounts: Result<crate::oslogin::directory::LocalAccounts, String>,
+}
+
+/// Google's guest agent beside us (issue 16).
+#[derive(Debug, Default)]
+pub struct GoogleFacts {
+    /// What a takeover would change (its plan), when anything of Google's is on the VM.
+    pub plan: Option<crate::takeover::plan::Plan>,
+    /// Pids of its daemons still running (`google_guest_agent`, `google_oslogin_nss_cache`).
+    pub running: Vec<(i32, String)>,
+    /// Our takeover report: (status, unix time).
+    pub report: Option<(crate::takeover::Status, i64)>,
+}
+
+/// Processes of Google's agent: by `/proc/PID/comm` (15 bytes: `google_guest_ag`) or the
+/// executable's name.
+fn google_processes() -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(i32, String)> = dir
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            let exe = std::fs::read_link(e.path().join("exe"))
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_default();
+            let name = [comm, exe.as_str()]
+                .into_iter()
+                .find(|n| n.starts_with("google_guest_ag") || n.starts_with("google_oslogin"))?;
+            Some((pid, name.to_owned()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn google_facts(config: &Config, snapshot: Option<&Snapshot>, oslogin_on: bool) -> GoogleFacts {
+    let paths = crate::takeover::apply::Paths::default();
+    let ctx = crate::takeover::apply::Context {
+        oslogin_on,
+        two_factor: snapshot
+            .and_then(|s| s.flag("enable-oslogin-2fa"))
+            .is_some_and(|(v, _)| v),
+        sudo_group: config.accounts.sudo_group.clone(),
+        helper: config.oslogin.helper_path.clone(),
+    };
+    let found = crate::takeover::apply::gather(&paths, &ctx);
+    GoogleFacts {
+        plan: found
+            .any()
+            .then(|| crate::takeover::plan::plan(&found, &paths.traces)),
+        running: google_processes(),
+        report: crate::takeover::Report::load(&paths.report)
+            .ok()
+            .flatten()
+            .map(|r| (r.status, r.at)),
+    }
 }
 
 pub fn stat(path: &Path) -> Result<Stat, String> {
@@ -164,6 +226,7 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
     let (metadata, profile, roles) =
         remote(config, user, |s| oslogin_state(s, agent_applied_oslogin).on);
     let on = oslogin_state(metadata.snapshot.as_ref().ok(), agent_applied_oslogin).on;
+    let metadata_snapshot = metadata.snapshot.as_ref().ok().cloned();
 
     let sshd = root.then(|| sshd_facts(user));
     let helper_path = PathBuf::from(&config.oslogin.helper_path);
@@ -205,6 +268,7 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
             Path::new("/etc/group"),
         ),
         daemon: daemon(),
+        google: google_facts(config, metadata_snapshot.as_ref(), on),
     }
 }
 

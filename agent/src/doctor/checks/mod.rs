@@ -3,6 +3,7 @@
 
 mod access;
 mod account;
+mod google;
 mod host;
 mod sshd;
 
@@ -149,6 +150,7 @@ pub fn all(facts: &Facts, config: &Config) -> Vec<Check> {
         access::oslogin(&cx),
         sshd::sshd_config(&cx),
         sshd::helper_path(&cx),
+        google::google_agent(&cx),
         host::nsswitch(&cx),
         account::user(&cx),
         access::authorization(&cx),

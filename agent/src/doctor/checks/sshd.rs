@@ -48,7 +48,8 @@ pub fn sshd_config(cx: &Context) -> Check {
     let found = rival::find(&s.lines, helper);
     let rival_json = match &found {
         Found::Rival(r) => {
-            json!({"command": r.chain.command, "user": r.chain.user, "place": r.place})
+            json!({"command": r.chain.command, "user": r.chain.user, "place": r.place,
+                   "provider": rival::provider(&r.chain.command)})
         }
         Found::Inert { place, command } => {
             json!({"command": command, "place": place, "inert": true})
@@ -75,9 +76,12 @@ pub fn sshd_config(cx: &Context) -> Check {
         };
         let chained = match &found {
             Found::Rival(r) => format!(
-                "; another AuthorizedKeysCommand, `{}` (as {}, {}), is chained: the agent's \
+                "; another AuthorizedKeysCommand, `{}`{} (as {}, {}), is chained: the agent's \
                  command comes first and hands users that are not OS Login users on to it",
-                r.chain.command, r.chain.user, r.place
+                r.chain.command,
+                by(&r.chain.command),
+                r.chain.user,
+                r.place
             ),
             _ => String::new(),
         };
@@ -163,9 +167,12 @@ pub fn sshd_config(cx: &Context) -> Check {
     }
     let other = match &found {
         Found::Rival(r) => format!(
-            "; another AuthorizedKeysCommand is in effect, `{}` (as {}, {}): the agent chains it \
+            "; another AuthorizedKeysCommand is in effect, `{}`{} (as {}, {}): the agent chains it \
              while OS Login is on and leaves it as it is",
-            r.chain.command, r.chain.user, r.place
+            r.chain.command,
+            by(&r.chain.command),
+            r.chain.user,
+            r.place
         ),
         _ => String::new(),
     };
@@ -174,6 +181,13 @@ pub fn sshd_config(cx: &Context) -> Check {
         format!("`sshd -t` passes; OS Login off, AuthorizedKeysFile{with_user} is `{akf}`{other}"),
     )
     .detail("rival", rival_json)
+}
+
+/// ` (PROVIDER)` for a known provider of `command`.
+fn by(command: &str) -> String {
+    rival::provider(command)
+        .map(|p| format!(" ({p})"))
+        .unwrap_or_default()
 }
 
 pub fn helper_path(cx: &Context) -> Check {

@@ -73,6 +73,21 @@ pub enum Found {
     },
 }
 
+/// Who provides another AuthorizedKeysCommand, by its program's name (for `doctor`).
+pub fn provider(command: &str) -> Option<&'static str> {
+    let program = command.split_whitespace().next()?;
+    let name = program.rsplit('/').next().unwrap_or(program);
+    Some(match name {
+        "google_authorized_keys" | "google_authorized_keys_sk" => {
+            "Google's guest-oslogin (left by Google's guest agent: `guest-agent takeover` removes it)"
+        }
+        "eic_run_authorized_keys" | "eic_curl_authorized_keys" => "AWS EC2 Instance Connect",
+        "userdbctl" => "systemd-userdbd",
+        "sss_ssh_authorizedkeys" => "SSSD",
+        _ => return None,
+    })
+}
+
 /// The first AuthorizedKeysCommand outside `Match` and outside our own files and blocks,
 /// with the first AuthorizedKeysCommandUser likewise: what sshd would run without us.
 /// `helper` is our program (a line running it is not another provider's).

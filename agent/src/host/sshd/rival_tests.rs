@@ -321,3 +321,21 @@ fn what_is_not_a_rival_and_what_cannot_be_chained() {
     let placed = plan(DEBIAN_12, &fs, &places(true), &settings()).unwrap();
     assert_eq!(placed.rival.unwrap().chain.command, "/usr/bin/x %u %%");
 }
+
+#[test]
+fn known_providers_are_named_by_their_program() {
+    use super::provider;
+    assert!(provider("/usr/bin/google_authorized_keys").is_some_and(|p| p.contains("Google")));
+    assert!(
+        provider("/usr/bin/google_authorized_keys_sk %u").is_some_and(|p| p.contains("takeover"))
+    );
+    assert_eq!(
+        provider("/usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f"),
+        Some("AWS EC2 Instance Connect")
+    );
+    assert_eq!(
+        provider("/usr/bin/userdbctl ssh-authorized-keys %u"),
+        Some("systemd-userdbd")
+    );
+    assert_eq!(provider("/usr/local/bin/my-keys %u"), None);
+}
