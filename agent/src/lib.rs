@@ -7,6 +7,7 @@ pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod events;
 pub mod host;
 pub mod logging;
 pub mod mds;
@@ -14,6 +15,7 @@ pub mod notify;
 pub mod oslogin;
 pub mod reconcile;
 pub mod socket;
+pub mod status;
 pub mod task;
 pub mod tokens;
 

@@ -251,7 +251,12 @@ impl Reconciler for OsLoginReconciler {
     }
 
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        let on = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
+        let flag = snapshot.flag("enable-oslogin");
+        let on = flag.is_some_and(|(v, _)| v);
+        let why = match flag {
+            Some((v, scope)) => format!("{scope} attribute enable-oslogin = {v}"),
+            None => "no enable-oslogin attribute".into(),
+        };
         let settings = self.settings();
         if self.applied.as_ref() == Some(&(on, settings.clone())) {
             return Ok(());
@@ -265,6 +270,7 @@ impl Reconciler for OsLoginReconciler {
             Ok(()) => {
                 self.applied = Some((on, settings));
                 self.retry_at = None;
+                crate::events::oslogin(on, why);
                 Ok(())
             }
             Err(e) => {
