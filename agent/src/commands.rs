@@ -355,6 +355,38 @@ pub fn identity(config: &Config, json: bool) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// How long `guest-agent status` waits for the daemon.
+const STATUS_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `guest-agent status [--json]`: what the daemon knows now, asked over its socket (the
+/// limited view for users other than root). Exit 1 when the daemon does not answer.
+pub fn status(json: bool) -> ExitCode {
+    let fail = |why: &str| {
+        eprintln!("guest-agent status: {why}");
+        ExitCode::FAILURE
+    };
+    let line = match client::ask(Path::new(SOCKET_PATH), &Request::Status, STATUS_DEADLINE) {
+        Ok(Answer::Ok(lines)) if lines.len() == 1 => lines.into_iter().next().unwrap_or_default(),
+        Ok(Answer::Error(why)) if why == "unknown request" => {
+            return fail("the daemon does not answer `status` (an older version still running?)");
+        }
+        Ok(other) => return fail(&format!("unexpected answer from the daemon: {other:?}")),
+        Err(ClientError::NoDaemon(e)) => {
+            return fail(&format!("the daemon is not running ({SOCKET_PATH}: {e})"));
+        }
+        Err(e) => return fail(&e.to_string()),
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(&line) else {
+        return fail("the daemon's answer is not JSON");
+    };
+    if json {
+        println!("{value}");
+    } else {
+        print!("{}", crate::status::text(&value));
+    }
+    ExitCode::SUCCESS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

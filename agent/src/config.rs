@@ -93,6 +93,9 @@ pub struct DaemonConfig {
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive list such
     /// as `info,guest_agent::mds=debug`). `RUST_LOG` in the environment wins over it.
     pub log_level: String,
+    /// The serial console event lines go to (`""`: none). A missing device is no error.
+    /// Read at start (a change needs a restart).
+    pub console: String,
 }
 
 impl Default for DaemonConfig {
@@ -100,6 +103,7 @@ impl Default for DaemonConfig {
         DaemonConfig {
             startup_deadline_secs: 10,
             log_level: "info".into(),
+            console: "/dev/ttyS0".into(),
         }
     }
 }
@@ -549,6 +553,15 @@ impl Config {
                 "must be between 1 and 600",
             );
         }
+        if !d.console.is_empty()
+            && (!d.console.starts_with('/') || d.console.chars().any(char::is_control))
+        {
+            return invalid(
+                "daemon.console",
+                &format!("{:?}", d.console),
+                "must be an absolute device path such as \"/dev/ttyS0\", or \"\" for none",
+            );
+        }
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&d.log_level) {
             return invalid(
                 "daemon.log_level",
@@ -615,6 +628,7 @@ mod tests {
                 "daemon.startup_deadline_secs",
             ),
             ("[daemon]\nlog_level = \"loud=[\"", "daemon.log_level"),
+            ("[daemon]\nconsole = \"ttyS0\"", "daemon.console"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

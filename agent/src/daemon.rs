@@ -19,6 +19,7 @@ use tokio::sync::{oneshot, watch};
 use crate::config::Config;
 use guest_agent_wire::proto::SOCKET_PATH;
 
+use crate::events::{self, Event};
 use crate::mds::watcher;
 use crate::oslogin::{self, service::OsLogin};
 use crate::task::AbortOnDrop;
@@ -45,6 +46,8 @@ pub fn run(source: ConfigSource, config: Config) -> anyhow::Result<()> {
     // not allocation-bound, so the contention costs nothing measurable.
     // SAFETY: mallopt only changes glibc's allocator settings; called before other threads.
     unsafe { nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1) };
+    // Its writer thread never blocks the runtime (see `host::console`).
+    crate::events::start_console(&config.daemon.console);
     // One thread is plenty for a process that mostly waits, and keeps the footprint small.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -68,6 +71,9 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
         metadata = %config.metadata.base_url,
         "guest-agent starting"
     );
+    events::emit(Event::Starting {
+        version: env!("CARGO_PKG_VERSION"),
+    });
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let (snapshot_tx, snapshot_rx) = watch::channel(None);
     let received = snapshot_rx.clone();
@@ -147,6 +153,7 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
                 if first.is_ok() {
                     tracing::info!("first reconcile done; ready");
                     notify::ready("running: metadata received and applied");
+                    events::emit(Event::Ready { how: "metadata applied" });
                 }
             }
             () = &mut deadline, if !ready => {
@@ -158,6 +165,9 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
                          startup deadline; telling systemd we are ready and carrying on"
                     );
                     notify::ready("running: applying the first metadata");
+                    events::emit(Event::Ready {
+                        how: "startup deadline; metadata still being applied",
+                    });
                 } else {
                     tracing::warn!(
                         after_secs = startup_deadline.as_secs(),
@@ -165,6 +175,9 @@ async fn run_async(source: ConfigSource, config: Config) -> anyhow::Result<()> {
                          are ready anyway and carrying on in the background"
                     );
                     notify::ready("running: metadata service not answering yet, retrying");
+                    events::emit(Event::Ready {
+                        how: "startup deadline; metadata service not answering yet",
+                    });
                 }
             }
             _ = sighup.recv() => match source.load() {

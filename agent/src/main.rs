@@ -97,6 +97,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// What the daemon knows now: the metadata service, OS Login, users, the last login
+    /// decisions, the CA file, tokens, the console (users other than root: only their own
+    /// login decisions). Exit 1 when the daemon does not answer.
+    Status {
+        /// Machine-readable output (one JSON object; shape in the README).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// A panic anywhere ends the process, as `panic = "abort"` did before the release profile had
@@ -146,6 +154,8 @@ fn main() -> ExitCode {
         Command::AuthorizedPrincipals { user, certificate } => {
             return guest_agent::commands::authorized_principals(&source, user, certificate);
         }
+        // Asks the daemon only: a broken config file must not hide what the daemon knows.
+        Command::Status { json } => return guest_agent::commands::status(*json),
         _ => {}
     }
     let config = match source.load() {
@@ -160,7 +170,9 @@ fn main() -> ExitCode {
             println!("{config:#?}");
             ExitCode::SUCCESS
         }
-        Command::AuthorizedKeys { .. } | Command::AuthorizedPrincipals { .. } => ExitCode::SUCCESS, // handled above
+        Command::AuthorizedKeys { .. }
+        | Command::AuthorizedPrincipals { .. }
+        | Command::Status { .. } => ExitCode::SUCCESS, // handled above
         Command::Token { account, format } => {
             guest_agent::commands::token(&config, &account, &format)
         }

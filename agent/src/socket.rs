@@ -220,7 +220,72 @@ impl Handler {
                 }
             }
             Request::Token { account, format } => self.token(&account, &format, peer),
+            Request::Status => self.status(peer),
         }
+    }
+
+    /// `guest-agent status`: one JSON line, the full view for root, the limited one (only the
+    /// peer's own login decisions) for everyone else (see [`crate::status`]).
+    fn status(&self, peer: &Peer) -> Answer {
+        use crate::status::{Live, Viewer};
+        let cfg = self.oslogin.config();
+        let viewer = if peer.uid == 0 {
+            Viewer::Root
+        } else {
+            Viewer::User(
+                nix::unistd::User::from_uid(peer.uid.into())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name),
+            )
+        };
+        let ca_age = std::fs::metadata(&cfg.oslogin.ca_file)
+            .and_then(|m| m.modified())
+            .ok()
+            .map(|t| t.elapsed().unwrap_or_default());
+        let tokens = if cfg.tokens.enabled {
+            cfg.tokens
+                .accounts
+                .iter()
+                .map(|a| {
+                    let left = self
+                        .tokens
+                        .get(a)
+                        .map(|t| t.expires_at.saturating_duration_since(Instant::now()));
+                    (a.clone(), left)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let console = match crate::events::console() {
+            Some(c) => (
+                c.path.display().to_string(),
+                true,
+                c.counters
+                    .written
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                c.counters
+                    .dropped
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            ),
+            None => (cfg.daemon.console.clone(), false, 0, 0),
+        };
+        let live = Live {
+            now: Some(std::time::SystemTime::now()),
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id(),
+            facts: crate::events::facts(),
+            directory_users: self
+                .oslogin
+                .is_enabled()
+                .then(|| self.oslogin.directory_size()),
+            ca_path: cfg.oslogin.ca_file.clone(),
+            ca_age,
+            tokens,
+            console,
+        };
+        Answer::Ok(vec![crate::status::shape(&live, &viewer).to_string()])
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod bench;
 pub mod bins;
+pub mod console;
 pub mod emulator;
 pub mod env;
 pub mod netns;

@@ -236,11 +236,14 @@ impl Isolated {
         };
         // /run and /tmp are fresh (the host's are on the root filesystem); /run/sshd is there
         // as on a machine where sshd runs (the daemon creates it for `sshd -t` otherwise).
+        // The host's serial console is /dev/null inside: the daemon's event lines
+        // (`daemon.console`) never reach the machine's real console.
         let out = iso.outside(&format!(
             "set -e; T={t}; mount -t tmpfs -o mode=755 tmpfs $T; mkdir $T/upper $T/work $T/merged
              mount -t overlay overlay -o lowerdir={lower},upperdir=$T/upper,workdir=$T/work $T/merged
              M=$T/merged
              mount -t proc proc $M/proc; mount --bind /dev $M/dev; mount --bind /sys $M/sys
+             if [ -e $M/dev/ttyS0 ]; then mount --bind /dev/null $M/dev/ttyS0; fi
              mount -t tmpfs -o mode=755 tmpfs $M/run; mount -t tmpfs -o mode=1777 tmpfs $M/tmp
              mkdir -m 755 $M/run/sshd",
             t = t.display(),

@@ -54,6 +54,9 @@ R={root}
 mkdir -p "$R/etc" "$R/libupper" "$R/libwork"
 cp -a /etc/. "$R/etc/"
 mount --bind "$R/etc" /etc
+# The host's serial console is /dev/null in the VM: the agent's event lines (daemon.console,
+# /dev/ttyS0 by default) never reach the machine's real console.
+if [ -e /dev/ttyS0 ]; then mount --bind /dev/null /dev/ttyS0; fi
 mount -t tmpfs -o mode=755 tmpfs /run
 mkdir -p /run/sshd && chmod 755 /run/sshd
 mount -t tmpfs -o mode=755 tmpfs /home

@@ -101,6 +101,9 @@ pub enum Request {
         account: String,
         format: String,
     },
+    /// What the daemon knows now (`guest-agent status`): one JSON line, shaped for the
+    /// asker (root sees users' names and login decisions, others only their own).
+    Status,
 }
 
 /// Why a request line was refused.
@@ -160,6 +163,7 @@ impl Request {
                 format!("authorized-principals {user} {cert}")
             }
             Request::Token { account, format } => format!("token {account} {format}"),
+            Request::Status => "status".into(),
         }
     }
 
@@ -197,6 +201,7 @@ impl Request {
                 account: a.to_string(),
                 format: f.to_string(),
             },
+            ("status", []) => Request::Status,
             _ => return Err(ProtoError("unknown request")),
         };
         Ok(request)
@@ -302,6 +307,7 @@ mod tests {
                 account: "default".into(),
                 format: "json".into(),
             },
+            Request::Status,
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
             // Version 1 without the prefix, as clients before versions wrote it.
@@ -363,6 +369,7 @@ mod tests {
             "getpwnam Alice",
             "token a\tb c",
             "authorized-keys alice",
+            "status now",
             &format!("authorized-principals alice {}", "A".repeat(MAX_REQUEST)),
         ] {
             assert!(Request::parse(line).is_err(), "{line:?}");

@@ -20,6 +20,7 @@ use super::keys::desired_keys;
 use super::plan::{Inputs, plan};
 use super::state::AccountsState;
 use crate::config::Config;
+use crate::events::{self, Event};
 use crate::host::accountdb::{self, AccountFiles};
 use crate::host::cloud_init::{self, CloudInitPaths, Gate};
 use crate::host::home::HomePaths;
@@ -319,6 +320,7 @@ impl Reconciler for AccountsReconciler {
             errors.push(format!("creating {:?}: {e}", p.create));
         } else if !p.create.is_empty() {
             tracing::info!(users = p.create.len(), "metadata users created");
+            events::emit(Event::UsersCreated(p.create.clone()));
         }
         let local = passwd::parse_passwd(&passwd::read(&self.paths.passwd));
         let mut written = 0;
@@ -428,6 +430,25 @@ impl Reconciler for AccountsReconciler {
             after.managed.insert(user.clone());
         }
         let deleted = p.delete.len() - failed.len();
+        let gone: Vec<String> = p
+            .delete
+            .iter()
+            .filter(|u| !failed.iter().any(|(f, _)| f == *u))
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            events::emit(Event::UsersDeleted(gone));
+        }
+        let released: Vec<String> = p
+            .released
+            .iter()
+            .filter(|u| !p.delete.contains(u))
+            .cloned()
+            .collect();
+        if !released.is_empty() {
+            events::emit(Event::UsersReleased(released));
+        }
+        events::note(|f| f.managed_users = Some(after.managed.len()));
         if before != after {
             after.save(&self.paths.state)?;
         }

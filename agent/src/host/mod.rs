@@ -11,6 +11,7 @@ pub mod as_user;
 pub mod chained;
 pub mod cloud_init;
 pub mod command;
+pub mod console;
 pub mod files;
 pub mod home;
 pub mod nsswitch;

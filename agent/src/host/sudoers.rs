@@ -138,10 +138,16 @@ pub fn step(installed: bool, wanted: bool) -> Step {
 /// Makes the drop-in grant exactly `grantees` (removing it when there are none). Returns
 /// whether the file changed.
 pub fn apply(paths: &SudoersPaths, grantees: &[Grantee]) -> Result<bool, SudoersError> {
-    match render(grantees)? {
-        Some(text) => install_checked(paths, &text),
-        None => Ok(files::remove_if_exists(&paths.file)?),
+    let changed = match render(grantees)? {
+        Some(text) => install_checked(paths, &text)?,
+        None => files::remove_if_exists(&paths.file)?,
+    };
+    if changed {
+        crate::events::emit(crate::events::Event::SudoChanged {
+            file: paths.file.display().to_string(),
+        });
     }
+    Ok(changed)
 }
 
 /// Stages `text`, has visudo check the staged file, and commits it only if visudo agrees.

@@ -133,7 +133,9 @@ pub async fn run(
                             outage = %format_args!("{:.1}s", lasted.as_secs_f32()),
                             "metadata service answering again"
                         );
+                        crate::events::emit(crate::events::Event::MetadataBack { outage: lasted });
                     }
+                    crate::events::metadata_answered();
                     answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     let changed = tx.send_if_modified(|current| {
                         if current.as_deref() == Some(&snapshot) {
@@ -160,6 +162,7 @@ pub async fn run(
                     etag = Some(new_etag);
                 }
                 Err(e) => {
+                    crate::events::metadata_failed(e.kind(), &e.to_string());
                     if episode.failure(e.kind()) {
                         tracing::warn!(
                             error = %e,

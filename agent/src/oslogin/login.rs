@@ -24,6 +24,7 @@ use super::authorize::{Decision, Policy};
 use super::decision::{self, Verdict};
 use super::profile::OsUser;
 use super::service::{OsLogin, lock, now_usec};
+use crate::events;
 use crate::mds::query_escape;
 use crate::oslogin::directory::Miss;
 
@@ -99,6 +100,10 @@ impl OsLogin {
         }
         let user = self.user(name).await.inspect_err(|answer| {
             tracing::info!(decision = "deny", reason = "no such OS Login user", answer = ?answer);
+            // NotFound: not ours to refuse (a local user, another provider's).
+            if let Answer::Denied(why) = answer {
+                events::login(name, false, why, connection);
+            }
         })?;
         let cfg = self.config();
         let o = &cfg.oslogin;
@@ -130,18 +135,28 @@ impl OsLogin {
             .authorizer
             .within_grace(&user.email, Policy::Login, grace);
         match decision::login_verdict(&login, within_grace) {
-            Verdict::Allow { by_grace: false } => {}
+            Verdict::Allow { by_grace: false } => {
+                events::login(name, true, "login role granted", connection);
+            }
             Verdict::Allow { by_grace: true } => {
                 tracing::warn!(email = %user.email, decision = "allow", reason = "grace period", error = ?login,
                     "metadata service unavailable; allowed by the grace period");
+                events::login(
+                    name,
+                    true,
+                    "grace period (metadata service unavailable)",
+                    connection,
+                );
             }
             Verdict::Deny(why) => {
                 tracing::info!(email = %user.email, decision = "deny", reason = %why);
+                events::login(name, false, &why, connection);
                 self.update_admin(&user.username, &Decision::Denied).await;
                 return Err(Answer::Denied(why));
             }
             Verdict::Unavailable(why) => {
                 tracing::warn!(email = %user.email, decision = "deny", reason = "metadata service unavailable", error = %why);
+                events::login(name, false, "metadata service unavailable", connection);
                 return Err(Answer::Unavailable(why));
             }
         }
@@ -220,6 +235,12 @@ impl OsLogin {
             Ok(i) => i,
             Err(why) => {
                 tracing::info!(decision = "deny", reason = %why, "certificate refused");
+                events::login(
+                    name,
+                    false,
+                    &format!("certificate unreadable: {why}"),
+                    connection,
+                );
                 return Answer::Denied(format!("certificate unreadable: {why}"));
             }
         };
@@ -231,6 +252,7 @@ impl OsLogin {
             Ok(id) => id,
             Err(why) => {
                 tracing::info!(decision = "deny", reason = why, key_id = %info.key_id, ca = %info.ca_fingerprint, "certificate refused");
+                events::login(name, false, why, connection);
                 return Answer::Denied(why.to_owned());
             }
         };

@@ -182,6 +182,10 @@ impl OsLogin {
         }
         lock(&self.directory).replace(listing.users, listing.groups);
         self.write_cache().await;
+        crate::events::note(|f| {
+            f.directory_synced = Some(std::time::SystemTime::now());
+            f.directory_users = Some(users);
+        });
         tracing::info!(
             users,
             groups,

@@ -253,7 +253,12 @@ impl Reconciler for OsLoginReconciler {
     }
 
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        let on = snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v);
+        let flag = snapshot.flag("enable-oslogin");
+        let on = flag.is_some_and(|(v, _)| v);
+        let why = match flag {
+            Some((v, scope)) => format!("{scope} attribute enable-oslogin = {v}"),
+            None => "no enable-oslogin attribute".into(),
+        };
         let settings = self.settings();
         let stamp = file_stamp(&self.paths.sshd.main_config);
         if self.applied.as_ref() == Some(&(on, settings.clone(), stamp)) {
@@ -269,6 +274,7 @@ impl Reconciler for OsLoginReconciler {
                 // The stamp after our own edit (a block we wrote there is no change).
                 self.applied = Some((on, settings, file_stamp(&self.paths.sshd.main_config)));
                 self.retry_at = None;
+                crate::events::oslogin(on, why);
                 Ok(())
             }
             Err(e) => {

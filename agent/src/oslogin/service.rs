@@ -195,6 +195,11 @@ impl OsLogin {
         self.config.borrow().clone()
     }
 
+    /// Users in the directory now (`guest-agent status`).
+    pub fn directory_size(&self) -> usize {
+        lock(&self.directory).user_count()
+    }
+
     pub(super) fn client(&self) -> Result<GceClient, String> {
         Ok(GceClient::new(ClientSettings::from_config(
             &self.config().metadata,

@@ -225,6 +225,11 @@ fn converge(
         Ok(after) => after,
         Err(e) => {
             undo.iter().rev().for_each(|saved| saved.restore());
+            if !undo.is_empty() {
+                crate::events::emit(crate::events::Event::SshdRolledBack {
+                    reason: short_reason(&e),
+                });
+            }
             return Err(e);
         }
     };
@@ -248,6 +253,19 @@ fn converge(
         report.reloaded = Some(service::reload(&paths.reload)?);
     }
     Ok(report)
+}
+
+/// A console line's worth of why sshd refused a change.
+fn short_reason(e: &SshdError) -> String {
+    match e {
+        SshdError::Invalid { message, .. } => {
+            format!("sshd -t: {}", message.lines().next().unwrap_or("failed"))
+        }
+        SshdError::NotInEffect { keyword, found, .. } => {
+            format!("sshd -T shows `{keyword} {found}` instead of ours")
+        }
+        other => other.to_string(),
+    }
 }
 
 fn sshd(paths: &SshdPaths, args: &[&str]) -> Result<command::Output, SshdError> {
