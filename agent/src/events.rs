@@ -61,6 +61,12 @@ pub enum Event {
     SudoChanged {
         file: String,
     },
+    /// A takeover from Google's guest agent finished (`changes` files changed, `adopted` users).
+    TookOver {
+        changes: usize,
+        adopted: usize,
+        kept: usize,
+    },
 }
 
 /// What a console line is rate limited under.
@@ -113,6 +119,15 @@ impl Event {
                 format!("sshd config rejected and rolled back: {reason}")
             }
             Event::SudoChanged { file } => format!("sudo rules changed ({file})"),
+            Event::TookOver {
+                changes,
+                adopted,
+                kept,
+            } => format!(
+                "took over from Google's guest agent: {changes} changes, {adopted} user{} adopted, \
+                 {kept} kept (see takeover.json)",
+                if *adopted == 1 { "" } else { "s" }
+            ),
         };
         safe(&format!("{PREFIX}{body}"))
     }

@@ -43,7 +43,8 @@ fn cgroup2_mount() -> PathBuf {
 }
 
 /// Runs as PID 1 of the new PID namespace: builds the root, installs the unit, execs systemd.
-fn init_script(dir: &Path) -> String {
+/// `console`: the device bound over the container's /dev/ttyS0 (a pty the test reads).
+fn init_script(dir: &Path, console: &str) -> String {
     let agent = guest_agent_e2e::bins::agent();
     let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/guest-agent.service");
     format!(
@@ -64,6 +65,9 @@ $n
 E
   mknod -m 666 "$R/dev/$name" c "$ma" "$mi"
 done
+# The serial console: a pseudo-terminal of the test's, where the unit's BindPaths= finds it.
+touch "$R/dev/ttyS0"
+mount --bind {console} "$R/dev/ttyS0"
 mkdir "$R/dev/pts" "$R/dev/shm"
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$R/dev/pts"
 ln -s pts/ptmx "$R/dev/ptmx"
@@ -109,6 +113,7 @@ exec env -i container=guest-agent-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
         dir = dir.display(),
         agent = agent.display(),
         unit = unit.display(),
+        console = console,
     )
 }
 
@@ -120,12 +125,12 @@ struct Boot {
 }
 
 impl Boot {
-    fn start(ns: &Netns, dir: &Path) -> Boot {
+    fn start(ns: &Netns, dir: &Path, console: &str) -> Boot {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let cgroup = cgroup2_mount().join(format!("ga-boot-{}-{n}", std::process::id()));
         std::fs::create_dir(&cgroup).unwrap_or_else(|e| panic!("mkdir {}: {e}", cgroup.display()));
         let init = dir.join("init.sh");
-        std::fs::write(&init, init_script(dir)).expect("write init.sh");
+        std::fs::write(&init, init_script(dir, console)).expect("write init.sh");
         std::fs::create_dir(dir.join("t")).expect("mkdir t");
         // Into our cgroup first, so that the cgroup namespace (and systemd's hierarchy) is
         // rooted there. --kill-child: PID 1 dies with the holder.
@@ -376,7 +381,8 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
 
     // Boot: the unit, exactly as shipped, reaches active (running), i.e. READY=1.
     let t0 = Instant::now();
-    let boot = Boot::start(&ns, dir.path());
+    let console = guest_agent_e2e::console::PtyConsole::open();
+    let boot = Boot::start(&ns, dir.path(), console.path());
     let props = "ActiveState,SubState,Result,MainPID,NRestarts,ExecMainStartTimestampMonotonic,\
                  ActiveEnterTimestampMonotonic,WatchdogUSec,WatchdogTimestampMonotonic";
     let st = boot.wait_show(
@@ -395,6 +401,10 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
         ready / 1000
     );
     assert_eq!(st["WatchdogUSec"], "1min", "{st:?}");
+    // The hardened unit lets the serial console in (BindPaths=, DeviceAllow=): the event
+    // lines reach it under systemd too.
+    let line = console.expect("guest-agent: READY", Duration::from_secs(60));
+    eprintln!("console under systemd: {line}");
     let status = boot.run("systemctl status --no-pager guest-agent");
     assert!(status.contains("Active: active (running)"), "{status}");
     assert!(status.contains("Status: \"running"), "{status}");

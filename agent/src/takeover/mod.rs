@@ -203,6 +203,11 @@ pub fn log_report(r: &Report) {
         report = REPORT_PATH,
         "took over from Google's guest agent"
     );
+    crate::events::emit(crate::events::Event::TookOver {
+        changes: r.changes.len(),
+        adopted: r.adoption.managed.len(),
+        kept: r.kept.len(),
+    });
 }
 
 fn change_word(c: &Change) -> &'static str {
