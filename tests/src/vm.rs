@@ -116,14 +116,15 @@ mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R
 
     /// Makes all of /var the VM's own for a test that writes outside /var/lib (Google's
     /// `/var/google-users.d`): an overlay on the host's /var whose writes land in the VM's
-    /// directory, and a fresh tmpfs on /var/lib again (the overlay hides the VM's). Call it
-    /// before anything is written to /var/lib.
+    /// directory, with the VM's own /var/lib (a tmpfs, and whatever is in it already) moved
+    /// onto it. Idempotent.
     pub fn private_var(&self) {
         let r = self.root.display();
         self.run(&format!(
-            "set -e; mkdir -p {r}/varupper {r}/varwork; \
+            "set -e; [ -e {r}/varupper ] && exit 0; mkdir -p {r}/varupper {r}/varwork {r}/varlib; \
+             mount --move /var/lib {r}/varlib; \
              mount -t overlay overlay -o lowerdir=/var,upperdir={r}/varupper,workdir={r}/varwork /var; \
-             mount -t tmpfs -o mode=755 tmpfs /var/lib"
+             mount --move {r}/varlib /var/lib"
         ));
     }
 
