@@ -165,7 +165,7 @@ ln -s {RIVAL_STORE} {RIVAL_CONF}
     assert!(
         text.contains("ok    sshd-config")
             && text.contains(
-                "another AuthorizedKeysCommand, `/srv/rival/userdbctl ssh-authorized-keys %u` (as root, /etc/ssh/sshd_config.d/20-systemd-userdb.conf:2), is chained"
+                "another AuthorizedKeysCommand, `/srv/rival/userdbctl ssh-authorized-keys %u` (systemd-userdbd) (as root, /etc/ssh/sshd_config.d/20-systemd-userdb.conf:2), is chained"
             ),
         "{text}"
     );
