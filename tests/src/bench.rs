@@ -1,6 +1,6 @@
 //! The benchmarks: each part is a library module returning a result struct and its table rows
-//! ([`nss`], [`login`], [`accounts`], [`scale`], [`service`]); the binaries `nss-bench`,
-//! `login-bench`, `accounts-bench` print one part each and `bench-report` all of them in one
+//! ([`nss`], [`login`], [`console`], [`accounts`], [`scale`], [`service`]); the binaries
+//! `nss-bench`, `login-bench`, `console-bench`, `accounts-bench` print one part each and `bench-report` all of them in one
 //! table. Here: what they share, the supervisor that runs the measuring part in a child process
 //! and cleans up after it, samples, duration formatting and the result table.
 //!
@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod accounts;
+pub mod console;
 pub mod login;
 pub mod nss;
 pub mod procfs;

@@ -2,12 +2,19 @@
 //! opens the slave (its path under /dev/pts, which the VM shares), the test holds the master.
 //! [`PtyConsole`] reads everything the agent writes into lines; [`StuckConsole`] is a console
 //! nobody reads, filled up before the agent starts, so every write the agent tries finds it
-//! full.
+//! full. [`AliceAndBob`], [`console_config`] and [`status_json`]: the VM, configuration and
+//! `guest-agent status` the console tests and the stuck-console benchmark share.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::TestEnv;
+use crate::oslogin::{OsLoginVm, keypair, user};
 
 fn openpty() -> (OwnedFd, OwnedFd, String) {
     let pty = nix::pty::openpty(None, None).expect("openpty");
@@ -158,4 +165,73 @@ impl StuckConsole {
     pub fn path(&self) -> &str {
         &self.path
     }
+}
+
+/// An OS Login VM (real sshd) with alice (login role) and bob (no login role: every login of
+/// his is refused, each refusal a console event).
+pub struct AliceAndBob {
+    pub vm: OsLoginVm,
+    pub alice_key: PathBuf,
+    pub bob_key: PathBuf,
+}
+
+impl AliceAndBob {
+    /// Starts it; `config` is appended to the agent's configuration.
+    pub fn start(tag: &str, config: &str) -> AliceAndBob {
+        let mut keys = None;
+        let vm = OsLoginVm::start(tag, config, |env| {
+            let (alice_key, alice_pub) = keypair(env.dir(), "alice");
+            let (bob_key, bob_pub) = keypair(env.dir(), "bob");
+            let emu = env.emulator();
+            for u in [
+                user("alice", 200001, &alice_pub, true, false),
+                user("bob", 200002, &bob_pub, false, false),
+            ] {
+                emu.ok("POST", "/oslogin/users", Some(&u.to_string()));
+            }
+            keys = Some((alice_key, bob_key));
+        });
+        let (alice_key, bob_key) = keys.expect("setup ran");
+        AliceAndBob {
+            vm,
+            alice_key,
+            bob_key,
+        }
+    }
+}
+
+/// `[daemon] console = PATH` (and the rest of `extra`, which must not open another section
+/// before it).
+pub fn console_config(path: &str, extra: &str) -> String {
+    format!("{extra}\n[daemon]\nconsole = \"{path}\"\n")
+}
+
+/// `guest-agent status ARGS` in the VM, as root or (with `as_nobody`) as nobody: (exit code,
+/// stdout, stderr).
+pub fn status(env: &TestEnv, as_nobody: bool, args: &[&str]) -> (i32, String, String) {
+    let mut cmd = if as_nobody {
+        let mut c = env.vm().command("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            crate::vm::AGENT,
+        ]);
+        c
+    } else {
+        env.vm().command(crate::vm::AGENT)
+    };
+    let out = cmd.arg("status").args(args).output().expect("status");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `guest-agent status --json`, parsed (panics if it fails).
+pub fn status_json(env: &TestEnv, as_nobody: bool) -> Value {
+    let (code, out, err) = status(env, as_nobody, &["--json"]);
+    assert_eq!(code, 0, "status --json: {out}{err}");
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

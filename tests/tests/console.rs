@@ -4,79 +4,16 @@
 
 use std::time::{Duration, Instant};
 
-use guest_agent_e2e::console::{PtyConsole, StuckConsole};
-use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
+use guest_agent_e2e::console::{
+    AliceAndBob, PtyConsole, StuckConsole, console_config, status, status_json,
+};
 use guest_agent_e2e::{AgentOptions, TestEnv, require_root};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// A give-up bound, far above the usual (milliseconds to a few seconds).
 const WAIT: Duration = Duration::from_secs(60);
 
 const REFUSED_BOB: &str = "guest-agent: bob: refused: login role not granted";
-
-struct Vm {
-    vm: OsLoginVm,
-    alice_key: std::path::PathBuf,
-    bob_key: std::path::PathBuf,
-}
-
-/// An OS Login VM with alice (login role) and bob (no login role); `config` is appended to
-/// the agent's configuration.
-fn vm(tag: &str, config: &str) -> Vm {
-    let mut keys = None;
-    let vm = OsLoginVm::start(tag, config, |env| {
-        let (alice_key, alice_pub) = keypair(env.dir(), "alice");
-        let (bob_key, bob_pub) = keypair(env.dir(), "bob");
-        let emu = env.emulator();
-        for u in [
-            user("alice", 200001, &alice_pub, true, false),
-            user("bob", 200002, &bob_pub, false, false),
-        ] {
-            emu.ok("POST", "/oslogin/users", Some(&u.to_string()));
-        }
-        keys = Some((alice_key, bob_key));
-    });
-    let (alice_key, bob_key) = keys.expect("setup ran");
-    Vm {
-        vm,
-        alice_key,
-        bob_key,
-    }
-}
-
-/// `[daemon] console = PATH` (and the rest of `extra`, which must not open another section
-/// before it).
-fn console_config(path: &str, extra: &str) -> String {
-    format!("{extra}\n[daemon]\nconsole = \"{path}\"\n")
-}
-
-/// `guest-agent status ARGS` in the VM, as root or (with `as_nobody`) as nobody.
-fn status(env: &TestEnv, as_nobody: bool, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = if as_nobody {
-        let mut c = env.vm().command("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            guest_agent_e2e::vm::AGENT,
-        ]);
-        c
-    } else {
-        env.vm().command(guest_agent_e2e::vm::AGENT)
-    };
-    let out = cmd.arg("status").args(args).output().expect("status");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn status_json(env: &TestEnv, as_nobody: bool) -> Value {
-    let (code, out, err) = status(env, as_nobody, &["--json"]);
-    assert_eq!(code, 0, "status --json: {out}{err}");
-    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
 
 /// Start, READY, OS Login on, one refused login (one line however many runs sshd made for
 /// it), the metadata service lost and back, each a line read from the console; `status`
@@ -87,7 +24,7 @@ fn events_appear_on_the_console_one_line_each() {
         return;
     }
     let console = PtyConsole::open();
-    let v = vm(
+    let v = AliceAndBob::start(
         "console",
         &console_config(console.path(), "[metadata]\nbackoff_max_ms = 1000"),
     );
@@ -220,7 +157,7 @@ fn a_console_nobody_reads_stops_neither_logins_nor_status() {
     }
     let stuck = StuckConsole::open();
     assert!(stuck.filled > 0);
-    let v = vm("console-stuck", &console_config(stuck.path(), ""));
+    let v = AliceAndBob::start("console-stuck", &console_config(stuck.path(), ""));
     for _ in 0..5 {
         assert!(!v.vm.ssh(&v.bob_key, "bob", "true").status.success());
     }
@@ -255,7 +192,7 @@ fn status_shows_root_everything_and_others_only_their_own() {
         return;
     }
     let console = PtyConsole::open();
-    let v = vm("status", &console_config(console.path(), ""));
+    let v = AliceAndBob::start("status", &console_config(console.path(), ""));
     assert!(!v.vm.ssh(&v.bob_key, "bob", "true").status.success());
     assert!(v.vm.ssh(&v.alice_key, "alice", "true").status.success());
     console.expect(REFUSED_BOB, WAIT);

@@ -205,7 +205,7 @@ fn time_runs(n: usize, mut make: impl FnMut() -> Command) -> Result<Stats, Strin
 
 /// `ssh ... USER@127.0.0.1 true` from the VM's network namespace, bounded by `timeout`, with
 /// the same options as [`OsLoginVm::ssh`]: (exit code, wall time).
-fn ssh_bounded(vm: &OsLoginVm, key: &Path, user: &str, limit_secs: u32) -> (i32, Duration) {
+pub fn ssh_bounded(vm: &OsLoginVm, key: &Path, user: &str, limit_secs: u32) -> (i32, Duration) {
     let mut cmd = vm.env.ns.command(Path::new("timeout"));
     cmd.args(["-k", "2", &limit_secs.to_string(), "ssh", "-F", "/dev/null"])
         .args(["-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])

@@ -9,7 +9,8 @@
 //! Needs root (network and mount namespaces, real sshd). The parts (`guest_agent_e2e::bench`
 //! modules, each documented there): NSS lookups beside glibc `files` (`nss`), the
 //! AuthorizedKeysCommand, ssh logins and requests per login, lookups and logins with the
-//! service hanging (`login`), 1,000 metadata users from nothing (`accounts`), a 100,000-user
+//! service hanging (`login`), ssh logins with a serial console nobody reads beside none
+//! (`console`), 1,000 metadata users from nothing (`accounts`), a 100,000-user
 //! OS Login directory and 200 concurrent AuthorizedKeysCommand runs (`scale`), and, in VMs of
 //! their own running beside the others, READY with the service down and requests per idle hour
 //! (`service`).
@@ -22,7 +23,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent_e2e::bench::{
-    Bench, accounts, failed, login, nss, print_table, procfs, scale, service, timer,
+    Bench, accounts, console, failed, login, nss, print_table, procfs, scale, service, timer,
 };
 
 /// The supervisor of the measuring child.
@@ -90,6 +91,15 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
             login::Params::FULL
         },
     )?;
+    eprintln!("bench-report: ssh logins with a stuck serial console and with none ...");
+    let console = console::run(
+        record,
+        if quick {
+            console::Params::QUICK
+        } else {
+            console::Params::FULL
+        },
+    )?;
     eprintln!("bench-report: 1,000 metadata users ...");
     let accounts = accounts::run(
         record,
@@ -119,6 +129,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     let mut rows = nss::rows(&nss);
     rows.extend(login::rows_down(&login));
     rows.extend(login::rows(&login));
+    rows.extend(console::rows(&console));
     rows.extend(accounts::rows(&accounts));
     let service_rows = service::rows(&idle, &ready);
     let mut service_rows = service_rows.into_iter();
