@@ -494,3 +494,116 @@ fn googles_agent_is_taken_over_with_no_failed_login_and_undo_restores_its_files(
     drop(google);
     drop(sshd);
 }
+
+#[test]
+fn with_os_login_on_googles_block_goes_and_our_keys_command_alone_stays_in_effect() {
+    if !require_root(
+        "with_os_login_on_googles_block_goes_and_our_keys_command_alone_stays_in_effect",
+    ) {
+        return;
+    }
+    let env = TestEnv::with_emulator("takeover-osl", None);
+    let (key, public) = keypair_of(env.dir(), "alice", "ed25519");
+    env.emulator()
+        .set_attribute("project", "enable-oslogin", "TRUE");
+    env.emulator().ok(
+        "POST",
+        "/oslogin/users",
+        Some(&guest_agent_e2e::oslogin::user("alice", 200001, &public, true, true).to_string()),
+    );
+    env.vm().private_var();
+    env.vm().run(
+        r#"set -e
+mkfifo -m 0644 /etc/ssh/oslogin_trustedca.pub
+{ printf '%s\n' '#### Google OS Login control. Do not edit this section. ####' \
+    'TrustedUserCAKeys /etc/ssh/oslogin_trustedca.pub' \
+    'AuthorizedPrincipalsCommand /usr/bin/google_authorized_principals %u %k' \
+    'AuthorizedPrincipalsCommandUser root' \
+    'AuthorizedKeysCommand /usr/bin/google_authorized_keys' \
+    'AuthorizedKeysCommandUser root' \
+    '#### End Google OS Login control section. ####'
+  cat /etc/ssh/sshd_config
+  printf '%s\n' '#### Google OS Login control. Do not edit this section. ####' \
+    'Include /var/google-users.d/*' \
+    '#### End Google OS Login control section. ####'; } > /etc/ssh/sshd_config.new
+mv /etc/ssh/sshd_config.new /etc/ssh/sshd_config
+sed -i -e '/^passwd:/s/$/ cache_oslogin oslogin/' -e '/^group:/s/$/ cache_oslogin oslogin/' /etc/nsswitch.conf
+mkdir -m 0750 /var/google-sudoers.d /var/google-users.d
+printf 'alice ALL=(ALL:ALL) NOPASSWD: ALL\n' > /var/google-sudoers.d/alice
+printf '#includedir /var/google-sudoers.d\n' > /etc/sudoers.d/google-oslogin
+chmod 0440 /etc/sudoers.d/google-oslogin /var/google-sudoers.d/alice
+"#,
+    );
+    let mut env = env;
+    let t0 = Instant::now();
+    env.start_agent(guest_agent_e2e::AgentOptions {
+        config: format!("[oslogin]\nhelper_path = \"{AGENT}\"\n"),
+        ..Default::default()
+    });
+    env.wait_ready(t0, Duration::from_secs(30));
+    env.agent().expect_line(
+        t0,
+        &["took over from Google's guest agent"],
+        Duration::from_secs(60),
+    );
+    // The OS Login reconciler plans sshd again once Google's block is gone: our command alone,
+    // nothing chained to Google's.
+    let keys_command = || {
+        run(
+            &env,
+            "/usr/sbin/sshd -T -f /etc/ssh/sshd_config | grep '^authorizedkeyscommand '",
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while keys_command().contains("google") {
+        assert!(
+            Instant::now() < deadline,
+            "still chained to Google's: {}\n{}",
+            keys_command(),
+            env.agent().dump()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        keys_command().starts_with(&format!("authorizedkeyscommand {AGENT} authorized-keys")),
+        "{}",
+        keys_command()
+    );
+    let sshd = start_sshd(env.vm(), &[]);
+    let out = ssh(
+        &env.ns,
+        &key,
+        "alice",
+        "id -un && sudo -n true && echo sudo-ok",
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("alice") && said.contains("sudo-ok"),
+        "{said}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sshd.dump()
+    );
+    let nss = run(&env, "grep -E '^(passwd|group):' /etc/nsswitch.conf");
+    assert!(
+        nss.contains("guestagent") && !nss.contains("oslogin"),
+        "{nss}"
+    );
+    assert!(!run(&env, "cat /etc/ssh/sshd_config").contains("Google"));
+    for gone in [
+        "/etc/sudoers.d/google-oslogin",
+        "/var/google-sudoers.d",
+        "/var/google-users.d",
+        "/etc/ssh/oslogin_trustedca.pub",
+    ] {
+        assert_eq!(
+            run(&env, &format!("test -e {gone} && echo present; true")),
+            "",
+            "{gone}"
+        );
+    }
+    let report: Value =
+        serde_json::from_str(&run(&env, "cat /var/lib/guest-agent/takeover.json")).expect("report");
+    assert_eq!(report["status"], "done", "{report:#}");
+    assert_eq!(report["failed"], serde_json::json!([]), "{report:#}");
+    drop(sshd);
+}

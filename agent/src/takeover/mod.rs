@@ -226,6 +226,10 @@ pub struct TakeoverReconciler {
     /// A report exists (or a refusal was logged): nothing more to do until the next start.
     settled: bool,
     refused_logged: Option<String>,
+    /// Right after a takeover: one more pass at once, so the accounts reconciler drops Google's
+    /// key lines and the OS Login reconciler re-plans sshd without Google's block now, not at
+    /// the next check interval.
+    again: Option<std::time::Instant>,
 }
 
 impl TakeoverReconciler {
@@ -235,6 +239,7 @@ impl TakeoverReconciler {
             paths,
             settled: false,
             refused_logged: None,
+            again: None,
         }
     }
 }
@@ -245,10 +250,11 @@ impl Reconciler for TakeoverReconciler {
     }
 
     fn next_wakeup(&self) -> Option<std::time::Instant> {
-        None
+        self.again
     }
 
     fn reconcile(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        self.again = None;
         let cfg = self.config.borrow().clone();
         if self.settled || cfg.accounts.takeover != "auto" {
             return Ok(());
@@ -276,6 +282,7 @@ impl Reconciler for TakeoverReconciler {
         self.settled = true;
         let report = apply::execute(&p, &self.paths, &ctx)?;
         log_report(&report);
+        self.again = Some(std::time::Instant::now());
         Ok(())
     }
 }
