@@ -33,6 +33,7 @@ async fn emulator() -> Running {
         }],
         login: true,
         admin: false,
+        security_keys: Vec::new(),
     });
     emu
 }

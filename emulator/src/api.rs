@@ -128,6 +128,10 @@ pub struct UserSpec {
     /// The administrator role (`policy=adminLogin`). Defaults to false.
     #[serde(default)]
     pub admin: bool,
+    /// Security keys (`sk-ssh-ed25519@openssh.com AAAA...` lines), served as `securityKeys`
+    /// only when the profile is asked with `view=securityKey`.
+    #[serde(default)]
+    pub security_keys: Vec<String>,
 }
 
 fn default_true() -> bool {

@@ -26,6 +26,7 @@ fn user(name: &str, uid: u32) -> UserSpec {
         keys: vec![],
         login: true,
         admin: false,
+        security_keys: Vec::new(),
     }
 }
 

@@ -193,6 +193,18 @@ impl OsLogin {
             Ok(u) => u,
             Err(a) => return a,
         };
+        if self.security_keys() {
+            // Security-key mode: the profile's security keys, asked live, and nothing else (a
+            // profile without any gets no key: an ordinary key must not open it).
+            return match self.security_keys_of(name).await {
+                Ok(keys) => {
+                    tracing::info!(email = %user.email, decision = "allow", keys = keys.len(), admin, mode = "security keys", "login authorized");
+                    Answer::Ok(keys)
+                }
+                Err(Answer::NotFound) => Answer::Denied("no security-key profile".into()),
+                Err(a) => a,
+            };
+        }
         let mut keys = valid_keys(&user);
         // A key registered since the last sync: refresh this one profile (budgeted per user).
         if let Some(fp) = fingerprint
@@ -231,6 +243,14 @@ impl OsLogin {
     ) -> Answer {
         let span = tracing::info_span!("login", user = name, method = "certificate");
         let _enter = span.enter();
+        if self.is_enabled() && self.security_keys() {
+            // As Google's agent: in security-key mode no certificate is offered or accepted
+            // (a certificate would open the account without the security key).
+            let why = "security-key mode (enable-oslogin-sk): certificates are not accepted";
+            tracing::info!(decision = "deny", reason = why, "certificate refused");
+            events::login(name, false, why, connection);
+            return Answer::Denied(why.into());
+        }
         let info = match super::certificate::parse(cert) {
             Ok(i) => i,
             Err(why) => {

@@ -327,5 +327,56 @@ pub fn parse_authorized(v: &Value) -> bool {
     v.get("success").and_then(Value::as_bool) == Some(true)
 }
 
+/// The key types a security key makes (FIDO, `ssh-keygen -t ed25519-sk` / `ecdsa-sk`).
+pub const SECURITY_KEY_TYPES: [&str; 2] = [
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// The `securityKeys` of the profile of `username` in a `users?username=NAME&view=securityKey`
+/// answer (only `publicKey` is used): the lines of security-key types; a profile without any
+/// has none (not an error). `Err`: the answer is not that user's profile.
+pub fn security_keys(answer: &Value, username: &str) -> Result<Vec<String>, String> {
+    let profile = answer
+        .get("loginProfiles")
+        .and_then(Value::as_array)
+        .and_then(|p| p.first())
+        .ok_or("no loginProfiles in the answer")?;
+    let named = profile
+        .get("posixAccounts")
+        .and_then(Value::as_array)
+        .is_some_and(|a| {
+            a.iter()
+                .any(|acct| acct.get("username").and_then(Value::as_str) == Some(username))
+        });
+    if !named {
+        return Err(format!("the profile is not {username:?}'s"));
+    }
+    let Some(list) = profile.get("securityKeys") else {
+        return Ok(Vec::new());
+    };
+    let list = list.as_array().ok_or("securityKeys is not a list")?;
+    Ok(list
+        .iter()
+        .filter_map(|k| k.get("publicKey").and_then(Value::as_str))
+        .map(str::trim)
+        .filter(|k| {
+            let ok = k
+                .split_whitespace()
+                .next()
+                .is_some_and(|t| SECURITY_KEY_TYPES.contains(&t))
+                && !k.contains(['\n', '\r']);
+            if !ok {
+                tracing::warn!(
+                    user = username,
+                    "a securityKeys entry that is not a security key skipped"
+                );
+            }
+            ok
+        })
+        .map(str::to_owned)
+        .collect())
+}
+
 #[cfg(test)]
 mod tests;

@@ -259,6 +259,8 @@ impl Reconciler for OsLoginReconciler {
             Some((v, scope)) => format!("{scope} attribute enable-oslogin = {v}"),
             None => "no enable-oslogin attribute".into(),
         };
+        self.service
+            .set_security_keys(on && snapshot.flag("enable-oslogin-sk").is_some_and(|(v, _)| v));
         let settings = self.settings();
         let stamp = file_stamp(&self.paths.sshd.main_config);
         if self.applied.as_ref() == Some(&(on, settings.clone(), stamp)) {

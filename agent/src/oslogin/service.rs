@@ -92,6 +92,9 @@ pub struct OsLogin {
     /// at start; emptied after the first sync, see `confirm_inherited_admins`).
     pub(super) inherited_admins: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
+    /// Security-key mode (`enable-oslogin-sk`): the keys command serves the profile's
+    /// `securityKeys` only, and certificates are not accepted.
+    security_keys: AtomicBool,
     /// The last local account view read whole (kept, marked stale, while the files cannot be
     /// read), and whether the failure was logged.
     last_local: Mutex<Option<LocalAccounts>>,
@@ -175,6 +178,7 @@ impl OsLogin {
             authorizer: Authorizer::default(),
             admins: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
+            security_keys: AtomicBool::new(false),
             last_local: Mutex::new(None),
             local_failing: AtomicBool::new(false),
             homes_taken: Mutex::new(HashSet::new()),
@@ -215,6 +219,38 @@ impl OsLogin {
         if self.enabled.swap(on, Ordering::SeqCst) != on && on {
             self.request_sync();
         }
+    }
+
+    pub fn security_keys(&self) -> bool {
+        self.security_keys.load(Ordering::SeqCst)
+    }
+
+    /// Set by the reconciler on every pass (from `enable-oslogin-sk`); logged when it changes.
+    pub fn set_security_keys(&self, on: bool) {
+        if self.security_keys.swap(on, Ordering::SeqCst) != on {
+            tracing::info!(
+                security_keys = on,
+                "OS Login security-key mode {}",
+                if on {
+                    "on: only security keys are served"
+                } else {
+                    "off"
+                }
+            );
+        }
+    }
+
+    /// The profile's security keys (`users?username=NAME&view=securityKey`), asked live for a
+    /// login in security-key mode: only `sk-` keys are kept (anything else in the list is not
+    /// a security key and is skipped with a log line).
+    pub(super) async fn security_keys_of(&self, name: &str) -> Result<Vec<String>, Answer> {
+        let path = format!("users?username={}&view=securityKey", query_escape(name));
+        let Some(v) = self.lookup_json(&path).await? else {
+            return Err(Answer::NotFound);
+        };
+        let keys = super::profile::security_keys(&v, name)
+            .map_err(|e| Answer::Unavailable(format!("security keys of {name}: {e}")))?;
+        Ok(keys)
     }
 
     /// Syncs the directory and fetches the CA keys now (OS Login turned on, SIGUSR1).

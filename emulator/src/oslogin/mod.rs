@@ -177,7 +177,17 @@ impl Directory {
         }
         if let Some(name) = param.get("username") {
             let user = self.users.get(name).ok_or_else(not_found)?;
-            return Ok(json!({ "loginProfiles": [profile(user)] }));
+            let mut p = profile(user);
+            if param.get("view") == Some("securityKey") {
+                // Only `publicKey` is used by agents; the real service sends a key handle too.
+                let keys: Vec<Value> = user
+                    .security_keys
+                    .iter()
+                    .map(|k| json!({ "publicKey": k, "privateKey": "(key handle)" }))
+                    .collect();
+                p["securityKeys"] = Value::Array(keys);
+            }
+            return Ok(json!({ "loginProfiles": [p] }));
         }
         if let Some(uid) = param.get("uid") {
             let uid: u32 = uid.parse().map_err(|_| bad_request("bad uid"))?;

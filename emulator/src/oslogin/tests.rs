@@ -16,6 +16,7 @@ fn user(name: &str, uid: u32) -> UserSpec {
         keys: vec![],
         login: true,
         admin: false,
+        security_keys: Vec::new(),
     }
 }
 
@@ -201,5 +202,25 @@ fn raw_answers_and_certificates() {
     assert_eq!(
         v,
         json!({"trustedCertificateAuthorities":[{"publicKey":"ca-line"}]})
+    );
+}
+
+#[test]
+fn security_keys_are_served_only_in_the_security_key_view() {
+    let mut d = Directory::default();
+    let mut u = user("alice", 1001);
+    u.security_keys =
+        vec!["sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t alice-sk".into()];
+    d.upsert_user(u);
+    let ask = |q: &str| ask(&d, "users", q).1;
+    let plain = ask("username=alice");
+    assert!(
+        plain["loginProfiles"][0].get("securityKeys").is_none(),
+        "{plain}"
+    );
+    let sk = ask("username=alice&view=securityKey");
+    assert_eq!(
+        sk["loginProfiles"][0]["securityKeys"][0]["publicKey"],
+        "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t alice-sk"
     );
 }

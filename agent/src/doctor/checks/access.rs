@@ -53,7 +53,38 @@ pub fn metadata(cx: &Context) -> Check {
 pub fn oslogin(cx: &Context) -> Check {
     let st = &cx.oslogin;
     let user = cx.user();
-    let base = format!("OS Login {}: {}", on_off(st.on), st.why);
+    let flag = |key: &str| {
+        cx.facts
+            .metadata
+            .snapshot
+            .as_ref()
+            .ok()
+            .and_then(|s| s.flag(key))
+            .is_some_and(|(v, _)| v)
+    };
+    let modes = match (
+        st.on && flag("enable-oslogin-sk"),
+        st.on && flag("enable-oslogin-2fa"),
+    ) {
+        (false, false) => String::new(),
+        (sk, fa) => {
+            let mut m = Vec::new();
+            if sk {
+                m.push(
+                    "security-key mode on (enable-oslogin-sk): only the profile's security keys \
+                     are served, certificates are refused",
+                );
+            }
+            if fa {
+                m.push(
+                    "2-step verification on (enable-oslogin-2fa): not provided by guest-agent \
+                     yet, keys alone log in",
+                );
+            }
+            format!("; {}", m.join("; "))
+        }
+    };
+    let base = format!("OS Login {}: {}{modes}", on_off(st.on), st.why);
     let mut check = match (cx.kind, &cx.facts.profile) {
         _ if !st.from_metadata => Check::warn(
             "oslogin",
@@ -149,6 +180,14 @@ pub fn oslogin(cx: &Context) -> Check {
             ),
         ),
     };
+    if check.status == super::Status::Ok && st.on && flag("enable-oslogin-2fa") {
+        check = Check::warn(
+            "oslogin",
+            check.summary.clone(),
+            "guest-agent does not ask for the second factor yet (issue 17): turn \
+             enable-oslogin-2fa off for this VM, or keep Google's agent on VMs that need it",
+        );
+    }
     if check.status == super::Status::Ok {
         if let Some(bad) = st.invalid.first() {
             check = Check::warn(

@@ -240,3 +240,32 @@ fn members_and_authorize() {
     assert!(!parse_authorized(&serde_json::json!({"success": "true"})));
     assert!(!parse_authorized(&serde_json::json!({})));
 }
+
+#[test]
+fn security_keys_are_the_sk_lines_of_the_named_profile() {
+    use super::security_keys;
+    let answer = serde_json::json!({"loginProfiles": [{
+        "name": "alice@example.com",
+        "posixAccounts": [{"primary": true, "username": "alice", "uid": 1001}],
+        "securityKeys": [
+            {"publicKey": "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t alice ", "privateKey": "h"},
+            {"publicKey": "sk-ecdsa-sha2-nistp256@openssh.com AAAAInNrLWVjZHNh alice2"},
+            {"publicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIplain not-a-security-key"},
+            {"privateKey": "no public key"}
+        ]
+    }]});
+    assert_eq!(
+        security_keys(&answer, "alice").unwrap(),
+        vec![
+            "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t alice",
+            "sk-ecdsa-sha2-nistp256@openssh.com AAAAInNrLWVjZHNh alice2",
+        ]
+    );
+    assert!(
+        security_keys(&answer, "bob").is_err(),
+        "another user's profile"
+    );
+    let none = serde_json::json!({"loginProfiles": [{"posixAccounts": [{"username": "alice"}]}]});
+    assert_eq!(security_keys(&none, "alice").unwrap(), Vec::<String>::new());
+    assert!(security_keys(&serde_json::json!({}), "alice").is_err());
+}
