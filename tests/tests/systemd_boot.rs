@@ -88,6 +88,19 @@ cat > "$R/etc/systemd/system/ga-boot.target" <<T
 Description=guest-agent boot test
 Wants=systemd-journald.service guest-agent.service ssh.service
 T
+# Google's guest agent as a VM that ran it has it (a stand-in that only waits), enabled and
+# running, with its users list: the agent takes over from it (issue 16).
+cat > "$R/etc/systemd/system/google-guest-agent.service" <<T
+[Unit]
+Description=stand-in for Google's guest agent
+[Service]
+ExecStart=/bin/sleep infinity
+[Install]
+WantedBy=ga-boot.target
+T
+mkdir -p "$R/etc/systemd/system/ga-boot.target.wants" "$R/var/lib/google"
+ln -s /etc/systemd/system/google-guest-agent.service "$R/etc/systemd/system/ga-boot.target.wants/"
+echo nosuchgoogleuser > "$R/var/lib/google/google_users"
 # Nothing that would touch the host or slow the boot: no generators (fstab, getty...), and
 # of sysinit.target's wants only journald.
 mkdir -p "$R/etc/systemd/system-generators"
@@ -450,6 +463,25 @@ fn under_a_real_systemd_the_hardened_unit_runs_restarts_and_keeps_the_watchdog()
     // Its socket serves root outside the sandbox.
     let token = boot.run("guest-agent token");
     assert!(!token.trim().is_empty());
+
+    // The takeover from the sandbox: Google's unit stopped and disabled through systemctl, its
+    // users list removed (ReadWritePaths), the report written.
+    boot.wait_journal(
+        "-u guest-agent",
+        "took over from Google's guest agent",
+        Duration::from_secs(60),
+    );
+    let google = boot.run(
+        "systemctl is-active google-guest-agent; systemctl is-enabled google-guest-agent; \
+         test -e /var/lib/google/google_users && echo list-present; \
+         grep -c '\"status\": \"done\"' /var/lib/guest-agent/takeover.json; true",
+    );
+    assert_eq!(
+        google.split_whitespace().collect::<Vec<_>>(),
+        ["inactive", "disabled", "1"],
+        "{google}\n{}",
+        boot.run("cat /var/lib/guest-agent/takeover.json; journalctl --no-pager -o cat -u guest-agent | tail -20")
+    );
 
     // OS Login: nsswitch.conf and the sshd drop-in edited, sshd reloaded through systemctl
     // from inside the sandbox.
