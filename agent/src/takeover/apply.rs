@@ -31,6 +31,8 @@ pub struct Paths {
     pub sshd_reload: ReloadTarget,
     pub systemd_marker: PathBuf,
     pub systemctl: PathBuf,
+    /// Where unit files live (a unit none of them holds is not asked about).
+    pub unit_dirs: Vec<PathBuf>,
     pub gpasswd: PathBuf,
     pub groupadd: PathBuf,
     pub timeout: Duration,
@@ -48,6 +50,12 @@ impl Default for Paths {
             sshd_reload: ReloadTarget::sshd(),
             systemd_marker: "/run/systemd/system".into(),
             systemctl: "/usr/bin/systemctl".into(),
+            unit_dirs: vec![
+                "/etc/systemd/system".into(),
+                "/run/systemd/system".into(),
+                "/usr/lib/systemd/system".into(),
+                "/lib/systemd/system".into(),
+            ],
             gpasswd: "/usr/bin/gpasswd".into(),
             groupadd: "/usr/sbin/groupadd".into(),
             timeout: command::DEFAULT_TIMEOUT,
@@ -101,9 +109,16 @@ pub fn gather(paths: &Paths, ctx: &Context) -> Found {
         .iter()
         .find(|g| g.name == google::SUDO_GROUP)
         .map(|g| g.members.clone());
+    // systemctl is asked only about units whose file exists: the daemon gathers on every pass
+    // until a takeover happened, and a VM that never ran Google's agent must not spawn
+    // systemctl each time.
     let systemd = paths.systemd_marker.is_dir();
     let units = if systemd {
-        UNITS.iter().filter_map(|u| unit_state(paths, u)).collect()
+        UNITS
+            .iter()
+            .filter(|u| paths.unit_dirs.iter().any(|d| d.join(u).exists()))
+            .filter_map(|u| unit_state(paths, u))
+            .collect()
     } else {
         Vec::new()
     };
