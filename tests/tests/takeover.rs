@@ -444,6 +444,13 @@ fn googles_agent_is_taken_over_with_no_failed_login_and_undo_restores_its_files(
     let report: Value =
         serde_json::from_str(&vm("cat /var/lib/guest-agent/takeover.json")).expect("report");
     assert_eq!(report["status"], "done", "{report:#}");
+    assert_eq!(
+        vm(
+            "stat -c '%a' /var/lib/guest-agent /var/lib/guest-agent/takeover /var/lib/guest-agent/takeover.json"
+        ),
+        "755\n700\n600\n",
+        "the saved files are root's; the state directory stays readable (the NSS cache)"
+    );
     assert_eq!(report["failed"], serde_json::json!([]), "{report:#}");
     let (code, again, _) = takeover(&env, &["--dry-run", "--json"]);
     assert_eq!(code, 2, "nothing left to take over: {again}");

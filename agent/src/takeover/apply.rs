@@ -204,16 +204,25 @@ fn save(paths: &Paths, report: &mut Report, path: &Path) -> Result<(), TakeoverE
     Ok(())
 }
 
+/// The backup directory (0700), its parent made 0755 when missing: the state directory
+/// holds the NSS module's cache, which every process reads (a `guest-agent takeover` run before
+/// the daemon ever started must not make it root-only).
 fn ensure_backup_dir(paths: &Paths) -> Result<(), TakeoverError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&paths.backups)
-        .map_err(|e| TakeoverError::Io {
-            action: "create",
-            path: paths.backups.clone(),
-            source: e,
-        })
+    let create = |dir: &Path, mode: u32| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|e| TakeoverError::Io {
+                action: "create",
+                path: dir.to_path_buf(),
+                source: e,
+            })
+    };
+    if let Some(parent) = paths.backups.parent() {
+        create(parent, 0o755)?;
+    }
+    create(&paths.backups, 0o700)
 }
 
 /// Writes `new` over the config file `path`, keeping its mode and owner.
