@@ -436,7 +436,7 @@ fn restore(paths: &Paths, b: &Backup) -> Result<(), TakeoverError> {
             source: e,
         }
     };
-    match &b.kind {
+    let made = match &b.kind {
         BackupKind::Dir => {
             if !b.path.is_dir() {
                 std::fs::DirBuilder::new()
@@ -444,41 +444,37 @@ fn restore(paths: &Paths, b: &Backup) -> Result<(), TakeoverError> {
                     .create(&b.path)
                     .map_err(io("create"))?;
             }
-            nix::unistd::chown(
-                &b.path,
-                Some(nix::unistd::Uid::from_raw(b.uid)),
-                Some(nix::unistd::Gid::from_raw(b.gid)),
-            )
-            .map_err(|e| io("chown")(e.into()))?;
-            std::fs::set_permissions(
-                &b.path,
-                std::os::unix::fs::PermissionsExt::from_mode(b.mode),
-            )
-            .map_err(io("chmod"))?;
+            true
         }
         BackupKind::Fifo => {
             if std::fs::symlink_metadata(&b.path).is_err() {
                 nix::unistd::mkfifo(&b.path, nix::sys::stat::Mode::from_bits_truncate(b.mode))
                     .map_err(|e| io("create the FIFO")(e.into()))?;
             }
-            nix::unistd::chown(
-                &b.path,
-                Some(nix::unistd::Uid::from_raw(b.uid)),
-                Some(nix::unistd::Gid::from_raw(b.gid)),
-            )
-            .map_err(|e| io("chown")(e.into()))?;
-            std::fs::set_permissions(
-                &b.path,
-                std::os::unix::fs::PermissionsExt::from_mode(b.mode),
-            )
-            .map_err(io("chmod"))?;
+            true
         }
         BackupKind::File { saved } => {
             let bytes =
                 std::fs::read(paths.backups.join(saved)).map_err(io("read the saved copy of"))?;
             let target = files::config_target(&b.path);
             files::write_atomic(&target, &bytes, b.mode, Some((b.uid, b.gid)))?;
+            false
         }
+    };
+    // A directory or FIFO made again (or still there) gets its owner and mode back; a file's
+    // were set by the atomic write.
+    if made {
+        nix::unistd::chown(
+            &b.path,
+            Some(nix::unistd::Uid::from_raw(b.uid)),
+            Some(nix::unistd::Gid::from_raw(b.gid)),
+        )
+        .map_err(|e| io("chown")(e.into()))?;
+        std::fs::set_permissions(
+            &b.path,
+            std::os::unix::fs::PermissionsExt::from_mode(b.mode),
+        )
+        .map_err(io("chmod"))?;
     }
     Ok(())
 }
