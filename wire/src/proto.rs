@@ -104,6 +104,129 @@ pub enum Request {
     /// What the daemon knows now (`guest-agent status`): one JSON line, shaped for the
     /// asker (root sees users' names and login decisions, others only their own).
     Status,
+    /// The PAM module's `auth` hook: start OS Login two-step verification for `user`.
+    /// Answers: `NOTFOUND` (not ours: 2FA off, not an OS Login user, an `sa_` account: the
+    /// rest of the PAM stack decides), `OK` with [`TwoFactorLine`]s (`session ID` first, then
+    /// one `challenge ...` per offered challenge), `DENIED`/`UNAVAIL REASON` (refuse, show it).
+    TwoFactorStart {
+        user: String,
+    },
+    /// The PAM module's next step in the session `session` the start opened: answer or start
+    /// (`action`) challenge `challenge`; `credential` is what the user typed, hex-encoded (so
+    /// that no blank or control character reaches the line), `-` for none. Answers: `OK` with
+    /// `authenticated`, or `pending` + `challenge` lines (a challenge started), or `DENIED`.
+    TwoFactorContinue {
+        user: String,
+        session: String,
+        challenge: u32,
+        action: TwoFactorAction,
+        credential: Option<String>,
+    },
+    /// The PAM module's `account` hook: is `user`'s login role granted now (reusing the
+    /// decision this SSH connection's key check made). `OK 0` yes, `NOTFOUND` not ours,
+    /// `DENIED`/`UNAVAIL REASON` no.
+    PamAccount {
+        user: String,
+    },
+}
+
+/// What the PAM module asks of one challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TwoFactorAction {
+    /// Send the user's answer (`RESPOND`).
+    Respond,
+    /// Start a challenge that was only proposed (`START_ALTERNATE`).
+    StartAlternate,
+}
+
+impl TwoFactorAction {
+    pub fn as_arg(self) -> &'static str {
+        match self {
+            TwoFactorAction::Respond => "respond",
+            TwoFactorAction::StartAlternate => "start-alternate",
+        }
+    }
+}
+
+/// Longest credential a user may type (hex-encoded it is twice this).
+pub const MAX_CREDENTIAL: usize = 256;
+/// Most challenges one session may offer.
+pub const MAX_CHALLENGES: usize = 16;
+
+/// A line of a two-step answer (`OK` lines of [`Request::TwoFactorStart`] and
+/// [`Request::TwoFactorContinue`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TwoFactorLine {
+    /// `session ID`
+    Session(String),
+    /// `challenge ID TYPE STATUS` (TYPE as the service names it, e.g. `TOTP`; STATUS `READY`
+    /// or `PROPOSED`).
+    Challenge { id: u32, kind: String, ready: bool },
+    /// `authenticated`
+    Authenticated,
+    /// `pending`: a challenge was started; the `challenge` lines that follow say which.
+    Pending,
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 256
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.:=/+".contains(&b))
+}
+
+impl TwoFactorLine {
+    pub fn encode(&self) -> String {
+        match self {
+            TwoFactorLine::Session(s) => format!("session {s}"),
+            TwoFactorLine::Challenge { id, kind, ready } => format!(
+                "challenge {id} {kind} {}",
+                if *ready { "READY" } else { "PROPOSED" }
+            ),
+            TwoFactorLine::Authenticated => "authenticated".into(),
+            TwoFactorLine::Pending => "pending".into(),
+        }
+    }
+
+    pub fn parse(line: &str) -> Result<TwoFactorLine, ProtoError> {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words.as_slice() {
+            ["session", s] if is_token(s) => Ok(TwoFactorLine::Session(s.to_string())),
+            ["challenge", id, kind, status] if is_token(kind) => Ok(TwoFactorLine::Challenge {
+                id: self::id(id)?,
+                kind: kind.to_string(),
+                ready: match *status {
+                    "READY" => true,
+                    "PROPOSED" => false,
+                    _ => return Err(ProtoError("bad challenge status")),
+                },
+            }),
+            ["authenticated"] => Ok(TwoFactorLine::Authenticated),
+            ["pending"] => Ok(TwoFactorLine::Pending),
+            _ => Err(ProtoError("bad two-step line")),
+        }
+    }
+}
+
+/// Whether `s` is a session id the protocol carries (the service's, checked by the daemon).
+pub fn is_session_id(s: &str) -> bool {
+    is_token(s)
+}
+
+/// `bytes` as lowercase hex (a credential on the request line).
+pub fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of lowercase or uppercase hex; `None` when it is not hex.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 /// Why a request line was refused.
@@ -164,6 +287,19 @@ impl Request {
             }
             Request::Token { account, format } => format!("token {account} {format}"),
             Request::Status => "status".into(),
+            Request::TwoFactorStart { user } => format!("2fa-start {user}"),
+            Request::TwoFactorContinue {
+                user,
+                session,
+                challenge,
+                action,
+                credential,
+            } => format!(
+                "2fa-continue {user} {session} {challenge} {} {}",
+                action.as_arg(),
+                credential.as_deref().unwrap_or("-")
+            ),
+            Request::PamAccount { user } => format!("pam-account {user}"),
         }
     }
 
@@ -202,6 +338,29 @@ impl Request {
                 format: f.to_string(),
             },
             ("status", []) => Request::Status,
+            ("2fa-start", [u]) => Request::TwoFactorStart { user: name(u)? },
+            ("2fa-continue", [u, s, c, a, cred]) => Request::TwoFactorContinue {
+                user: name(u)?,
+                session: if is_token(s) {
+                    s.to_string()
+                } else {
+                    return Err(ProtoError("invalid session id"));
+                },
+                challenge: id(c)?,
+                action: match *a {
+                    "respond" => TwoFactorAction::Respond,
+                    "start-alternate" => TwoFactorAction::StartAlternate,
+                    _ => return Err(ProtoError("invalid two-step action")),
+                },
+                credential: match *cred {
+                    "-" => None,
+                    c if c.len() <= 2 * MAX_CREDENTIAL && hex_decode(c).is_some() => {
+                        Some(c.to_ascii_lowercase())
+                    }
+                    _ => return Err(ProtoError("invalid credential")),
+                },
+            },
+            ("pam-account", [u]) => Request::PamAccount { user: name(u)? },
             _ => return Err(ProtoError("unknown request")),
         };
         Ok(request)
@@ -284,6 +443,56 @@ mod tests {
     use super::*;
 
     #[test]
+    fn two_factor_lines_round_trip_and_bad_ones_are_refused() {
+        for l in [
+            TwoFactorLine::Session("abc-1".into()),
+            TwoFactorLine::Challenge {
+                id: 3,
+                kind: "TOTP".into(),
+                ready: true,
+            },
+            TwoFactorLine::Challenge {
+                id: 4,
+                kind: "AUTHZEN".into(),
+                ready: false,
+            },
+            TwoFactorLine::Authenticated,
+            TwoFactorLine::Pending,
+        ] {
+            assert_eq!(TwoFactorLine::parse(&l.encode()), Ok(l.clone()));
+        }
+        for bad in [
+            "",
+            "session",
+            "session a b",
+            "challenge x TOTP READY",
+            "challenge 1 TOTP DONE",
+            "challenge 1 TO\tTP READY",
+            "authenticated now",
+        ] {
+            assert!(TwoFactorLine::parse(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            hex_decode(&hex_encode(b"\x00 a\xff")),
+            Some(b"\x00 a\xff".to_vec())
+        );
+        assert_eq!(hex_decode("abc"), None);
+        assert_eq!(hex_decode("zz"), None);
+        for bad in [
+            "2fa-continue alice s 1 respond 12345",
+            "2fa-continue alice s 1 shout -",
+            "2fa-continue alice s x respond -",
+            "2fa-continue alice s;rm 1 respond -",
+            "2fa-start",
+            "pam-account",
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = "a".repeat(2 * MAX_CREDENTIAL + 2);
+        assert!(Request::parse(&format!("2fa-continue alice s 1 respond {long}")).is_err());
+    }
+
+    #[test]
     fn requests_round_trip() {
         for r in [
             Request::UserByName("alice".into()),
@@ -308,6 +517,26 @@ mod tests {
                 format: "json".into(),
             },
             Request::Status,
+            Request::TwoFactorStart {
+                user: "alice".into(),
+            },
+            Request::TwoFactorContinue {
+                user: "alice".into(),
+                session: "s-1:AbC=".into(),
+                challenge: 2,
+                action: TwoFactorAction::Respond,
+                credential: Some(hex_encode(b"123 456")),
+            },
+            Request::TwoFactorContinue {
+                user: "alice".into(),
+                session: "s1".into(),
+                challenge: 1,
+                action: TwoFactorAction::StartAlternate,
+                credential: None,
+            },
+            Request::PamAccount {
+                user: "alice".into(),
+            },
         ] {
             assert_eq!(Request::parse(&r.encode()), Ok(r.clone()), "{r:?}");
             // Version 1 without the prefix, as clients before versions wrote it.
