@@ -220,7 +220,7 @@ pub fn hex_encode(bytes: &[u8]) -> String {
 
 /// The bytes of lowercase or uppercase hex; `None` when it is not hex.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
