@@ -164,6 +164,14 @@ pub struct OsLoginConfig {
     /// AuthorizedKeysCommandUser (sshd's logins) and the daemon's own syncs are not counted.
     pub unprivileged_lookup_burst: u32,
     pub unprivileged_lookups_per_minute: u32,
+    /// Deadline of one two-step verification call to the metadata service (start, continue);
+    /// the PAM module's own deadline per exchange with the daemon is 5 s.
+    pub two_factor_timeout_ms: u64,
+    /// sshd's PAM stack, where the two-step lines go while `enable-oslogin-2fa` is on.
+    pub pam_file: String,
+    /// The PAM module those lines name: a bare name (found in the system's security
+    /// directory, where the package installs it) or an absolute path.
+    pub pam_module: String,
 }
 
 impl Default for OsLoginConfig {
@@ -188,6 +196,9 @@ impl Default for OsLoginConfig {
             ca_max_stale_secs: 3600,
             unprivileged_lookup_burst: 100,
             unprivileged_lookups_per_minute: 600,
+            two_factor_timeout_ms: 3000,
+            pam_file: "/etc/pam.d/sshd".into(),
+            pam_module: "pam_guestagent.so".into(),
         }
     }
 }
@@ -371,7 +382,7 @@ impl Config {
             );
         }
         let o = &self.oslogin;
-        let oranges: [(&'static str, u64, u64, u64); 8] = [
+        let oranges: [(&'static str, u64, u64, u64); 9] = [
             ("oslogin.min_id", o.min_id.into(), 1, 4_294_967_294),
             (
                 "oslogin.sync_interval_secs",
@@ -393,6 +404,12 @@ impl Config {
                 4000,
             ),
             ("oslogin.decision_reuse_secs", o.decision_reuse_secs, 0, 300),
+            (
+                "oslogin.two_factor_timeout_ms",
+                o.two_factor_timeout_ms,
+                100,
+                4500,
+            ),
             (
                 "oslogin.unprivileged_lookup_burst",
                 o.unprivileged_lookup_burst.into(),
@@ -437,6 +454,25 @@ impl Config {
                 "oslogin.helper_path",
                 &format!("{:?}", o.helper_path),
                 "must be an absolute path without blanks",
+            );
+        }
+        if !o.pam_file.starts_with('/') || o.pam_file.contains(char::is_whitespace) {
+            return invalid(
+                "oslogin.pam_file",
+                &format!("{:?}", o.pam_file),
+                "must be an absolute path without blanks",
+            );
+        }
+        if o.pam_module.is_empty()
+            || !o.pam_module.ends_with(".so")
+            || o.pam_module
+                .contains(|c: char| c.is_whitespace() || c.is_control() || "[]#".contains(c))
+            || (o.pam_module.contains('/') && !o.pam_module.starts_with('/'))
+        {
+            return invalid(
+                "oslogin.pam_module",
+                &format!("{:?}", o.pam_module),
+                "must be a module file name ending in .so (pam_guestagent.so) or an absolute path, without blanks, brackets or '#'",
             );
         }
         if !o.ca_file.starts_with('/') || o.ca_file.contains(char::is_whitespace) {

@@ -221,6 +221,31 @@ impl Handler {
             }
             Request::Token { account, format } => self.token(&account, &format, peer),
             Request::Status => self.status(peer),
+            Request::TwoFactorStart { .. }
+            | Request::TwoFactorContinue { .. }
+            | Request::PamAccount { .. }
+                if peer.uid != 0 =>
+            {
+                Answer::Denied("only root (sshd's PAM stack) may ask".into())
+            }
+            Request::TwoFactorStart { user } => self.oslogin.two_factor_start(&user).await,
+            Request::TwoFactorContinue {
+                user,
+                session,
+                challenge,
+                action,
+                credential,
+            } => {
+                self.oslogin
+                    .two_factor_continue(&user, &session, challenge, action, credential.as_deref())
+                    .await
+            }
+            Request::PamAccount { user } => {
+                // PAM's account hook runs in the connection's privileged sshd process itself,
+                // the parent of the AuthorizedKeysCommand it ran for the key check.
+                let connection = peer.pid.and_then(process_tag);
+                self.oslogin.pam_account(&user, connection.as_deref()).await
+            }
         }
     }
 
@@ -294,16 +319,23 @@ impl Handler {
 /// so the helper's parent (its pid and start time, against pid reuse) names the login. Read
 /// by the daemon from /proc, not taken from the helper.
 fn ssh_connection(helper_pid: i32) -> Option<String> {
-    // /proc/PID/stat: "pid (comm) state ppid ... starttime(22nd field) ..."; comm may hold
-    // blanks and parentheses, so fields are counted after the last ')'.
-    fn fields(pid: i32) -> Option<Vec<String>> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let rest = &stat[stat.rfind(')')? + 1..];
-        Some(rest.split_whitespace().map(str::to_owned).collect())
-    }
-    let ppid: i32 = fields(helper_pid)?.get(1)?.parse().ok()?;
-    let start = fields(ppid)?.get(19)?.clone();
-    Some(format!("{ppid}:{start}"))
+    let ppid: i32 = stat_fields(helper_pid)?.get(1)?.parse().ok()?;
+    process_tag(ppid)
+}
+
+/// `PID:STARTTIME` of a process (the start time against pid reuse): the id of the SSH
+/// connection whose privileged process `pid` is.
+fn process_tag(pid: i32) -> Option<String> {
+    let start = stat_fields(pid)?.get(19)?.clone();
+    Some(format!("{pid}:{start}"))
+}
+
+/// /proc/PID/stat: "pid (comm) state ppid ... starttime(22nd field) ..."; comm may hold
+/// blanks and parentheses, so fields are counted after the last ')'.
+fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
 }
 
 /// Binds the socket (0666 in a 0755 root-owned directory; a stale socket is replaced).

@@ -15,6 +15,7 @@ pub mod console;
 pub mod files;
 pub mod home;
 pub mod nsswitch;
+pub mod pam;
 pub mod passwd;
 pub mod service;
 pub mod sshd;

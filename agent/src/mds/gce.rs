@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
-use super::http::{Answer, exchange};
+use super::http::{Answer, exchange, exchange_with_body};
 use super::{ClientSettings, MdsError, body_start};
 
 const PREFIX: &str = "/computeMetadata/v1/";
@@ -76,6 +76,50 @@ impl GceClient {
                 body_start: body_start(&answer.body),
             }),
         }
+    }
+
+    /// POSTs the JSON document `body` to `PREFIX + path` (OS Login's two-step calls) and
+    /// parses the JSON answer. The service answers a refusal with a 4xx status and a JSON body
+    /// too (`rejectionReason`): such an answer is returned as `Ok` with its status, so that the
+    /// caller can show the reason; 5xx, a missing flavor echo, or a body that is not JSON is an
+    /// error.
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<(u16, serde_json::Value), MdsError> {
+        let s = &self.settings;
+        let full = format!("{PREFIX}{path}");
+        let answer: Answer = exchange_with_body(
+            &s.endpoint,
+            s.limits,
+            hyper::Method::POST,
+            &full,
+            &[(FLAVOR, "Google"), ("Content-Type", "application/json")],
+            Some(Bytes::from(body.to_string())),
+            s.request_timeout,
+        )
+        .await?;
+        let url = || s.endpoint.url(&full);
+        if answer.header(FLAVOR) != Some("Google") {
+            return Err(MdsError::NotMetadataServer { url: url() });
+        }
+        if answer.status == 404 {
+            return Err(MdsError::NotFound { url: url() });
+        }
+        if !(200..500).contains(&answer.status) {
+            return Err(MdsError::Status {
+                url: url(),
+                status: answer.status,
+                body_start: body_start(&answer.body),
+            });
+        }
+        let json = serde_json::from_slice(&answer.body).map_err(|e| MdsError::Parse {
+            url: url(),
+            reason: e.to_string(),
+            body_start: body_start(&answer.body),
+        })?;
+        Ok((answer.status, json))
     }
 
     /// One key's value as text (`instance/attributes/ssh-keys`, `instance/id`, ...).

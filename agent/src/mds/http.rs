@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Either, Empty, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -99,6 +99,28 @@ pub async fn exchange(
     headers: &[(&str, &str)],
     deadline: Duration,
 ) -> Result<Answer, MdsError> {
+    exchange_with_body(
+        endpoint,
+        limits,
+        method,
+        path_and_query,
+        headers,
+        None,
+        deadline,
+    )
+    .await
+}
+
+/// [`exchange`] with a request body (`POST` of a JSON document: OS Login's two-step calls).
+pub async fn exchange_with_body(
+    endpoint: &Endpoint,
+    limits: Limits,
+    method: hyper::Method,
+    path_and_query: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    deadline: Duration,
+) -> Result<Answer, MdsError> {
     let url = || endpoint.url(path_and_query);
     let work = async {
         let stream = tokio::time::timeout(
@@ -130,12 +152,14 @@ pub async fn exchange(
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let request = request
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| MdsError::Request {
-                url: url(),
-                reason: e.to_string(),
-            })?;
+        let body = match body {
+            None => Either::Left(Empty::<Bytes>::new()),
+            Some(b) => Either::Right(Full::new(b)),
+        };
+        let request = request.body(body).map_err(|e| MdsError::Request {
+            url: url(),
+            reason: e.to_string(),
+        })?;
         let response = sender
             .send_request(request)
             .await

@@ -46,6 +46,8 @@ pub enum Decision {
 }
 
 type Question = (String, Policy, Option<String>);
+/// (email, policy, connection id) -> when and what was decided.
+type ByConnection = HashMap<(String, Policy, String), (Instant, Decision)>;
 
 #[derive(Default)]
 pub struct Authorizer {
@@ -53,6 +55,9 @@ pub struct Authorizer {
     /// Decisions by (question, scope): scope is a connection id, or "" for cross-login reuse.
     recent: Mutex<HashMap<(Question, String), (Instant, Decision)>>,
     last_allowed: Mutex<HashMap<(String, Policy), Instant>>,
+    /// The last decision of (email, policy) made for a connection, whatever certificate id
+    /// it carried: the PAM account hook of that connection reuses it ([`Self::of_connection`]).
+    by_connection: Mutex<ByConnection>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -117,6 +122,14 @@ impl Authorizer {
             }
             if let Some(c) = connection.filter(|c| !c.is_empty()) {
                 recent.insert((question.clone(), c.to_owned()), (now, decision.clone()));
+                let mut by = lock(&self.by_connection);
+                if by.len() > MAX_REMEMBERED {
+                    by.retain(|_, (at, _)| now.duration_since(*at) < CONNECTION_REUSE);
+                }
+                by.insert(
+                    (email.to_owned(), policy, c.to_owned()),
+                    (now, decision.clone()),
+                );
             }
             if !reuse.is_zero() {
                 recent.insert((question.clone(), String::new()), (now, decision.clone()));
@@ -132,6 +145,17 @@ impl Authorizer {
             Decision::Unavailable(_) => {}
         }
         decision
+    }
+
+    /// The decision of `policy` for `email` that the key or principals check of `connection`
+    /// made less than a minute ago (with or without a certificate id), if any.
+    pub fn of_connection(&self, email: &str, policy: Policy, connection: &str) -> Option<Decision> {
+        if connection.is_empty() {
+            return None;
+        }
+        let by = lock(&self.by_connection);
+        let (at, d) = by.get(&(email.to_owned(), policy, connection.to_owned()))?;
+        (at.elapsed() < CONNECTION_REUSE).then(|| d.clone())
     }
 
     /// Whether `email` was last allowed `policy` less than `grace` ago.

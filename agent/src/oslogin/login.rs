@@ -98,6 +98,14 @@ impl OsLogin {
             tracing::info!(decision = "none", reason = "OS Login is off");
             return Err(Answer::NotFound);
         }
+        if let Some(why) = self.two_factor_blocked()
+            && !super::two_factor::is_service_account(name)
+        {
+            let why = format!("two-step verification is required but cannot be enforced: {why}");
+            tracing::warn!(decision = "deny", reason = %why);
+            events::login(name, false, &why, connection);
+            return Err(Answer::Denied(why));
+        }
         let user = self.user(name).await.inspect_err(|answer| {
             tracing::info!(decision = "deny", reason = "no such OS Login user", answer = ?answer);
             // NotFound: not ours to refuse (a local user, another provider's).
@@ -171,6 +179,56 @@ impl OsLogin {
             tracing::debug!("first run of this connection for this key: no side effects yet");
         }
         Ok((user, matches!(admin, Decision::Allowed)))
+    }
+
+    /// The PAM account hook's decision for `name`: the login role, from this connection's
+    /// key check when it made one less than a minute ago (no request), else asked now.
+    /// `NotFound`: not an OS Login user (not ours).
+    pub(super) async fn decide_account(
+        &self,
+        name: &str,
+        connection: Option<&str>,
+    ) -> Result<(), Answer> {
+        let user = self.user(name).await?;
+        let cfg = self.config();
+        let o = &cfg.oslogin;
+        let reused =
+            connection.and_then(|c| self.authorizer.of_connection(&user.email, Policy::Login, c));
+        let login = match reused {
+            Some(d) => {
+                tracing::debug!(
+                    user = name,
+                    "account check: this connection's decision reused"
+                );
+                d
+            }
+            None => {
+                let client = self
+                    .client()
+                    .map_err(Answer::Unavailable)?
+                    .with_timeout(Duration::from_millis(o.authorize_timeout_ms));
+                let reuse = Duration::from_secs(o.decision_reuse_secs);
+                self.authorizer
+                    .decide(&client, &user.email, Policy::Login, None, connection, reuse)
+                    .await
+            }
+        };
+        let grace = Duration::from_secs(o.grace_period_secs);
+        let within_grace = self
+            .authorizer
+            .within_grace(&user.email, Policy::Login, grace);
+        match decision::login_verdict(&login, within_grace) {
+            Verdict::Allow { .. } => Ok(()),
+            Verdict::Deny(why) => {
+                tracing::info!(user = name, email = %user.email, decision = "deny", reason = %why, "account check refused");
+                events::login(name, false, &why, connection);
+                Err(Answer::Denied(why))
+            }
+            Verdict::Unavailable(why) => {
+                tracing::warn!(user = name, email = %user.email, decision = "deny", reason = "metadata service unavailable", error = %why, "account check refused");
+                Err(Answer::Unavailable(why))
+            }
+        }
     }
 
     /// Keys for `name` if the login role is granted now. `fingerprint` (sshd's `%f`) lets the

@@ -12,3 +12,4 @@ pub mod reconciler;
 pub mod service;
 pub mod sync;
 pub mod trusted_ca;
+pub mod two_factor;

@@ -199,6 +199,75 @@ impl OsLoginReconciler {
         Ok(report)
     }
 
+    /// OS Login on, with two-step verification when `settings` asks for it
+    /// (`two_factor_group`). The PAM lines are written before sshd asks for
+    /// keyboard-interactive and removed after it stopped (see [`crate::host::pam`]). When
+    /// two-step verification cannot be enforced (`UsePAM no`, no module), OS Login is on
+    /// without it, and the service refuses OS Login logins other than `sa_` accounts, with
+    /// the reason, until it can: the second factor is never skipped silently.
+    fn enable_with_two_factor(&mut self, settings: &mut sshd::SshdSettings) -> anyhow::Result<()> {
+        if settings.two_factor_group.is_none() {
+            // sshd first (keyboard-interactive no longer asked), then the PAM lines.
+            self.enable(settings)?;
+            return self.two_factor_off();
+        }
+        let (pam_file, module) = {
+            let c = self.config.borrow();
+            (
+                PathBuf::from(&c.oslogin.pam_file),
+                c.oslogin.pam_module.clone(),
+            )
+        };
+        let blocked = match sshd::apply::effective_value(&self.paths.sshd, "usepam") {
+            Ok(Some(v)) if v == "yes" => None,
+            Ok(v) => Some(format!(
+                "sshd has `UsePAM {}`; two-step verification runs in sshd's PAM stack: set UsePAM yes in {}",
+                v.as_deref().unwrap_or("(unset)"),
+                self.paths.sshd.main_config.display()
+            )),
+            Err(e) => Some(format!("cannot read sshd's configuration: {e}")),
+        };
+        let blocked = match blocked {
+            Some(b) => Some(b),
+            None => match crate::host::pam::enable(&pam_file, &module) {
+                Ok(changed) => {
+                    if changed {
+                        tracing::info!(path = %pam_file.display(), module = %module, "PAM: two-step verification lines added");
+                    }
+                    None
+                }
+                Err(e) => Some(e.to_string()),
+            },
+        };
+        if let Some(why) = blocked {
+            settings.two_factor_group = None;
+            self.service.set_two_factor(false);
+            self.service.set_two_factor_blocked(Some(why.clone()));
+            self.enable(settings)?;
+            // The PAM lines are not needed without sshd's requirement (a stack we could not
+            // validate is not left behind either).
+            if let Err(e) = crate::host::pam::disable(&pam_file) {
+                tracing::warn!(error = %e, "cannot remove the PAM lines");
+            }
+            anyhow::bail!("two-step verification (enable-oslogin-2fa) cannot be turned on: {why}");
+        }
+        self.service.set_two_factor(true);
+        self.service.set_two_factor_blocked(None);
+        self.enable(settings)
+    }
+
+    /// Two-step verification off: sshd no longer asks for it (done by the caller before),
+    /// then the PAM lines go.
+    fn two_factor_off(&mut self) -> anyhow::Result<()> {
+        self.service.set_two_factor(false);
+        self.service.set_two_factor_blocked(None);
+        let pam_file = PathBuf::from(&self.config.borrow().oslogin.pam_file);
+        if crate::host::pam::disable(&pam_file)? {
+            tracing::info!(path = %pam_file.display(), "PAM: two-step verification lines removed");
+        }
+        Ok(())
+    }
+
     fn disable(&mut self) -> anyhow::Result<()> {
         let mut state = self.load_state();
         self.service.set_enabled(false);
@@ -261,15 +330,19 @@ impl Reconciler for OsLoginReconciler {
         };
         self.service
             .set_security_keys(on && snapshot.flag("enable-oslogin-sk").is_some_and(|(v, _)| v));
-        let settings = self.settings();
+        let want_2fa = on && snapshot.flag("enable-oslogin-2fa").is_some_and(|(v, _)| v);
+        let mut settings = self.settings();
+        if want_2fa {
+            settings.two_factor_group = Some(self.config.borrow().oslogin.users_group.clone());
+        }
         let stamp = file_stamp(&self.paths.sshd.main_config);
         if self.applied.as_ref() == Some(&(on, settings.clone(), stamp)) {
             return Ok(());
         }
         let result = if on {
-            self.enable(&settings)
+            self.enable_with_two_factor(&mut settings)
         } else {
-            self.disable()
+            self.disable().and_then(|()| self.two_factor_off())
         };
         match result {
             Ok(()) => {
@@ -312,6 +385,7 @@ pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
         command_user: o.command_user.clone(),
         trusted_ca_file: Some(o.ca_file.clone().into()),
         ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
+        two_factor_group: None,
         chain: None,
     }
 }

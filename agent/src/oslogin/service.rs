@@ -95,6 +95,12 @@ pub struct OsLogin {
     /// Security-key mode (`enable-oslogin-sk`): the keys command serves the profile's
     /// `securityKeys` only, and certificates are not accepted.
     security_keys: AtomicBool,
+    /// Two-step verification (`enable-oslogin-2fa`, see `two_factor`).
+    pub(super) two_factor: AtomicBool,
+    /// Two-step verification is asked for but cannot be enforced here (`UsePAM no`, the PAM
+    /// module missing): why. OS Login logins other than `sa_` accounts are refused meanwhile
+    /// rather than let in with the key alone.
+    pub(super) two_factor_blocked: Mutex<Option<String>>,
     /// The last local account view read whole (kept, marked stale, while the files cannot be
     /// read), and whether the failure was logged.
     last_local: Mutex<Option<LocalAccounts>>,
@@ -179,6 +185,8 @@ impl OsLogin {
             admins: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
             security_keys: AtomicBool::new(false),
+            two_factor: AtomicBool::new(false),
+            two_factor_blocked: Mutex::new(None),
             last_local: Mutex::new(None),
             local_failing: AtomicBool::new(false),
             homes_taken: Mutex::new(HashSet::new()),

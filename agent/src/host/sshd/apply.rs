@@ -275,6 +275,16 @@ fn sshd(paths: &SshdPaths, args: &[&str]) -> Result<command::Output, SshdError> 
     Ok(command::run(&paths.sshd, &all, paths.timeout)?)
 }
 
+/// The value `sshd -T` shows for `keyword` (lowercase), `None` when it shows none.
+pub fn effective_value(paths: &SshdPaths, keyword: &str) -> Result<Option<String>, SshdError> {
+    ensure_privsep_dir(paths);
+    let out = effective(paths)?;
+    Ok(out
+        .lines()
+        .find_map(|l| l.strip_prefix(keyword)?.strip_prefix(' '))
+        .map(str::to_owned))
+}
+
 /// `sshd -T`: the effective global configuration, one `keyword value` per line.
 fn effective(paths: &SshdPaths) -> Result<String, SshdError> {
     let out = sshd(paths, &["-T"])?;

@@ -100,6 +100,7 @@ fn settings() -> SshdSettings {
     SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent-ca.pub".into()),
         ignore_user_keys_group: Some(GROUP.into()),
+        two_factor_group: None,
         ..SshdSettings::default()
     }
 }

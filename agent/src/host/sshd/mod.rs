@@ -98,6 +98,12 @@ pub struct SshdSettings {
     /// Members of this group (OS Login users) get `AuthorizedKeysFile none`, so their own
     /// `~/.ssh/authorized_keys` is ignored.
     pub ignore_user_keys_group: Option<String>,
+    /// OS Login two-step verification: members of this group (OS Login users), except the
+    /// `sa_*` service accounts, must pass `publickey` and then `keyboard-interactive` (the
+    /// PAM module's challenge). The group's membership comes from the NSS module, which
+    /// gives the users group even when the daemon does not answer, so the requirement cannot
+    /// fall away for a user sshd can resolve.
+    pub two_factor_group: Option<String>,
     /// Another AuthorizedKeysCommand our helper hands the users who are not OS Login users
     /// on to (see [`rival`]).
     pub chain: Option<rival::Chain>,
@@ -111,6 +117,7 @@ impl Default for SshdSettings {
             command_user: "nobody".into(),
             trusted_ca_file: None,
             ignore_user_keys_group: None,
+            two_factor_group: None,
             chain: None,
         }
     }
@@ -240,7 +247,26 @@ pub fn render_match(s: &SshdSettings) -> Result<String, SshdError> {
             "Match Group {group}\n    AuthorizedKeysFile none\n"
         ));
     }
+    if let Some(group) = &s.two_factor_group {
+        if !is_valid_name(group) {
+            return Err(SshdError::Setting {
+                setting: "two_factor_group",
+                value: group.clone(),
+                rule: "must be a valid group name",
+            });
+        }
+        text.push_str(&two_factor_match(group));
+    }
     Ok(text)
+}
+
+/// The `Match` block of two-step verification: a key, then the PAM challenge, for OS Login
+/// users other than service accounts (in a `Match` block the value overrides the global
+/// `KbdInteractiveAuthentication no` Debian's sshd_config sets).
+pub fn two_factor_match(group: &str) -> String {
+    format!(
+        "Match Group {group} User *,!sa_*\n    AuthenticationMethods publickey,keyboard-interactive\n    KbdInteractiveAuthentication yes\n"
+    )
 }
 
 /// The keyword and the arguments of an active (not comment, not blank) config line.

@@ -55,6 +55,7 @@ fn settings() -> SshdSettings {
     SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent/trusted-ca.pub".into()),
         ignore_user_keys_group: Some("guest-agent-oslogin".into()),
+        two_factor_group: None,
         ..SshdSettings::default()
     }
 }

@@ -8,6 +8,7 @@ fn full() -> SshdSettings {
     SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent-ca.pub".into()),
         ignore_user_keys_group: Some("oslogin-users".into()),
+        two_factor_group: None,
         ..SshdSettings::default()
     }
 }
@@ -54,6 +55,7 @@ fn refuses_settings_sshd_would_misread() {
         },
         SshdSettings {
             ignore_user_keys_group: Some("Bad Group".into()),
+            two_factor_group: None,
             ..SshdSettings::default()
         },
     ];
