@@ -54,6 +54,7 @@ pub use api::{
     Scope, UserSpec,
 };
 pub use oslogin::key_fingerprint;
+pub use oslogin::totp::{Base32Error, totp_code};
 pub use state::Emulator;
 pub use tree::default_tree;
 

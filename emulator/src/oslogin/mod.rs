@@ -1,5 +1,7 @@
 //! The OS Login directory (users, groups, roles, keys, issued certificate ids) and its
-//! endpoints under `/computeMetadata/v1/oslogin/`.
+//! endpoints under `/computeMetadata/v1/oslogin/`; TOTP codes are in `totp.rs`.
+
+pub(crate) mod totp;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
