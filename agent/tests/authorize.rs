@@ -34,6 +34,7 @@ async fn emulator() -> Running {
         login: true,
         admin: false,
         security_keys: Vec::new(),
+        two_factor: Vec::new(),
     });
     emu
 }

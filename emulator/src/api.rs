@@ -132,10 +132,161 @@ pub struct UserSpec {
     /// only when the profile is asked with `view=securityKey`.
     #[serde(default)]
     pub security_keys: Vec<String>,
+    /// Two-step verification factors, in the order `sessions/start` offers them (none: the
+    /// start answers `NO_AVAILABLE_CHALLENGES`). JSON: `"two_factor":[{"type":"TOTP",...}]`.
+    #[serde(default)]
+    pub two_factor: Vec<TwoFactor>,
 }
 
 fn default_true() -> bool {
     true
+}
+
+/// A two-step verification factor of an OS Login user, one challenge of
+/// `oslogin/authenticate/sessions/start`.
+///
+/// JSON (the `type` is the challenge type the metadata service names):
+/// `{"type":"TOTP","secret":"<base32>"}`,
+/// `{"type":"AUTHZEN","decision":"approve"|"deny"|"pending","after_ms":0}`,
+/// `{"type":"IDV_PREREGISTERED_PHONE","code":"123456"}`,
+/// `{"type":"SECURITY_KEY_OTP","code":"..."}`. Deserializing checks it: a bad base32 secret,
+/// an unknown type, a missing or an unused field is an error naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "SCREAMING_SNAKE_CASE",
+    try_from = "RawFactor"
+)]
+pub enum TwoFactor {
+    /// An authenticator app: RFC 6238 codes of this base32 secret.
+    Totp { secret: String },
+    /// A prompt on the user's phone, decided `after_ms` after the RESPOND arrives, or (for
+    /// `pending`) only by the control call `POST /oslogin/users/NAME/authzen`.
+    Authzen {
+        decision: AuthzenDecision,
+        after_ms: u64,
+    },
+    /// A code sent by SMS to the user's phone (when the challenge is started).
+    IdvPreregisteredPhone { code: String },
+    /// A one-time code from a security key.
+    SecurityKeyOtp { code: String },
+}
+
+impl TwoFactor {
+    /// The `challengeType` the metadata service names this factor by.
+    pub fn challenge_type(&self) -> &'static str {
+        match self {
+            TwoFactor::Totp { .. } => "TOTP",
+            TwoFactor::Authzen { .. } => "AUTHZEN",
+            TwoFactor::IdvPreregisteredPhone { .. } => "IDV_PREREGISTERED_PHONE",
+            TwoFactor::SecurityKeyOtp { .. } => "SECURITY_KEY_OTP",
+        }
+    }
+}
+
+/// How an `AUTHZEN` phone prompt is decided when no control call decides it first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthzenDecision {
+    Approve,
+    Deny,
+    /// Never by itself: the prompt waits for a control call (or times out).
+    Pending,
+}
+
+/// Why a [`TwoFactor`] was refused: `field` is the JSON field at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FactorError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+/// A [`TwoFactor`] as JSON gives it, before it is checked.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFactor {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub secret: Option<String>,
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub decision: Option<String>,
+    #[serde(default)]
+    pub after_ms: Option<u64>,
+}
+
+impl TryFrom<RawFactor> for TwoFactor {
+    type Error = FactorError;
+
+    fn try_from(raw: RawFactor) -> Result<Self, FactorError> {
+        let err = |field, message: String| FactorError { field, message };
+        let kind = raw.kind.as_str();
+        let unused = |field: &'static str, present: bool| {
+            if present {
+                Err(err(field, format!("not used by {kind}")))
+            } else {
+                Ok(())
+            }
+        };
+        let code = |code: Option<String>| match code {
+            None => Err(err("code", format!("required for {kind}"))),
+            Some(c) if c.trim().is_empty() => Err(err("code", "must not be empty".into())),
+            Some(c) => Ok(c),
+        };
+        match kind {
+            "TOTP" => {
+                unused("code", raw.code.is_some())?;
+                unused("decision", raw.decision.is_some())?;
+                unused("after_ms", raw.after_ms.is_some())?;
+                let secret = raw
+                    .secret
+                    .ok_or_else(|| err("secret", "required for TOTP".into()))?;
+                crate::oslogin::totp::decode_base32(&secret)
+                    .map_err(|e| err("secret", format!("not valid base32: {e}")))?;
+                Ok(TwoFactor::Totp { secret })
+            }
+            "AUTHZEN" => {
+                unused("secret", raw.secret.is_some())?;
+                unused("code", raw.code.is_some())?;
+                let decision = match raw.decision.as_deref() {
+                    Some("approve") => AuthzenDecision::Approve,
+                    Some("deny") => AuthzenDecision::Deny,
+                    Some("pending") => AuthzenDecision::Pending,
+                    other => {
+                        return Err(err(
+                            "decision",
+                            format!("{other:?}: expected \"approve\", \"deny\" or \"pending\""),
+                        ));
+                    }
+                };
+                Ok(TwoFactor::Authzen {
+                    decision,
+                    after_ms: raw.after_ms.unwrap_or(0),
+                })
+            }
+            "IDV_PREREGISTERED_PHONE" | "SECURITY_KEY_OTP" => {
+                unused("secret", raw.secret.is_some())?;
+                unused("decision", raw.decision.is_some())?;
+                unused("after_ms", raw.after_ms.is_some())?;
+                let code = code(raw.code)?;
+                Ok(if kind == "SECURITY_KEY_OTP" {
+                    TwoFactor::SecurityKeyOtp { code }
+                } else {
+                    TwoFactor::IdvPreregisteredPhone { code }
+                })
+            }
+            other => Err(err(
+                "type",
+                format!(
+                    "unknown factor type {other:?} (expected TOTP, AUTHZEN, \
+                     IDV_PREREGISTERED_PHONE or SECURITY_KEY_OTP)"
+                ),
+            )),
+        }
+    }
 }
 
 /// An OS Login POSIX group.

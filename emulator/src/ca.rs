@@ -54,7 +54,7 @@ impl std::fmt::Debug for Ca {
     }
 }
 
-fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     if OsRng.try_fill_bytes(&mut out).is_err() {
         // getrandom failing is next to impossible on Linux; an emulator may fall back.

@@ -19,7 +19,9 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::api::{CertRequest, Ec2Settings, Fault, GroupSpec, KeySpec, Scope, UserSpec};
+use crate::api::{
+    CertRequest, Ec2Settings, Fault, GroupSpec, KeySpec, RawFactor, Scope, TwoFactor, UserSpec,
+};
 use crate::http::{parse_query, percent_decode};
 use crate::state::Emulator;
 use crate::tokens::DEFAULT_LIFETIME_SECS;
@@ -143,6 +145,38 @@ struct KeyRef {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetFactors {
+    factors: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthzenAnswer {
+    approve: bool,
+}
+
+/// Checks each factor of a `two-factor` body, naming the one at fault
+/// (`factors[1].secret: not valid base32: ...`).
+fn factors(body: &[u8]) -> Result<Vec<TwoFactor>, Answer> {
+    let set: SetFactors = parse(body)?;
+    set.factors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let raw: RawFactor = serde_json::from_value(v)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("factors[{i}]: {e}")))?;
+            TwoFactor::try_from(raw).map_err(|e| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("factors[{i}].{}: {}", e.field, e.message),
+                )
+            })
+        })
+        .collect()
+}
+
+#[derive(Deserialize)]
 struct RawResponse {
     query: String,
     status: u16,
@@ -259,6 +293,14 @@ fn dispatch(
         ("DELETE", ["oslogin", "users", name, "keys"]) => {
             let k: KeyRef = parse(body)?;
             found(emu.remove_key(name, &k.key), "user or key")
+        }
+        ("POST", ["oslogin", "users", name, "two-factor"]) => {
+            let f = factors(body)?;
+            found(emu.set_two_factor(name, f), "user")
+        }
+        ("POST", ["oslogin", "users", name, "authzen"]) => {
+            let a: AuthzenAnswer = parse(body)?;
+            found(emu.decide_authzen(name, a.approve), "user")
         }
         ("POST", ["oslogin", "groups"]) => {
             emu.upsert_group(parse::<GroupSpec>(body)?);

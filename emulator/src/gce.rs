@@ -1,5 +1,5 @@
 //! The GCE flavour: everything under `/computeMetadata/v1/` (the tree with its long polls,
-//! service-account tokens, and OS Login, which lives in `oslogin.rs`).
+//! service-account tokens, and OS Login, which lives in `oslogin/`).
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use tokio::time::{Instant, timeout_at};
 
 use crate::http::{Request, Response};
+use crate::oslogin::twofactor::{self, Now};
 use crate::state::Emulator;
 use crate::tree::{self, Node};
 
@@ -40,9 +41,6 @@ async fn answer(emu: &Emulator, req: &Request, churn: bool) -> Response {
     {
         return Response::text(403, "Missing Metadata-Flavor:Google header.\n");
     }
-    if req.method != "GET" {
-        return Response::text(405, "Method not allowed.\n");
-    }
     let Some(rel) = req.path.strip_prefix(PREFIX) else {
         return not_found();
     };
@@ -50,7 +48,23 @@ async fn answer(emu: &Emulator, req: &Request, churn: bool) -> Response {
         return not_found();
     }
     let segs: Vec<&str> = rel.split('/').filter(|s| !s.is_empty()).collect();
+    // Two-step verification is the only POST; everything else is a GET.
+    let post = matches!(
+        segs.as_slice(),
+        ["oslogin", "authenticate", "sessions", "start"]
+            | ["oslogin", "authenticate", "sessions", _, "continue"]
+    );
+    if req.method != if post { "POST" } else { "GET" } {
+        return Response::text(405, "Method not allowed.\n");
+    }
     match segs.as_slice() {
+        ["oslogin", "authenticate", "sessions", "start"] => emu
+            .lock()
+            .directory
+            .start_session(&req.body, Now::current()),
+        ["oslogin", "authenticate", "sessions", id, "continue"] => {
+            twofactor::continue_session(emu, id, &req.body).await
+        }
         ["oslogin", endpoint] => {
             let inner = emu.lock();
             let ca = [inner.ca.public_line()];

@@ -3,8 +3,8 @@
 //!
 //! It serves what a VM sees at `169.254.169.254`:
 //! - the GCE flavour under `/computeMetadata/v1/` (the metadata tree with etags and
-//!   `wait_for_change` long polls, service-account tokens, OS Login users, groups, `authorize`
-//!   and trusted CA keys),
+//!   `wait_for_change` long polls, service-account tokens, OS Login users, groups, `authorize`,
+//!   trusted CA keys and two-step verification sessions),
 //! - the EC2 flavour under `/latest/` (IMDSv2 session tokens, IAM credentials, user-data),
 //!
 //! plus fault injection (errors, delays, hangs, dropped and truncated answers, ...) and a
@@ -50,10 +50,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use api::{
-    CertRequest, Ec2Settings, Fault, FaultKind, GroupSpec, InitialState, KeySpec, RequestRecord,
-    Scope, UserSpec,
+    AuthzenDecision, CertRequest, Ec2Settings, FactorError, Fault, FaultKind, GroupSpec,
+    InitialState, KeySpec, RequestRecord, Scope, TwoFactor, UserSpec,
 };
 pub use oslogin::key_fingerprint;
+pub use oslogin::totp::{Base32Error, totp_code};
 pub use state::Emulator;
 pub use tree::default_tree;
 

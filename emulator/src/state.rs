@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::api::{
     CertRequest, Ec2Settings, Fault, FaultKind, GroupSpec, InitialState, RequestRecord, Scope,
-    UserSpec,
+    TwoFactor, UserSpec,
 };
 use crate::ca::{Ca, CertFields, random_id};
 use crate::http::Request;
@@ -59,6 +59,8 @@ struct Shared {
     inner: Mutex<Inner>,
     tree_version: watch::Sender<u64>,
     faults_cleared: watch::Sender<u64>,
+    /// Bumped by every phone-prompt decision made over the control interface.
+    authzen_decided: watch::Sender<u64>,
     started: Instant,
     log_requests: AtomicBool,
 }
@@ -107,6 +109,7 @@ impl Emulator {
                 inner: Mutex::new(inner),
                 tree_version: watch::channel(0).0,
                 faults_cleared: watch::channel(0).0,
+                authzen_decided: watch::channel(0).0,
                 started: Instant::now(),
                 log_requests: AtomicBool::new(false),
             }),
@@ -135,6 +138,11 @@ impl Emulator {
     /// A receiver that sees every `clear_faults` made after this call.
     pub(crate) fn subscribe_clears(&self) -> watch::Receiver<u64> {
         self.shared.faults_cleared.subscribe()
+    }
+
+    /// A receiver that sees every [`Self::decide_authzen`] made after this call.
+    pub(crate) fn subscribe_authzen(&self) -> watch::Receiver<u64> {
+        self.shared.authzen_decided.subscribe()
     }
 
     fn now_ms(&self) -> u64 {
@@ -297,6 +305,24 @@ impl Emulator {
 
     pub fn remove_group(&self, name: &str) -> bool {
         self.lock().directory.remove_group(name)
+    }
+
+    /// Replaces the user's two-step verification factors (empty: none, so
+    /// `sessions/start` answers `NO_AVAILABLE_CHALLENGES`); false if the user is unknown.
+    pub fn set_two_factor(&self, username: &str, factors: Vec<TwoFactor>) -> bool {
+        self.lock().directory.set_two_factor(username, factors)
+    }
+
+    /// Approves or denies the user's `AUTHZEN` phone prompt: the one a `RESPOND` waits for,
+    /// or else the next one (a decision decides one prompt). False if the user is unknown.
+    pub fn decide_authzen(&self, username: &str, approve: bool) -> bool {
+        let known = self.lock().directory.decide_authzen(username, approve);
+        if known {
+            self.shared
+                .authzen_decided
+                .send_modify(|v| *v = v.wrapping_add(1));
+        }
+        known
     }
 
     /// `oslogin/users?<query>` will answer exactly `status` and `body`.

@@ -118,6 +118,31 @@ impl Emulator {
         self.ok("DELETE", "/faults", None);
     }
 
+    /// Replaces OS Login user `name`'s two-step verification factors. `factors` is the JSON
+    /// list the control interface takes (`[]` for none), e.g.
+    /// `json!([{"type":"TOTP","secret":"JBSWY3DPEHPK3PXP"},
+    /// {"type":"AUTHZEN","decision":"pending","after_ms":0},
+    /// {"type":"IDV_PREREGISTERED_PHONE","code":"123456"}])`.
+    pub fn set_two_factor(&self, name: &str, factors: Value) {
+        let body = json!({ "factors": factors }).to_string();
+        self.ok(
+            "POST",
+            &format!("/oslogin/users/{name}/two-factor"),
+            Some(&body),
+        );
+    }
+
+    /// Approves or denies `name`'s `AUTHZEN` phone prompt: the one a login waits on, or else
+    /// the next one.
+    pub fn decide_authzen(&self, name: &str, approve: bool) {
+        let body = json!({ "approve": approve }).to_string();
+        self.ok(
+            "POST",
+            &format!("/oslogin/users/{name}/authzen"),
+            Some(&body),
+        );
+    }
+
     pub fn clear_requests(&self) {
         self.ok("DELETE", "/requests", None);
     }

@@ -1,5 +1,9 @@
 //! The OS Login directory (users, groups, roles, keys, issued certificate ids) and its
-//! endpoints under `/computeMetadata/v1/oslogin/`.
+//! endpoints under `/computeMetadata/v1/oslogin/`; two-step verification sessions are in
+//! `twofactor.rs`, TOTP codes in `totp.rs`.
+
+pub(crate) mod totp;
+pub(crate) mod twofactor;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,7 +13,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::{GroupSpec, KeySpec, UserSpec};
+use crate::api::{GroupSpec, KeySpec, TwoFactor, UserSpec};
 use crate::http::{Response, parse_query};
 
 /// Page size when a listing request gives none.
@@ -74,6 +78,8 @@ pub(crate) struct Directory {
     raw: Vec<RawAnswer>,
     /// Certificate fingerprint ids issued -> username.
     cert_ids: HashMap<String, String>,
+    /// Two-step verification sessions, used TOTP steps, phone-prompt decisions.
+    two_factor: twofactor::TwoFactorState,
 }
 
 impl Directory {
@@ -83,6 +89,7 @@ impl Directory {
 
     pub fn remove_user(&mut self, username: &str) -> bool {
         self.cert_ids.retain(|_, u| u != username);
+        self.two_factor.forget_user(username);
         self.users.remove(username).is_some()
     }
 
@@ -96,6 +103,26 @@ impl Directory {
         };
         u.login = login;
         u.admin = admin;
+        true
+    }
+
+    /// Replaces the user's two-step factors (forgetting its used TOTP steps and any
+    /// undelivered phone-prompt decision); false if the user is unknown.
+    pub fn set_two_factor(&mut self, username: &str, factors: Vec<TwoFactor>) -> bool {
+        let Some(u) = self.users.get_mut(username) else {
+            return false;
+        };
+        u.two_factor = factors;
+        self.two_factor.forget_user(username);
+        true
+    }
+
+    /// Decides the user's waiting phone prompt, or its next one; false if the user is unknown.
+    pub fn decide_authzen(&mut self, username: &str, approve: bool) -> bool {
+        if !self.users.contains_key(username) {
+            return false;
+        }
+        self.two_factor.decide_authzen(username, approve);
         true
     }
 

@@ -17,6 +17,7 @@ fn user(name: &str, uid: u32) -> UserSpec {
         login: true,
         admin: false,
         security_keys: Vec::new(),
+        two_factor: Vec::new(),
     }
 }
 
