@@ -65,11 +65,14 @@ mount -t tmpfs -o mode=755 tmpfs /srv
 mount -t tmpfs -o mode=700 tmpfs /root
 cp {agent} {AGENT} && chmod 755 {AGENT}
 cp {nss} "$R/libupper/libnss_guestagent.so.2"
+# The PAM module where the package puts it (two-step verification), when it is built.
+if [ -f {pam} ]; then mkdir -p "$R/libupper/security" && cp {pam} "$R/libupper/security/pam_guestagent.so" && chmod 644 "$R/libupper/security/pam_guestagent.so"; fi
 mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R/libwork" {LIBDIR}
 "#,
             root = vm.root.display(),
             agent = agent.display(),
             nss = nss.display(),
+            pam = nss.with_file_name("libpam_guestagent.so").display(),
         );
         let out = vm.sh(&script);
         assert!(

@@ -1,0 +1,324 @@
+//! OS Login two-step verification (`enable-oslogin-2fa`, issue 17): real sshd, real OpenSSH
+//! client, real PAM (Debian's `/etc/pam.d/sshd` in the VM's private /etc, our block on top),
+//! the PAM module `pam_guestagent.so` (in the VM's library overlay, where the package puts
+//! it), the emulator's authenticate endpoints with a real RFC 6238 secret.
+//!
+//! The client is driven with `SSH_ASKPASS` + `SSH_ASKPASS_REQUIRE=force` under `setsid -w`
+//! (no tty): every keyboard-interactive prompt goes to the askpass script, which logs the
+//! prompt and answers from a file. Messages the module shows on a refusal reach the client as
+//! the keyboard-interactive instruction, which ssh prints on stderr at its default log level.
+//! Needs root.
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
+use guest_agent_e2e::require_root;
+use serde_json::json;
+
+/// base32 of "12345678901234567890" (RFC 6238's SHA1 test secret).
+const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn code_at(t: u64) -> String {
+    guest_agent_emulator::totp_code(SECRET, t).expect("code")
+}
+
+/// A keyboard-interactive client: answers are read from `answers` (one per line, in order),
+/// prompts are appended to `prompts`.
+struct Client {
+    askpass: PathBuf,
+    answers: PathBuf,
+    prompts: PathBuf,
+}
+
+impl Client {
+    fn new(dir: &Path) -> Client {
+        let askpass = dir.join("askpass");
+        let answers = dir.join("answers");
+        let prompts = dir.join("prompts");
+        // Each call takes the first remaining answer (none left: an empty line).
+        std::fs::write(
+            &askpass,
+            format!(
+                "#!/bin/sh\nprintf '%s\\n---\\n' \"$1\" >> {p}\nhead -n1 {a}\nsed -i 1d {a}\n",
+                p = prompts.display(),
+                a = answers.display()
+            ),
+        )
+        .expect("askpass");
+        std::process::Command::new("chmod")
+            .args(["755"])
+            .arg(&askpass)
+            .status()
+            .expect("chmod");
+        Client {
+            askpass,
+            answers,
+            prompts,
+        }
+    }
+
+    /// `ssh USER@vm COMMAND` with `key`, answering keyboard-interactive prompts with
+    /// `answers`; returns the output and the prompts shown.
+    fn login(
+        &self,
+        vm: &OsLoginVm,
+        key: &Path,
+        name: &str,
+        answers: &[&str],
+        command: &str,
+    ) -> (Output, String) {
+        std::fs::write(&self.answers, answers.join("\n") + "\n").expect("answers");
+        let _ = std::fs::remove_file(&self.prompts);
+        let out = vm
+            .env
+            .ns
+            .command(Path::new("setsid"))
+            .arg("-w")
+            .arg("ssh")
+            .args(["-F", "/dev/null", "-o", "BatchMode=no", "-o", "IdentitiesOnly=yes"])
+            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=10", "-o", "NumberOfPasswordPrompts=1"])
+            .args([
+                "-o",
+                "PreferredAuthentications=publickey,keyboard-interactive",
+            ])
+            .arg("-i")
+            .arg(key)
+            .arg(format!("{name}@127.0.0.1"))
+            .arg(command)
+            .env("SSH_ASKPASS", &self.askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("ssh");
+        let prompts = std::fs::read_to_string(&self.prompts).unwrap_or_default();
+        (out, prompts)
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn sshd_t(vm: &OsLoginVm, spec: &str) -> String {
+    vm.env
+        .vm()
+        .run(&format!("/usr/sbin/sshd -T -C {spec} -f /etc/ssh/sshd_config"))
+}
+
+#[test]
+fn two_step_verification_through_real_sshd_and_pam() {
+    if !require_root("two_step_verification_through_real_sshd_and_pam") {
+        return;
+    }
+    let mut keys = Vec::new();
+    let mut pam_before = String::new();
+    let t0 = Instant::now();
+    let vm = OsLoginVm::start("twofactor", "", |env| {
+        pam_before = env.vm().run("cat /etc/pam.d/sshd");
+        let emu = env.emulator();
+        for (name, uid) in [("alice", 200001), ("bob", 200002), ("carol", 200003), ("sa_robot", 200004)] {
+            let (k, p) = keypair(env.dir(), name);
+            emu.ok("POST", "/oslogin/users", Some(&user(name, uid, &p, true, false).to_string()));
+            keys.push(k);
+        }
+        emu.set_two_factor("alice", json!([{"type": "TOTP", "secret": SECRET}]));
+        emu.set_two_factor(
+            "bob",
+            json!([{"type": "TOTP", "secret": SECRET}, {"type": "AUTHZEN", "decision": "deny"}]),
+        );
+        emu.set_two_factor("carol", json!([]));
+        emu.set_attribute("project", "enable-oslogin-2fa", "TRUE");
+    });
+    let (alice, bob, carol, robot) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+    vm.env.agent().expect_line(
+        t0,
+        &["OS Login two-step verification on"],
+        Duration::from_secs(30),
+    );
+    let pam_on = vm.env.vm().run("cat /etc/pam.d/sshd");
+    assert!(
+        pam_on.starts_with("# BEGIN guest-agent (managed; do not edit)\nauth [success=done ignore=ignore default=die] pam_guestagent.so\naccount [success=ok ignore=ignore default=die] pam_guestagent.so\n# END guest-agent\n")
+            && pam_on.ends_with(&pam_before),
+        "{pam_on}"
+    );
+    // sshd: a key and then the challenge for OS Login users, the key alone for sa_ accounts
+    // and for a user outside OS Login.
+    vm.env
+        .vm()
+        .run("useradd -m -s /bin/sh -p '*' localuser && mkdir -p /home/localuser/.ssh");
+    let (local_key, local_pub) = keypair(vm.env.dir(), "localuser");
+    vm.env.vm().run(&format!(
+        "echo '{local_pub}' > /home/localuser/.ssh/authorized_keys && chown -R localuser /home/localuser/.ssh"
+    ));
+    let spec = |u: &str| format!("user={u},host=client,addr=127.0.0.1");
+    assert!(
+        sshd_t(&vm, &spec("alice")).contains("\nauthenticationmethods publickey,keyboard-interactive\n"),
+        "alice must need both"
+    );
+    for free in ["sa_robot", "localuser"] {
+        assert!(
+            sshd_t(&vm, &spec(free)).contains("\nauthenticationmethods any\n"),
+            "{free} needs the key alone"
+        );
+    }
+    let client = Client::new(vm.env.dir());
+
+    // The key alone is not enough.
+    let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
+    assert!(!out.status.success(), "key alone: {}", text(&out));
+    assert!(prompts.contains("one-time password"), "{prompts}");
+
+    // Key + the right code: in, after exactly one start and one continue.
+    vm.env.emulator().clear_requests();
+    let code = code_at(now());
+    let (out, prompts) = client.login(&vm, alice, "alice", &[&code], "echo in-as-$(id -un)");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("in-as-alice"),
+        "key + code: {}\nprompts: {prompts}\n{}",
+        text(&out),
+        vm.sshd().dump()
+    );
+    let posts: Vec<String> = vm
+        .env
+        .emulator()
+        .requests()
+        .iter()
+        .filter(|r| r["method"] == "POST")
+        .filter_map(|r| r["path"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(posts.len(), 2, "one start, one continue: {posts:?}");
+    assert!(posts[0].ends_with("/sessions/start") && posts[1].ends_with("/continue"), "{posts:?}");
+
+    // A wrong code and an expired one (four steps old): refused, the reason shown.
+    let (out, _) = client.login(&vm, alice, "alice", &["000000"], "true");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let wrong_ok = code_at(now()) == "000000";
+    if !wrong_ok {
+        assert!(!out.status.success(), "wrong code: {}", text(&out));
+        assert!(stderr.contains("Wrong code"), "the reason reaches the client: {stderr}");
+    }
+    let old = code_at(now() - 120);
+    if old != code_at(now()) && old != code_at(now() - 30) && old != code_at(now() + 30) {
+        let (out, _) = client.login(&vm, alice, "alice", &[&old], "true");
+        assert!(!out.status.success(), "expired code: {}", text(&out));
+    }
+
+    // Two factors: the numbered menu. The phone prompt (denied on the device) is refused
+    // with its reason; the authenticator code gets in.
+    let (out, prompts) = client.login(&vm, bob, "bob", &["2", ""], "true");
+    assert!(!out.status.success(), "denied phone: {}", text(&out));
+    assert!(prompts.contains("1:") && prompts.contains("2:"), "menu: {prompts}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("denied"),
+        "{}",
+        text(&out)
+    );
+    let code = code_at(now());
+    let (out, prompts) = client.login(&vm, bob, "bob", &["1", &code], "true");
+    assert!(out.status.success(), "menu + code: {}\nprompts: {prompts}", text(&out));
+
+    // No second factor enrolled: refused, with the reason.
+    let (out, _) = client.login(&vm, carol, "carol", &[""], "true");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NO_AVAILABLE_CHALLENGES")
+            || String::from_utf8_lossy(&out.stderr).contains("no second factor"),
+        "{}",
+        text(&out)
+    );
+
+    // A service account and a local user: the key alone, never asked.
+    for (key, name) in [(robot, "sa_robot"), (&local_key, "localuser")] {
+        let (out, prompts) = client.login(&vm, key, name, &[], "true");
+        assert!(out.status.success(), "{name}: {}\n{}", text(&out), vm.sshd().dump());
+        assert_eq!(prompts, "", "{name} was asked");
+    }
+
+    // The service hangs during the challenge: alice is refused within the deadline (3 s per
+    // call; the bound here is the 10x margin), while a second login in parallel gets in.
+    vm.env.emulator().add_fault(json!({
+        "path_prefix": "/computeMetadata/v1/oslogin/authenticate/",
+        "kind": {"kind": "hang"}, "count": null
+    }));
+    let started = Instant::now();
+    let (hung, other) = std::thread::scope(|s| {
+        let h = s.spawn(|| client.login(&vm, alice, "alice", &[&code_at(now())], "true"));
+        std::thread::sleep(Duration::from_millis(200));
+        let second = Client::new(&vm.env.dir().join("second").tap_mkdir());
+        let o = second.login(&vm, robot, "sa_robot", &[], "true");
+        (h.join().expect("join"), o)
+    });
+    let took = started.elapsed();
+    assert!(!hung.0.status.success(), "hang: {}", text(&hung.0));
+    assert!(took < Duration::from_secs(60), "refused within the deadline (took {took:?})");
+    assert!(other.0.status.success(), "parallel login: {}", text(&other.0));
+    assert!(
+        String::from_utf8_lossy(&hung.0.stderr).contains("did not answer"),
+        "the client is told: {}",
+        text(&hung.0)
+    );
+    vm.env.emulator().clear_faults();
+
+    // A crash between the PAM edit and the sshd edit leaves our PAM lines with sshd not
+    // asking for keyboard-interactive: key users still get in. That state is made here by
+    // hand (the lines stay, sshd's Match block goes), and a key login of an OS Login user
+    // passes the account hook.
+    let dropin = "/etc/ssh/sshd_config.d/60-guest-agent.conf";
+    let saved = vm.env.vm().run(&format!("cat {dropin}"));
+    vm.env.vm().run(&format!(
+        "sed -i '/^Match Group guest-agent-oslogin User/,$d' {dropin}"
+    ));
+    vm.env.emulator().set_two_factor("alice", json!([]));
+    let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
+    assert!(out.status.success(), "PAM lines alone: {}\n{prompts}", text(&out));
+    vm.env.vm().run(&format!("cat > {dropin} <<'EOF'\n{saved}EOF"));
+
+    // Off again: /etc/pam.d/sshd byte for byte as before, sshd asks for the key alone.
+    let t1 = Instant::now();
+    vm.env.emulator().control(
+        "DELETE",
+        "/attributes/project/enable-oslogin-2fa",
+        None,
+    );
+    vm.env.agent().expect_line(
+        t1,
+        &["PAM: two-step verification lines removed"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(vm.env.vm().run("cat /etc/pam.d/sshd"), pam_before);
+    assert!(
+        sshd_t(&vm, &spec("alice")).contains("\nauthenticationmethods any\n"),
+        "the key alone again"
+    );
+    assert!(!vm.env.vm().run(&format!("cat {dropin}")).contains("AuthenticationMethods"));
+    let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
+    assert!(out.status.success(), "2FA off: {}\n{prompts}", text(&out));
+    assert_eq!(prompts, "");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).expect("mkdir");
+        self
+    }
+}
