@@ -10,3 +10,5 @@
 
 pub mod args;
 pub mod flow;
+
+pub mod client;
