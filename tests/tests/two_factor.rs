@@ -84,8 +84,20 @@ impl Client {
             .command(Path::new("setsid"))
             .arg("-w")
             .arg("ssh")
-            .args(["-F", "/dev/null", "-o", "BatchMode=no", "-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])
+            .args([
+                "-F",
+                "/dev/null",
+                "-o",
+                "BatchMode=no",
+                "-o",
+                "IdentitiesOnly=yes",
+            ])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
             .args(["-o", "ConnectTimeout=10", "-o", "NumberOfPasswordPrompts=1"])
             .args([
                 "-o",
@@ -116,9 +128,9 @@ fn text(o: &Output) -> String {
 }
 
 fn sshd_t(vm: &OsLoginVm, spec: &str) -> String {
-    vm.env
-        .vm()
-        .run(&format!("/usr/sbin/sshd -T -C {spec} -f /etc/ssh/sshd_config"))
+    vm.env.vm().run(&format!(
+        "/usr/sbin/sshd -T -C {spec} -f /etc/ssh/sshd_config"
+    ))
 }
 
 #[test]
@@ -132,9 +144,18 @@ fn two_step_verification_through_real_sshd_and_pam() {
     let vm = OsLoginVm::start("twofactor", "", |env| {
         pam_before = env.vm().run("cat /etc/pam.d/sshd");
         let emu = env.emulator();
-        for (name, uid) in [("alice", 200001), ("bob", 200002), ("carol", 200003), ("sa_robot", 200004)] {
+        for (name, uid) in [
+            ("alice", 200001),
+            ("bob", 200002),
+            ("carol", 200003),
+            ("sa_robot", 200004),
+        ] {
             let (k, p) = keypair(env.dir(), name);
-            emu.ok("POST", "/oslogin/users", Some(&user(name, uid, &p, true, false).to_string()));
+            emu.ok(
+                "POST",
+                "/oslogin/users",
+                Some(&user(name, uid, &p, true, false).to_string()),
+            );
             keys.push(k);
         }
         emu.set_two_factor("alice", json!([{"type": "TOTP", "secret": SECRET}]));
@@ -168,7 +189,8 @@ fn two_step_verification_through_real_sshd_and_pam() {
     ));
     let spec = |u: &str| format!("user={u},host=client,addr=127.0.0.1");
     assert!(
-        sshd_t(&vm, &spec("alice")).contains("\nauthenticationmethods publickey,keyboard-interactive\n"),
+        sshd_t(&vm, &spec("alice"))
+            .contains("\nauthenticationmethods publickey,keyboard-interactive\n"),
         "alice must need both"
     );
     for free in ["sa_robot", "localuser"] {
@@ -182,7 +204,7 @@ fn two_step_verification_through_real_sshd_and_pam() {
     // The key alone is not enough.
     let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
     assert!(!out.status.success(), "key alone: {}", text(&out));
-    assert!(prompts.contains("one-time password"), "{prompts}");
+    assert!(prompts.contains("one-time code"), "{prompts}");
 
     // Key + the right code: in, after exactly one start and one continue.
     vm.env.emulator().clear_requests();
@@ -203,7 +225,10 @@ fn two_step_verification_through_real_sshd_and_pam() {
         .filter_map(|r| r["path"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(posts.len(), 2, "one start, one continue: {posts:?}");
-    assert!(posts[0].ends_with("/sessions/start") && posts[1].ends_with("/continue"), "{posts:?}");
+    assert!(
+        posts[0].ends_with("/sessions/start") && posts[1].ends_with("/continue"),
+        "{posts:?}"
+    );
 
     // A wrong code and an expired one (four steps old): refused, the reason shown.
     let (out, _) = client.login(&vm, alice, "alice", &["000000"], "true");
@@ -211,7 +236,10 @@ fn two_step_verification_through_real_sshd_and_pam() {
     let wrong_ok = code_at(now()) == "000000";
     if !wrong_ok {
         assert!(!out.status.success(), "wrong code: {}", text(&out));
-        assert!(stderr.contains("Wrong code"), "the reason reaches the client: {stderr}");
+        assert!(
+            stderr.contains("Wrong code"),
+            "the reason reaches the client: {stderr}"
+        );
     }
     let old = code_at(now() - 120);
     if old != code_at(now()) && old != code_at(now() - 30) && old != code_at(now() + 30) {
@@ -223,7 +251,10 @@ fn two_step_verification_through_real_sshd_and_pam() {
     // with its reason; the authenticator code gets in.
     let (out, prompts) = client.login(&vm, bob, "bob", &["2", ""], "true");
     assert!(!out.status.success(), "denied phone: {}", text(&out));
-    assert!(prompts.contains("1:") && prompts.contains("2:"), "menu: {prompts}");
+    assert!(
+        prompts.contains("1:") && prompts.contains("2:"),
+        "menu: {prompts}"
+    );
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("denied"),
         "{}",
@@ -231,7 +262,11 @@ fn two_step_verification_through_real_sshd_and_pam() {
     );
     let code = code_at(now());
     let (out, prompts) = client.login(&vm, bob, "bob", &["1", &code], "true");
-    assert!(out.status.success(), "menu + code: {}\nprompts: {prompts}", text(&out));
+    assert!(
+        out.status.success(),
+        "menu + code: {}\nprompts: {prompts}",
+        text(&out)
+    );
 
     // No second factor enrolled: refused, with the reason.
     let (out, _) = client.login(&vm, carol, "carol", &[""], "true");
@@ -246,7 +281,12 @@ fn two_step_verification_through_real_sshd_and_pam() {
     // A service account and a local user: the key alone, never asked.
     for (key, name) in [(robot, "sa_robot"), (&local_key, "localuser")] {
         let (out, prompts) = client.login(&vm, key, name, &[], "true");
-        assert!(out.status.success(), "{name}: {}\n{}", text(&out), vm.sshd().dump());
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            text(&out),
+            vm.sshd().dump()
+        );
         assert_eq!(prompts, "", "{name} was asked");
     }
 
@@ -266,8 +306,15 @@ fn two_step_verification_through_real_sshd_and_pam() {
     });
     let took = started.elapsed();
     assert!(!hung.0.status.success(), "hang: {}", text(&hung.0));
-    assert!(took < Duration::from_secs(60), "refused within the deadline (took {took:?})");
-    assert!(other.0.status.success(), "parallel login: {}", text(&other.0));
+    assert!(
+        took < Duration::from_secs(60),
+        "refused within the deadline (took {took:?})"
+    );
+    assert!(
+        other.0.status.success(),
+        "parallel login: {}",
+        text(&other.0)
+    );
     assert!(
         String::from_utf8_lossy(&hung.0.stderr).contains("did not answer"),
         "the client is told: {}",
@@ -284,18 +331,31 @@ fn two_step_verification_through_real_sshd_and_pam() {
     vm.env.vm().run(&format!(
         "sed -i '/^Match Group guest-agent-oslogin User/,$d' {dropin}"
     ));
+    let reload = || {
+        let t = Instant::now();
+        vm.sshd().signal(nix::sys::signal::Signal::SIGHUP);
+        vm.sshd()
+            .expect_line(t, &["Server listening"], Duration::from_secs(30));
+    };
+    reload();
     vm.env.emulator().set_two_factor("alice", json!([]));
     let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
-    assert!(out.status.success(), "PAM lines alone: {}\n{prompts}", text(&out));
-    vm.env.vm().run(&format!("cat > {dropin} <<'EOF'\n{saved}EOF"));
+    assert!(
+        out.status.success(),
+        "PAM lines alone: {}\n{prompts}",
+        text(&out)
+    );
+    assert_eq!(prompts, "", "not asked");
+    vm.env
+        .vm()
+        .run(&format!("cat > {dropin} <<'EOF'\n{saved}EOF"));
+    reload();
 
     // Off again: /etc/pam.d/sshd byte for byte as before, sshd asks for the key alone.
     let t1 = Instant::now();
-    vm.env.emulator().control(
-        "DELETE",
-        "/attributes/project/enable-oslogin-2fa",
-        None,
-    );
+    vm.env
+        .emulator()
+        .control("DELETE", "/attributes/project/enable-oslogin-2fa", None);
     vm.env.agent().expect_line(
         t1,
         &["PAM: two-step verification lines removed"],
@@ -306,7 +366,12 @@ fn two_step_verification_through_real_sshd_and_pam() {
         sshd_t(&vm, &spec("alice")).contains("\nauthenticationmethods any\n"),
         "the key alone again"
     );
-    assert!(!vm.env.vm().run(&format!("cat {dropin}")).contains("AuthenticationMethods"));
+    assert!(
+        !vm.env
+            .vm()
+            .run(&format!("cat {dropin}"))
+            .contains("AuthenticationMethods")
+    );
     let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
     assert!(out.status.success(), "2FA off: {}\n{prompts}", text(&out));
     assert_eq!(prompts, "");
