@@ -100,6 +100,7 @@ fn the_rpm_installs_the_right_files() {
     for want in [
         "/usr/bin/guest-agent",
         "/usr/lib64/libnss_guestagent.so.2",
+        "/usr/lib64/security/pam_guestagent.so",
         "/usr/lib/systemd/system/guest-agent.service",
         "/etc/guest-agent/config.toml",
         "/usr/share/doc/guest-agent/README.md",
@@ -119,6 +120,10 @@ fn the_rpm_installs_the_right_files() {
     for (installed, built) in [
         ("usr/bin/guest-agent", "guest-agent"),
         ("usr/lib64/libnss_guestagent.so.2", "libnss_guestagent.so"),
+        (
+            "usr/lib64/security/pam_guestagent.so",
+            "libpam_guestagent.so",
+        ),
     ] {
         let a = std::fs::read(root.join(installed)).expect("installed file");
         let b = std::fs::read(p.release.join(built)).expect("built file");
@@ -232,6 +237,10 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
         "libc is in the multiarch dir",
         &format!("test -e {MULTIARCH_LIBDIR}/libc.so.6"),
     );
+    iso.run(
+        "the PAM module where the agent looks first",
+        &format!("test -f {MULTIARCH_LIBDIR}/security/pam_guestagent.so"),
+    );
     iso.run("getent passwd root", "getent passwd root");
     // The shipped configuration is accepted and means exactly the defaults.
     let shipped = iso.run(
@@ -316,7 +325,12 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
              printf '%s\\n' '# BEGIN guest-agent (managed; do not edit)' \
                 'AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f' \
                 'AuthorizedKeysCommandUser nobody' '# END guest-agent' >> /etc/ssh/sshd_config
-             visudo -c -f {SUDOERS_ACCOUNTS}"
+             visudo -c -f {SUDOERS_ACCOUNTS}
+             cp /etc/pam.d/sshd /tmp/pam-sshd.before
+             {{ printf '%s\\n' '# BEGIN guest-agent (managed; do not edit)' \
+                'auth [success=done ignore=ignore default=die] {MULTIARCH_LIBDIR}/security/pam_guestagent.so' \
+                'account [success=ok ignore=ignore default=die] {MULTIARCH_LIBDIR}/security/pam_guestagent.so' \
+                '# END guest-agent'; cat /tmp/pam-sshd.before; }} > /etc/pam.d/sshd"
         ),
     );
 
@@ -334,6 +348,13 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
         assert!(!iso.exists(gone), "{gone} is still there after dpkg -r");
     }
     assert!(!iso.exists(&format!("{MULTIARCH_LIBDIR}/libnss_guestagent.so.2")));
+    // The two-step verification lines named the PAM module, which is gone: they go too, and
+    // sshd's PAM stack is byte for byte what it was.
+    assert!(!iso.exists(&format!("{MULTIARCH_LIBDIR}/security/pam_guestagent.so")));
+    iso.run(
+        "PAM stack as before",
+        "cmp /etc/pam.d/sshd /tmp/pam-sshd.before",
+    );
     for kept in [
         SUDOERS_ACCOUNTS,
         CA_FILE,

@@ -174,7 +174,7 @@ fn two_step_verification_through_real_sshd_and_pam() {
     );
     let pam_on = vm.env.vm().run("cat /etc/pam.d/sshd");
     assert!(
-        pam_on.starts_with("# BEGIN guest-agent (managed; do not edit)\nauth [success=done ignore=ignore default=die] pam_guestagent.so\naccount [success=ok ignore=ignore default=die] pam_guestagent.so\n# END guest-agent\n")
+        pam_on.starts_with("# BEGIN guest-agent (managed; do not edit)\nauth [success=done ignore=ignore default=die] /usr/lib/x86_64-linux-gnu/security/pam_guestagent.so\naccount [success=ok ignore=ignore default=die] /usr/lib/x86_64-linux-gnu/security/pam_guestagent.so\n# END guest-agent\n")
             && pam_on.ends_with(&pam_before),
         "{pam_on}"
     );
@@ -199,6 +199,29 @@ fn two_step_verification_through_real_sshd_and_pam() {
             "{free} needs the key alone"
         );
     }
+    let doctor = |name: &str| {
+        let out = vm
+            .env
+            .vm()
+            .command(guest_agent_e2e::vm::AGENT)
+            .arg("--config")
+            .arg(vm.env.config_path())
+            .args(["doctor", name])
+            .output()
+            .expect("doctor");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let d = doctor("alice");
+    assert!(
+        d.contains("2-step verification on: sshd asks alice for a key, then the challenge")
+            && d.contains("/etc/pam.d/sshd carries the module /usr/lib/x86_64-linux-gnu/security/pam_guestagent.so"),
+        "{d}"
+    );
+    let d = doctor("sa_robot");
+    assert!(
+        d.contains("sa_robot is a service account: the key alone"),
+        "{d}"
+    );
     let client = Client::new(vm.env.dir());
 
     // The key alone is not enough.
@@ -375,6 +398,8 @@ fn two_step_verification_through_real_sshd_and_pam() {
     let (out, prompts) = client.login(&vm, alice, "alice", &[], "true");
     assert!(out.status.success(), "2FA off: {}\n{prompts}", text(&out));
     assert_eq!(prompts, "");
+    let d = doctor("alice");
+    assert!(d.contains("2-step verification off"), "{d}");
 }
 
 trait TapMkdir {

@@ -104,6 +104,10 @@ pub struct Facts {
     pub sshd: Option<SshdFacts>,
     pub helper: Vec<Entry>,
     pub nsswitch: Result<String, String>,
+    /// sshd's PAM stack (`oslogin.pam_file`) and the PAM module's file check (two-step
+    /// verification): the module's path, or why it is not usable.
+    pub pam_stack: Result<String, String>,
+    pub pam_module: Result<PathBuf, String>,
     /// Where the dynamic loader found the NSS module, or dlopen's error.
     pub nss_module: Result<String, String>,
     /// `None`: no user given; `Some(Err)`: does not resolve (or the lookup failed).
@@ -234,6 +238,9 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
     let helper = entries(with_parents(&resolved));
     let nsswitch = std::fs::read_to_string(&nsswitch::NsswitchPaths::default().file)
         .map_err(|e| e.to_string());
+    let pam_stack = std::fs::read_to_string(&config.oslogin.pam_file).map_err(|e| e.to_string());
+    let pam_module =
+        crate::host::pam::check_module(&config.oslogin.pam_module).map_err(|e| e.to_string());
     let nss_module = if on {
         load_nss_module()
     } else {
@@ -258,6 +265,8 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
         sshd,
         helper,
         nsswitch,
+        pam_stack,
+        pam_module,
         nss_module,
         passwd,
         ssh_chain,

@@ -25,12 +25,12 @@ use super::sshd::{BEGIN_MARK, END_MARK, SshdError, prepend_block, strip_block};
 
 /// Where PAM looks for a module named without a path (Debian's multiarch directories first).
 pub const SECURITY_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu/security",
     "/usr/lib/x86_64-linux-gnu/security",
-    "/lib/aarch64-linux-gnu/security",
+    "/lib/x86_64-linux-gnu/security",
     "/usr/lib/aarch64-linux-gnu/security",
-    "/lib64/security",
+    "/lib/aarch64-linux-gnu/security",
     "/usr/lib64/security",
+    "/lib64/security",
     "/lib/security",
     "/usr/lib/security",
 ];
@@ -163,20 +163,22 @@ fn write_keeping(path: &Path, text: &str) -> Result<bool, PamError> {
     Ok(files::write_atomic(path, text.as_bytes(), mode, owner)?)
 }
 
-/// Puts our block at the top of `path` (after checking the module). `Ok(true)`: written.
+/// Puts our block at the top of `path`, naming the module's file by its absolute path (after
+/// checking it). `Ok(true)`: written.
 pub fn enable(path: &Path, module: &str) -> Result<bool, PamError> {
     let text = read(path)?.ok_or_else(|| PamError::Stack {
         path: path.to_path_buf(),
         message: "missing: sshd's PAM stack is needed for two-step verification (UsePAM yes)"
             .into(),
     })?;
-    if carries(&text, module) && strip_block(&text, path).is_ok() {
-        // Already there; the module is still checked (a package removed since).
-        check_module(module)?;
+    // The line names the file found (the package puts it in /usr/lib/TUPLE/security, which a
+    // libpam built for /lib/TUPLE/security would not search on a system without merged /usr).
+    let file = check_module(module)?;
+    let named = file.to_string_lossy();
+    if carries(&text, &named) && strip_block(&text, path).is_ok() {
         return Ok(false);
     }
-    check_module(module)?;
-    write_keeping(path, &plan_enable(&text, module, path)?)
+    write_keeping(path, &plan_enable(&text, &named, path)?)
 }
 
 /// Removes our block from `path`. `Ok(true)`: written.

@@ -50,6 +50,125 @@ pub fn metadata(cx: &Context) -> Check {
     .detail("latency_ms", ms as u64)
 }
 
+/// Two-step verification (`enable-oslogin-2fa`): whether sshd asks the user for a key and
+/// then keyboard-interactive, whether sshd's PAM stack carries the module's lines, and whether
+/// the module is usable. Leftover lines while it is off are a warning.
+pub fn two_factor(cx: &Context) -> Check {
+    let o = &cx.config.oslogin;
+    let on = cx.oslogin.on
+        && cx
+            .facts
+            .metadata
+            .snapshot
+            .as_ref()
+            .ok()
+            .and_then(|s| s.flag("enable-oslogin-2fa"))
+            .is_some_and(|(v, _)| v);
+    let carried = cx
+        .facts
+        .pam_stack
+        .as_ref()
+        .ok()
+        .filter(|t| t.contains(crate::host::sshd::BEGIN_MARK) && t.contains("pam_guestagent"))
+        .is_some();
+    if !on {
+        return if carried {
+            Check::warn(
+                "two-factor",
+                format!(
+                    "2-step verification off, but {} still carries guest-agent's lines",
+                    o.pam_file
+                ),
+                "the daemon removes them at its next pass; restart guest-agent if they stay",
+            )
+        } else {
+            Check::ok(
+                "two-factor",
+                "2-step verification off (enable-oslogin-2fa not set)",
+            )
+        };
+    }
+    let user = cx.user();
+    let module = match &cx.facts.pam_module {
+        Ok(p) => p.display().to_string(),
+        Err(why) => {
+            return Check::fail(
+                "two-factor",
+                format!("2-step verification on, but {why}"),
+                "until the module is usable the daemon refuses OS Login logins (the second factor is never skipped)",
+            );
+        }
+    };
+    if !carried {
+        return Check::fail(
+            "two-factor",
+            format!(
+                "2-step verification on, but {} does not carry the module's lines",
+                o.pam_file
+            ),
+            "check the daemon's log (journalctl -u guest-agent) for why it could not add them; UsePAM must be yes",
+        );
+    }
+    let service_account = crate::oslogin::two_factor::is_service_account(user);
+    match cx.facts.sshd.as_ref().and_then(|s| s.effective.as_ref()) {
+        Some(Ok(effective)) if !user.is_empty() => {
+            let get = |k: &str| {
+                effective
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k)?.strip_prefix(' '))
+                    .unwrap_or("(absent)")
+            };
+            let methods = get("authenticationmethods");
+            let asked = methods == "publickey,keyboard-interactive";
+            let kind = cx.kind;
+            let want = matches!(kind, Some(UserKind::OsLogin)) && !service_account;
+            if get("usepam") != "yes" {
+                Check::fail(
+                    "two-factor",
+                    "2-step verification on, but sshd has UsePAM no: the challenge runs in PAM",
+                    "set UsePAM yes in sshd_config",
+                )
+            } else if want && !asked {
+                Check::fail(
+                    "two-factor",
+                    format!(
+                        "2-step verification on, but sshd asks {user} for `{methods}`, not a key and then the challenge"
+                    ),
+                    "an earlier Match block or drop-in sets AuthenticationMethods for this user; guest-agent's block must be the first to match",
+                )
+            } else if want {
+                Check::ok(
+                    "two-factor",
+                    format!(
+                        "2-step verification on: sshd asks {user} for a key, then the challenge (AuthenticationMethods {methods}); {} carries the module {module}",
+                        o.pam_file
+                    ),
+                )
+            } else {
+                Check::ok(
+                    "two-factor",
+                    format!(
+                        "2-step verification on; {user} {} (AuthenticationMethods {methods}); {} carries the module {module}",
+                        if service_account {
+                            "is a service account: the key alone"
+                        } else {
+                            "is not an OS Login user: not asked"
+                        },
+                        o.pam_file
+                    ),
+                )
+            }
+        }
+        _ => Check::ok(
+            "two-factor",
+            format!(
+                "2-step verification on; {} carries the module {module} (sshd's per-user settings not checked: give a user, as root)",
+                o.pam_file
+            ),
+        ),
+    }
+}
+
 pub fn oslogin(cx: &Context) -> Check {
     let st = &cx.oslogin;
     let user = cx.user();
@@ -76,10 +195,7 @@ pub fn oslogin(cx: &Context) -> Check {
                 );
             }
             if fa {
-                m.push(
-                    "2-step verification on (enable-oslogin-2fa): not provided by guest-agent \
-                     yet, keys alone log in",
-                );
+                m.push("2-step verification on (enable-oslogin-2fa): a key, then the challenge");
             }
             format!("; {}", m.join("; "))
         }

@@ -148,6 +148,7 @@ pub fn all(facts: &Facts, config: &Config) -> Vec<Check> {
     out.extend([
         access::metadata(&cx),
         access::oslogin(&cx),
+        access::two_factor(&cx),
         sshd::sshd_config(&cx),
         sshd::helper_path(&cx),
         google::google_agent(&cx),
