@@ -241,10 +241,18 @@ impl Handler {
                     .await
             }
             Request::PamAccount { user } => {
-                // PAM's account hook runs in the connection's privileged sshd process itself,
-                // the parent of the AuthorizedKeysCommand it ran for the key check.
-                let connection = peer.pid.and_then(process_tag);
-                self.oslogin.pam_account(&user, connection.as_deref()).await
+                // PAM's account hook runs in the connection's privileged sshd process (the
+                // parent of the AuthorizedKeysCommand it ran for the key check) after a
+                // publickey login, and in the child that process forks for PAM's
+                // keyboard-interactive conversation after the second factor: either names the
+                // connection.
+                let own = peer.pid.and_then(process_tag);
+                let parent = peer.pid.and_then(ssh_connection);
+                let candidates: Vec<&str> = [own.as_deref(), parent.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                self.oslogin.pam_account(&user, &candidates).await
             }
         }
     }

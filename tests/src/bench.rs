@@ -21,6 +21,7 @@ pub mod procfs;
 pub mod scale;
 pub mod service;
 pub mod timer;
+pub mod two_factor;
 
 /// One benchmark binary, as the supervisor needs to know it.
 pub struct Bench {

@@ -12,6 +12,7 @@ pub mod bins;
 pub mod console;
 pub mod emulator;
 pub mod env;
+pub mod kbdint;
 pub mod netns;
 pub mod notify;
 pub mod oslogin;

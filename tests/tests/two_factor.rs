@@ -3,16 +3,16 @@
 //! the PAM module `pam_guestagent.so` (in the VM's library overlay, where the package puts
 //! it), the emulator's authenticate endpoints with a real RFC 6238 secret.
 //!
-//! The client is driven with `SSH_ASKPASS` + `SSH_ASKPASS_REQUIRE=force` under `setsid -w`
-//! (no tty): every keyboard-interactive prompt goes to the askpass script, which logs the
-//! prompt and answers from a file. Messages the module shows on a refusal reach the client as
-//! the keyboard-interactive instruction, which ssh prints on stderr at its default log level.
+//! The client ([`Client`]) is driven with `SSH_ASKPASS` + `SSH_ASKPASS_REQUIRE=force` under
+//! `setsid -w` (no tty). Messages the module shows on a refusal reach the client as the
+//! keyboard-interactive instruction, which ssh prints on stderr at its default log level.
 //! Needs root.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use guest_agent_e2e::kbdint::Client;
 use guest_agent_e2e::oslogin::{OsLoginVm, keypair, user};
 use guest_agent_e2e::require_root;
 use serde_json::json;
@@ -29,93 +29,6 @@ fn now() -> u64 {
 
 fn code_at(t: u64) -> String {
     guest_agent_emulator::totp_code(SECRET, t).expect("code")
-}
-
-/// A keyboard-interactive client: answers are read from `answers` (one per line, in order),
-/// prompts are appended to `prompts`.
-struct Client {
-    askpass: PathBuf,
-    answers: PathBuf,
-    prompts: PathBuf,
-}
-
-impl Client {
-    fn new(dir: &Path) -> Client {
-        let askpass = dir.join("askpass");
-        let answers = dir.join("answers");
-        let prompts = dir.join("prompts");
-        // Each call takes the first remaining answer (none left: an empty line).
-        std::fs::write(
-            &askpass,
-            format!(
-                "#!/bin/sh\nprintf '%s\\n---\\n' \"$1\" >> {p}\nhead -n1 {a}\nsed -i 1d {a}\n",
-                p = prompts.display(),
-                a = answers.display()
-            ),
-        )
-        .expect("askpass");
-        std::process::Command::new("chmod")
-            .args(["755"])
-            .arg(&askpass)
-            .status()
-            .expect("chmod");
-        Client {
-            askpass,
-            answers,
-            prompts,
-        }
-    }
-
-    /// `ssh USER@vm COMMAND` with `key`, answering keyboard-interactive prompts with
-    /// `answers`; returns the output and the prompts shown.
-    fn login(
-        &self,
-        vm: &OsLoginVm,
-        key: &Path,
-        name: &str,
-        answers: &[&str],
-        command: &str,
-    ) -> (Output, String) {
-        std::fs::write(&self.answers, answers.join("\n") + "\n").expect("answers");
-        let _ = std::fs::remove_file(&self.prompts);
-        let out = vm
-            .env
-            .ns
-            .command(Path::new("setsid"))
-            .arg("-w")
-            .arg("ssh")
-            .args([
-                "-F",
-                "/dev/null",
-                "-o",
-                "BatchMode=no",
-                "-o",
-                "IdentitiesOnly=yes",
-            ])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "ConnectTimeout=10", "-o", "NumberOfPasswordPrompts=1"])
-            .args([
-                "-o",
-                "PreferredAuthentications=publickey,keyboard-interactive",
-            ])
-            .arg("-i")
-            .arg(key)
-            .arg(format!("{name}@127.0.0.1"))
-            .arg(command)
-            .env("SSH_ASKPASS", &self.askpass)
-            .env("SSH_ASKPASS_REQUIRE", "force")
-            .env("DISPLAY", ":0")
-            .stdin(std::process::Stdio::null())
-            .output()
-            .expect("ssh");
-        let prompts = std::fs::read_to_string(&self.prompts).unwrap_or_default();
-        (out, prompts)
-    }
 }
 
 fn text(o: &Output) -> String {
@@ -248,6 +161,21 @@ fn two_step_verification_through_real_sshd_and_pam() {
         .filter_map(|r| r["path"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(posts.len(), 2, "one start, one continue: {posts:?}");
+    let authorizes = vm
+        .env
+        .emulator()
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/authorize"))
+        })
+        .count();
+    assert_eq!(
+        authorizes, 2,
+        "the key check's login and admin decisions, the account hook reusing them"
+    );
     assert!(
         posts[0].ends_with("/sessions/start") && posts[1].ends_with("/continue"),
         "{posts:?}"

@@ -187,13 +187,15 @@ impl OsLogin {
     pub(super) async fn decide_account(
         &self,
         name: &str,
-        connection: Option<&str>,
+        connections: &[&str],
     ) -> Result<(), Answer> {
         let user = self.user(name).await?;
         let cfg = self.config();
         let o = &cfg.oslogin;
-        let reused =
-            connection.and_then(|c| self.authorizer.of_connection(&user.email, Policy::Login, c));
+        let reused = connections
+            .iter()
+            .find_map(|c| self.authorizer.of_connection(&user.email, Policy::Login, c));
+        let connection = connections.first().copied();
         let login = match reused {
             Some(d) => {
                 tracing::debug!(

@@ -316,12 +316,13 @@ impl OsLogin {
     }
 
     /// `pam-account USER`: the login role now, reusing the decision the key check of the same
-    /// SSH connection made (`connection`), so the account hook costs no request of its own.
-    pub async fn pam_account(&self, name: &str, connection: Option<&str>) -> Answer {
+    /// SSH connection made (`connections`: the ids the asking process may carry), so the
+    /// account hook costs no request of its own.
+    pub async fn pam_account(&self, name: &str, connections: &[&str]) -> Answer {
         if !self.is_enabled() {
             return Answer::NotFound;
         }
-        match self.decide_account(name, connection).await {
+        match self.decide_account(name, connections).await {
             Ok(()) => Answer::Ok(Vec::new()),
             Err(a) => a,
         }

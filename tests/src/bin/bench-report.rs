@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent_e2e::bench::{
     Bench, accounts, console, failed, login, nss, print_table, procfs, scale, service, timer,
+    two_factor,
 };
 
 /// The supervisor of the measuring child.
@@ -91,6 +92,15 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
             login::Params::FULL
         },
     )?;
+    eprintln!("bench-report: two-step verification logins ...");
+    let two_factor = two_factor::run(
+        record,
+        if quick {
+            two_factor::Params::QUICK
+        } else {
+            two_factor::Params::FULL
+        },
+    )?;
     eprintln!("bench-report: ssh logins with a stuck serial console and with none ...");
     let console = console::run(
         record,
@@ -129,6 +139,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     let mut rows = nss::rows(&nss);
     rows.extend(login::rows_down(&login));
     rows.extend(login::rows(&login));
+    rows.extend(two_factor::rows(&two_factor));
     rows.extend(console::rows(&console));
     rows.extend(accounts::rows(&accounts));
     let service_rows = service::rows(&idle, &ready);

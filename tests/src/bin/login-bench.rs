@@ -1,6 +1,7 @@
 //! login-bench: what an OS Login SSH login costs with guest-agent, end to end, beside the
-//! incumbent's figures (Google's guest-agent / guest-oslogin) and our goals
-//! (`guest_agent_e2e::bench::login` says what is measured and how).
+//! incumbent's figures (Google's guest-agent / guest-oslogin) and our goals, and what two-step
+//! verification adds (`guest_agent_e2e::bench::login` and `::two_factor` say what is measured
+//! and how).
 //!
 //! ```text
 //! cargo build --release --workspace && sudo target/release/login-bench
@@ -15,7 +16,7 @@
 
 use std::path::Path;
 
-use guest_agent_e2e::bench::{Bench, login, print_table, timer};
+use guest_agent_e2e::bench::{Bench, login, print_table, timer, two_factor};
 
 /// The supervisor of the measuring child.
 const BENCH: Bench = Bench {
@@ -35,7 +36,10 @@ fn worker(record: &Path) -> Result<(), String> {
     let agent_bin = guest_agent_e2e::bins::agent();
     eprintln!("login-bench: starting the VM (emulator, agent, sshd) ...");
     let r = login::run(record, login::Params::FULL)?;
+    eprintln!("login-bench: two-step verification logins ...");
+    let tf = two_factor::run(record, two_factor::Params::FULL)?;
     let mut rows = login::rows(&r);
+    rows.extend(two_factor::rows(&tf));
     rows.extend(login::rows_down(&r));
     print_table(
         &format!(
