@@ -317,6 +317,13 @@ impl Handler {
             ca_age,
             tokens,
             console,
+            two_factor: match self.oslogin.two_factor_blocked() {
+                Some(why) => {
+                    format!("required but cannot be enforced ({why}): OS Login logins refused")
+                }
+                None if self.oslogin.two_factor() => "on".into(),
+                None => "off".into(),
+            },
         };
         Answer::Ok(vec![crate::status::shape(&live, &viewer).to_string()])
     }

@@ -27,9 +27,6 @@ use serde_json::{Value, json};
 
 use crate::events::Facts;
 
-/// Two-step verification: nothing in the agent knows it yet (issue 17).
-pub const TWO_FACTOR: &str = "not supported yet";
-
 /// Everything [`shape`] reports, gathered by the daemon when asked.
 #[derive(Debug, Clone, Default)]
 pub struct Live {
@@ -46,6 +43,8 @@ pub struct Live {
     pub tokens: Vec<(String, Option<Duration>)>,
     /// The configured console, whether it is open, lines written and dropped.
     pub console: (String, bool, u64, u64),
+    /// Two-step verification: `off`, `on`, or why it is asked for and cannot be enforced.
+    pub two_factor: String,
 }
 
 /// Who asks.
@@ -106,7 +105,7 @@ pub fn shape(live: &Live, viewer: &Viewer) -> Value {
                      "last_answer_secs_ago": secs_ago(f.metadata_answered),
                      "outage_secs": f.outage.as_ref().map(|(since, _)| ago(now, *since)),
                      "error": f.outage.as_ref().map(|(_, e)| e.clone())},
-        "oslogin": {"enabled": f.oslogin, "why": f.oslogin_why, "two_factor": TWO_FACTOR,
+        "oslogin": {"enabled": f.oslogin, "why": f.oslogin_why, "two_factor": live.two_factor,
                     "directory_users": live.directory_users,
                     "last_sync_at": at(f.directory_synced),
                     "last_sync_secs_ago": secs_ago(f.directory_synced)},
@@ -311,6 +310,7 @@ mod tests {
             ca_age: Some(Duration::from_secs(12)),
             tokens: vec![("default".into(), Some(Duration::from_secs(3500)))],
             console: ("/dev/ttyS0".into(), true, 5, 0),
+            two_factor: "off".into(),
         }
     }
 
@@ -323,7 +323,7 @@ mod tests {
         assert_eq!(v["metadata"]["last_answer_secs_ago"], 2);
         assert_eq!(v["metadata"]["outage_secs"], Value::Null);
         assert_eq!(v["oslogin"]["enabled"], true);
-        assert_eq!(v["oslogin"]["two_factor"], TWO_FACTOR);
+        assert_eq!(v["oslogin"]["two_factor"], "off");
         assert_eq!(v["oslogin"]["directory_users"], 3);
         assert_eq!(v["oslogin"]["last_sync_secs_ago"], 10);
         assert_eq!(v["accounts"]["managed_users"], 0);
@@ -390,7 +390,7 @@ mod tests {
         let want = [
             "daemon      pid 42, up 5m 0s, version 0.1.0",
             "metadata    answering (last answer 2s ago)",
-            "OS Login    on (project attribute enable-oslogin = true); 2-step verification: not supported yet",
+            "OS Login    on (project attribute enable-oslogin = true); 2-step verification: off",
             "directory   3 users, last sync 10s ago",
             "accounts    0 metadata users managed",
             "trusted CA  /etc/ssh/guest-agent/trusted-ca.pub, written 12s ago",

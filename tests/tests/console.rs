@@ -206,7 +206,7 @@ fn status_shows_root_everything_and_others_only_their_own() {
         root["oslogin"]["why"], "project attribute enable-oslogin = true",
         "{root}"
     );
-    assert_eq!(root["oslogin"]["two_factor"], "not supported yet");
+    assert_eq!(root["oslogin"]["two_factor"], "off");
     assert_eq!(root["oslogin"]["directory_users"], 2, "{root}");
     assert!(root["oslogin"]["last_sync_at"].is_u64(), "{root}");
     assert!(root["trusted_ca"]["age_secs"].is_u64(), "{root}");
@@ -227,7 +227,7 @@ fn status_shows_root_everything_and_others_only_their_own() {
     assert_eq!(code, 0, "{err}");
     for want in [
         "metadata    answering (last answer ",
-        "OS Login    on (project attribute enable-oslogin = true); 2-step verification: not supported yet",
+        "OS Login    on (project attribute enable-oslogin = true); 2-step verification: off",
         "directory   2 users, last sync ",
         "logins      2 (newest first)",
     ] {

@@ -130,6 +130,15 @@ fn two_step_verification_through_real_sshd_and_pam() {
             && d.contains("/etc/pam.d/sshd carries the module /usr/lib/x86_64-linux-gnu/security/pam_guestagent.so"),
         "{d}"
     );
+    let status = vm
+        .env
+        .vm()
+        .command(guest_agent_e2e::vm::AGENT)
+        .arg("status")
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(status.contains("2-step verification: on"), "{status}");
     let d = doctor("sa_robot");
     assert!(
         d.contains("sa_robot is a service account: the key alone"),

@@ -3,8 +3,9 @@
 //!
 //! Order and conditions (nothing a user could log in with stops working first):
 //! 1. Refused as a whole while 2-step verification is on (metadata `enable-oslogin-2fa`, or
-//!    Google's sshd block asking for `keyboard-interactive`): guest-agent does not provide the
-//!    second factor yet, and removing Google's PAM line would silently drop it.
+//!    Google's sshd block asking for `keyboard-interactive`): the takeover does not move
+//!    Google's second factor (its PAM line and sshd block) to ours in one step yet, and
+//!    removing Google's PAM line first would silently drop it.
 //! 2. sshd: Google's blocks leave `sshd_config` (its AuthorizedKeysCommand, its FIFO
 //!    `TrustedUserCAKeys`, `Include /var/google-users.d/*`); the executor checks the new file
 //!    with `sshd -t`, and with OS Login on that `sshd -T` shows our helper as the
@@ -219,9 +220,10 @@ pub fn plan(f: &Found, paths: &TracePaths) -> Plan {
     if f.two_factor || sshd_2fa {
         p.refused = Some(
             "2-step verification is on (enable-oslogin-2fa, or Google's sshd block asks for \
-             keyboard-interactive) and guest-agent does not provide it yet: taking over would \
-             drop the second factor. Google's agent is left in charge; turn 2-step verification \
-             off for this VM or wait for a guest-agent release that provides it"
+             keyboard-interactive), and the takeover does not yet move Google's second factor \
+             (its PAM line) to guest-agent's: taking over would drop it. Google's agent is left \
+             in charge; stop it and let guest-agent's own two-step verification (its PAM \
+             module) take its place by hand, or turn 2-step verification off for the takeover"
                 .into(),
         );
         return p;
