@@ -97,6 +97,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// (Internal) One PAM account transaction of SERVICE for root, through the system's
+    /// libpam: prints its result code. The daemon runs it before and after adding its PAM
+    /// lines (two-step verification) and keeps them only when the result is the same.
+    #[command(hide = true)]
+    PamProbe { service: String },
     /// What the daemon knows now: the metadata service, OS Login, users, the last login
     /// decisions, the CA file, tokens, the console (users other than root: only their own
     /// login decisions). Exit 1 when the daemon does not answer.
@@ -245,6 +250,7 @@ fn main() -> ExitCode {
         }
         // Asks the daemon only: a broken config file must not hide what the daemon knows.
         Command::Status { json } => return guest_agent::commands::status(*json),
+        Command::PamProbe { service } => return guest_agent::host::pam::probe_main(service),
         _ => {}
     }
     let config = match source.load() {
@@ -261,6 +267,7 @@ fn main() -> ExitCode {
         }
         Command::AuthorizedKeys { .. }
         | Command::AuthorizedPrincipals { .. }
+        | Command::PamProbe { .. }
         | Command::Status { .. } => ExitCode::SUCCESS, // handled above
         Command::Token { account, format } => {
             guest_agent::commands::token(&config, &account, &format)

@@ -139,6 +139,31 @@ fn two_step_verification_through_real_sshd_and_pam() {
         .expect("status");
     let status = String::from_utf8_lossy(&status.stdout);
     assert!(status.contains("2-step verification: on"), "{status}");
+    // The daemon kept its PAM lines after a real account transaction of sshd's stack gave the
+    // same result with and without them; the same probe tells a stack that cannot run.
+    let probe = |service: &str| {
+        vm.env
+            .vm()
+            .command(guest_agent_e2e::vm::AGENT)
+            .args(["pam-probe", service])
+            .output()
+            .expect("pam-probe")
+    };
+    let ok = probe("sshd");
+    assert!(
+        ok.status.success() && String::from_utf8_lossy(&ok.stdout).starts_with("result "),
+        "{}",
+        text(&ok)
+    );
+    vm.env
+        .vm()
+        .run("echo 'account required /nonexistent/pam_missing.so' > /etc/pam.d/ga-broken");
+    let broken = probe("ga-broken");
+    assert!(
+        !broken.status.success(),
+        "a stack that cannot run: {}",
+        text(&broken)
+    );
     let d = doctor("sa_robot");
     assert!(
         d.contains("sa_robot is a service account: the key alone"),

@@ -143,6 +143,112 @@ pub fn check_module(module: &str) -> Result<PathBuf, PamError> {
     Ok(path)
 }
 
+/// Linux-PAM's result codes of a stack that could not run at all (a module that does not
+/// load, a symbol missing, a broken line), as opposed to a decision (success, denied,
+/// unknown user, expired).
+const BROKEN_STACK: &[i32] = &[1, 2, 3, 4, 5, 26, 28];
+
+/// `guest-agent pam-probe SERVICE`: one account transaction of SERVICE for root through the
+/// system's libpam (loaded at run time: the agent does not link it), answered with no
+/// conversation. Prints `result N` and exits 0 when the stack ran (whatever it decided),
+/// 1 when it could not (libpam missing, or a result of [`BROKEN_STACK`]).
+pub fn probe_main(service: &str) -> std::process::ExitCode {
+    match probe_account(service) {
+        Ok(code) => {
+            println!("result {code}");
+            if BROKEN_STACK.contains(&code) {
+                std::process::ExitCode::from(1)
+            } else {
+                std::process::ExitCode::SUCCESS
+            }
+        }
+        Err(why) => {
+            eprintln!("guest-agent pam-probe: {why}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+#[repr(C)]
+struct PamConv {
+    conv: extern "C" fn(
+        i32,
+        *mut *const libc::c_void,
+        *mut *mut libc::c_void,
+        *mut libc::c_void,
+    ) -> i32,
+    appdata: *mut libc::c_void,
+}
+
+/// No conversation: every question is answered PAM_CONV_ERR.
+extern "C" fn no_conversation(
+    _n: i32,
+    _msg: *mut *const libc::c_void,
+    _resp: *mut *mut libc::c_void,
+    _data: *mut libc::c_void,
+) -> i32 {
+    19 // PAM_CONV_ERR
+}
+
+fn probe_account(service: &str) -> Result<i32, String> {
+    let service = CString::new(service).map_err(|_| "the service name holds a NUL byte")?;
+    // SAFETY: dlopen/dlsym with valid C strings; the function pointers are called with the
+    // signatures of <security/pam_appl.h>; the handle is ended with pam_end.
+    unsafe {
+        let lib = libc::dlopen(c"libpam.so.0".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        if lib.is_null() {
+            return Err("libpam.so.0 does not load".into());
+        }
+        let sym = |name: &std::ffi::CStr| {
+            let p = libc::dlsym(lib, name.as_ptr());
+            (!p.is_null()).then_some(p)
+        };
+        let (Some(start), Some(acct), Some(end)) =
+            (sym(c"pam_start"), sym(c"pam_acct_mgmt"), sym(c"pam_end"))
+        else {
+            return Err("libpam.so.0 lacks pam_start, pam_acct_mgmt or pam_end".into());
+        };
+        type Start = unsafe extern "C" fn(
+            *const libc::c_char,
+            *const libc::c_char,
+            *const PamConv,
+            *mut *mut libc::c_void,
+        ) -> i32;
+        type Acct = unsafe extern "C" fn(*mut libc::c_void, i32) -> i32;
+        type End = unsafe extern "C" fn(*mut libc::c_void, i32) -> i32;
+        let start: Start = std::mem::transmute(start);
+        let acct: Acct = std::mem::transmute(acct);
+        let end: End = std::mem::transmute(end);
+        let conv = PamConv {
+            conv: no_conversation,
+            appdata: std::ptr::null_mut(),
+        };
+        let mut handle: *mut libc::c_void = std::ptr::null_mut();
+        let r = start(service.as_ptr(), c"root".as_ptr(), &conv, &mut handle);
+        if r != 0 || handle.is_null() {
+            return Ok(r);
+        }
+        let code = acct(handle, 0x8000); // PAM_SILENT
+        end(handle, code);
+        Ok(code)
+    }
+}
+
+/// Runs `exe pam-probe SERVICE` (a process of its own: a module that crashes takes nothing
+/// with it) and returns its result code.
+pub fn run_probe(exe: &Path, service: &str) -> Result<i32, String> {
+    let out = super::command::run(
+        exe,
+        &["pam-probe", service],
+        std::time::Duration::from_secs(10),
+    )
+    .map_err(|e| e.to_string())?;
+    out.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("result ")?.trim().parse().ok())
+        .ok_or_else(|| format!("the PAM probe gave no result: {}", out.message()))
+}
+
 fn read(path: &Path) -> Result<Option<String>, PamError> {
     match files::read_optional(path)? {
         None => Ok(None),
@@ -178,7 +284,45 @@ pub fn enable(path: &Path, module: &str) -> Result<bool, PamError> {
     if carries(&text, &named) && strip_block(&text, path).is_ok() {
         return Ok(false);
     }
-    write_keeping(path, &plan_enable(&text, &named, path)?)
+    // A real transaction of the stack before and after (the service is the file's name):
+    // the lines stay only when the result is the same (a stack that ran before and cannot run
+    // with them would lock everyone out of sshd's account check).
+    let service = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "sshd".into());
+    let exe = std::env::current_exe().ok();
+    let probe = |exe: &Option<PathBuf>| exe.as_deref().map(|e| run_probe(e, &service));
+    let before = probe(&exe);
+    let written = write_keeping(path, &plan_enable(&text, &named, path)?)?;
+    if let Some(Ok(before)) = before {
+        let after = probe(&exe);
+        if after
+            .as_ref()
+            .is_none_or(|a| a.as_ref().ok() != Some(&before))
+        {
+            let undo = write_keeping(path, &text);
+            let why = format!(
+                "a PAM account transaction of {service} gave {before} without the lines and {} with them: the lines were taken out again{}",
+                match &after {
+                    Some(Ok(a)) => a.to_string(),
+                    Some(Err(e)) => e.clone(),
+                    None => "no result".into(),
+                },
+                match undo {
+                    Ok(_) => String::new(),
+                    Err(e) => format!(" (putting the file back failed: {e})"),
+                }
+            );
+            return Err(PamError::Stack {
+                path: path.to_path_buf(),
+                message: why,
+            });
+        }
+    } else if let Some(Err(e)) = before {
+        tracing::warn!(error = %e, "the PAM stack could not be probed; the lines are kept after the module check alone");
+    }
+    Ok(written)
 }
 
 /// Removes our block from `path`. `Ok(true)`: written.
