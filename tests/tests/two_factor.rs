@@ -374,3 +374,152 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+/// The children of `pid` whose command line holds `pam-probe`.
+fn probe_children(pid: i32) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1)?.parse::<i32>().ok());
+            ppid == Some(pid)
+                && std::fs::read(format!("/proc/{child}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("pam-probe"))
+        })
+        .count()
+}
+
+/// A kill -9 between the PAM edit and the sshd edit: the daemon is frozen (SIGSTOP) whenever
+/// it runs the PAM probe, and killed when the probe it runs is the one after the PAM lines
+/// were written (the PAM stack carries them, sshd's drop-in does not ask for the challenge
+/// yet). In that state a key user (a local account) still logs in, unasked; a restarted
+/// daemon completes the change (one PAM block, sshd's Match block written).
+#[test]
+fn a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in() {
+    if !require_root("a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in") {
+        return;
+    }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let mut vm = OsLoginVm::start("2facrash", "", |env| {
+        let (_, p) = keypair(env.dir(), "alice");
+        env.emulator().ok(
+            "POST",
+            "/oslogin/users",
+            Some(&user("alice", 200001, &p, true, false).to_string()),
+        );
+    });
+    vm.env
+        .vm()
+        .run("useradd -m -s /bin/sh -p '*' localuser && mkdir -p /home/localuser/.ssh");
+    let (local_key, local_pub) = keypair(vm.env.dir(), "localuser");
+    vm.env.vm().run(&format!(
+        "echo '{local_pub}' > /home/localuser/.ssh/authorized_keys && chown -R localuser /home/localuser/.ssh"
+    ));
+    let dropin = "/etc/ssh/sshd_config.d/60-guest-agent.conf";
+    let pam = |vm: &OsLoginVm| vm.env.vm().run("cat /etc/pam.d/sshd");
+    let mut caught = false;
+    for _attempt in 0..30 {
+        let t = Instant::now();
+        vm.env
+            .emulator()
+            .set_attribute("instance", "enable-oslogin-2fa", "TRUE");
+        let pid = vm.env.agent().pid();
+        let give_up = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < give_up && !caught {
+            if !vm
+                .env
+                .agent()
+                .lines_since(t, &["OS Login two-step verification on"])
+                .is_empty()
+            {
+                break;
+            }
+            if probe_children(pid) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            }
+            kill(Pid::from_raw(pid), Signal::SIGSTOP).expect("SIGSTOP");
+            let pam_now = pam(&vm);
+            let sshd_now = vm
+                .env
+                .vm()
+                .run(&format!("cat {dropin} 2>/dev/null || true"));
+            if pam_now.contains("pam_guestagent.so") && !sshd_now.contains("AuthenticationMethods")
+            {
+                kill(Pid::from_raw(pid), Signal::SIGKILL).expect("SIGKILL");
+                kill(Pid::from_raw(pid), Signal::SIGCONT).ok();
+                caught = true;
+            } else {
+                kill(Pid::from_raw(pid), Signal::SIGCONT).expect("SIGCONT");
+                // The same probe is not looked at twice.
+                while probe_children(pid) > 0 && Instant::now() < give_up {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+        if caught {
+            break;
+        }
+        // Missed the window: off again, and once more.
+        let t = Instant::now();
+        vm.env
+            .emulator()
+            .control("DELETE", "/attributes/instance/enable-oslogin-2fa", None);
+        vm.env.agent().expect_line(
+            t,
+            &["PAM: two-step verification lines removed"],
+            Duration::from_secs(60),
+        );
+    }
+    assert!(caught, "the daemon was never seen between the two edits");
+    assert!(
+        vm.env
+            .agent_mut()
+            .wait_exit(Duration::from_secs(30))
+            .is_some(),
+        "killed"
+    );
+    // The state a crash leaves: the PAM lines, no challenge asked by sshd (sshd re-reads its
+    // configuration: as a reload at any later moment would).
+    let t = Instant::now();
+    vm.sshd().signal(Signal::SIGHUP);
+    vm.sshd()
+        .expect_line(t, &["Server listening"], Duration::from_secs(30));
+    let client = Client::new(vm.env.dir());
+    let (out, prompts) = client.login(&vm, &local_key, "localuser", &[], "true");
+    assert!(
+        out.status.success(),
+        "key user after the crash: {}\n{}",
+        text(&out),
+        vm.sshd().dump()
+    );
+    assert_eq!(prompts, "", "not asked");
+    // Restarted, the daemon completes the change.
+    let config = std::fs::read_to_string(vm.env.config_path()).expect("config");
+    let t = Instant::now();
+    vm.env.start_agent(guest_agent_e2e::AgentOptions {
+        config,
+        env: Vec::new(),
+    });
+    vm.env.agent().expect_line(
+        t,
+        &["OS Login two-step verification on"],
+        Duration::from_secs(60),
+    );
+    vm.env
+        .agent()
+        .expect_line(t, &["OS Login enabled"], Duration::from_secs(60));
+    let pam_after = pam(&vm);
+    assert_eq!(pam_after.matches("# BEGIN guest-agent").count(), 1, "{pam_after}");
+    assert!(
+        vm.env
+            .vm()
+            .run(&format!("cat {dropin}"))
+            .contains("AuthenticationMethods publickey,keyboard-interactive")
+    );
+}
