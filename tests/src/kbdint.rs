@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::netns::Netns;
 use crate::oslogin::OsLoginVm;
 
 /// A keyboard-interactive client: answers are read from `answers` (one per line, in order),
@@ -53,11 +54,21 @@ impl Client {
         answers: &[&str],
         command: &str,
     ) -> (Output, String) {
+        self.login_in(&vm.env.ns, key, name, answers, command)
+    }
+
+    /// [`Client::login`] from the network namespace `ns` (sshd listening on 127.0.0.1 there).
+    pub fn login_in(
+        &self,
+        ns: &Netns,
+        key: &Path,
+        name: &str,
+        answers: &[&str],
+        command: &str,
+    ) -> (Output, String) {
         std::fs::write(&self.answers, answers.join("\n") + "\n").expect("answers");
         let _ = std::fs::remove_file(&self.prompts);
-        let out = vm
-            .env
-            .ns
+        let out = ns
             .command(Path::new("setsid"))
             .arg("-w")
             .arg("ssh")

@@ -37,13 +37,15 @@ use guest_agent_e2e::releases::{ALL, Release};
 use serde_json::json;
 
 /// The checks, in the order of the table's columns.
-const CHECKS: [&str; 10] = [
+const CHECKS: [&str; 12] = [
     "dpkg -i",
     "key login",
     "cert login",
     "sudo (admin)",
     "getent/id",
     "userdb keys",
+    "2FA login",
+    "2FA off",
     "revoked",
     "metadata keys+sudo",
     "doctor",
@@ -59,6 +61,8 @@ struct Row {
 
 impl Row {
     fn record(&mut self, check: &'static str, r: Result<(), String>) -> bool {
+        // A check missing from the table would be dropped from it silently.
+        assert!(CHECKS.contains(&check), "{check:?} is not in CHECKS");
         let ok = r.is_ok();
         self.results.push((check, r));
         ok
@@ -278,6 +282,70 @@ fn run_release(release: Release, p: &Packages) -> Row {
             }),
         );
     }
+    // 2-step verification: sshd's Match block and the PAM lines of the release's own sshd and
+    // PAM; a key alone refused, key + code in; off again.
+    emulator.set_two_factor(
+        "carol",
+        json!([{"type": "SECURITY_KEY_OTP", "code": "135790"}]),
+    );
+    let t2 = Instant::now();
+    emulator.set_attribute("project", "enable-oslogin-2fa", "TRUE");
+    let client = guest_agent_e2e::kbdint::Client::new(dir.path());
+    let two_factor = if agent
+        .wait_for_line(
+            t2,
+            &["OS Login two-step verification on"],
+            Duration::from_secs(60),
+        )
+        .is_none()
+        || agent
+            .wait_for_line(t2, &["OS Login enabled"], Duration::from_secs(60))
+            .is_none()
+        || !sshd_restarted(&sshd, t2)
+    {
+        Err(format!(
+            "2-step verification never came on:\n{}",
+            agent.dump()
+        ))
+    } else {
+        let (alone, _) = client.login_in(&ns, &key, "carol", &[], "id -un");
+        let (with, prompts) = client.login_in(&ns, &key, "carol", &["135790"], "id -un");
+        if alone.status.success() {
+            Err(format!("the key alone logged in: {}", text(&alone)))
+        } else if !with.status.success() || String::from_utf8_lossy(&with.stdout).trim() != "carol"
+        {
+            Err(format!(
+                "key + code: {}\nprompts: {prompts}\nsshd:\n{}\nagent:\n{}",
+                text(&with),
+                sshd.dump(),
+                agent.dump()
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    row.record("2FA login", two_factor);
+    let t3 = Instant::now();
+    emulator.control("DELETE", "/attributes/project/enable-oslogin-2fa", None);
+    let off = agent
+        .wait_for_line(
+            t3,
+            &["PAM: two-step verification lines removed"],
+            Duration::from_secs(60),
+        )
+        .is_some()
+        && sshd_restarted(&sshd, t3);
+    row.record(
+        "2FA off",
+        if off {
+            expect("id -un", ssh(&ns, &key, "carol", "id -un"), "carol")
+        } else {
+            Err(format!(
+                "2-step verification did not go off:\n{}",
+                agent.dump()
+            ))
+        },
+    );
     emulator.ok(
         "PUT",
         "/oslogin/users/carol/roles",

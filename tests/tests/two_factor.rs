@@ -515,7 +515,11 @@ fn a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in() {
         .agent()
         .expect_line(t, &["OS Login enabled"], Duration::from_secs(60));
     let pam_after = pam(&vm);
-    assert_eq!(pam_after.matches("# BEGIN guest-agent").count(), 1, "{pam_after}");
+    assert_eq!(
+        pam_after.matches("# BEGIN guest-agent").count(),
+        1,
+        "{pam_after}"
+    );
     assert!(
         vm.env
             .vm()

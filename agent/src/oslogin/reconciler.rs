@@ -218,6 +218,29 @@ impl OsLoginReconciler {
                 c.oslogin.pam_module.clone(),
             )
         };
+        // An sshd before 8.7 prints `challengeresponseauthentication` (8.7 made it an alias).
+        match sshd::apply::effective_value(&self.paths.sshd, "challengeresponseauthentication") {
+            Ok(Some(_)) => {
+                let lines = sshd::scan::flatten(
+                    &self.paths.sshd.main_config,
+                    &self.paths.sshd.ssh_dir,
+                    &[
+                        self.paths.sshd.dropin.as_path(),
+                        self.paths.sshd.early_dropin.as_path(),
+                    ],
+                    &sshd::scan::RealFs,
+                );
+                let passwords =
+                    sshd::apply::effective_value(&self.paths.sshd, "passwordauthentication")
+                        .ok()
+                        .flatten()
+                        .is_none_or(|v| v != "no");
+                settings.two_factor_legacy = Some(sshd::LegacyKbdInt {
+                    keep_others_off: !sshd::operator_challenge_response(&lines) && !passwords,
+                });
+            }
+            _ => settings.two_factor_legacy = None,
+        }
         let blocked = match sshd::apply::effective_value(&self.paths.sshd, "usepam") {
             Ok(Some(v)) if v == "yes" => None,
             Ok(v) => Some(format!(
@@ -241,6 +264,7 @@ impl OsLoginReconciler {
         };
         if let Some(why) = blocked {
             settings.two_factor_group = None;
+            settings.two_factor_legacy = None;
             self.service.set_two_factor(false);
             self.service.set_two_factor_blocked(Some(why.clone()));
             self.enable(settings)?;
@@ -339,6 +363,9 @@ impl Reconciler for OsLoginReconciler {
         if self.applied.as_ref() == Some(&(on, settings.clone(), stamp)) {
             return Ok(());
         }
+        // What was asked is remembered, not what the sshd at hand made of it (the legacy
+        // lines): the next pass compares the same thing.
+        let asked = settings.clone();
         let result = if on {
             self.enable_with_two_factor(&mut settings)
         } else {
@@ -347,7 +374,7 @@ impl Reconciler for OsLoginReconciler {
         match result {
             Ok(()) => {
                 // The stamp after our own edit (a block we wrote there is no change).
-                self.applied = Some((on, settings, file_stamp(&self.paths.sshd.main_config)));
+                self.applied = Some((on, asked, file_stamp(&self.paths.sshd.main_config)));
                 self.retry_at = None;
                 crate::events::oslogin(on, why);
                 Ok(())
@@ -386,6 +413,7 @@ pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
         trusted_ca_file: Some(o.ca_file.clone().into()),
         ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),
         two_factor_group: None,
+        two_factor_legacy: None,
         chain: None,
     }
 }

@@ -101,6 +101,7 @@ fn settings() -> SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent-ca.pub".into()),
         ignore_user_keys_group: Some(GROUP.into()),
         two_factor_group: None,
+        two_factor_legacy: None,
         ..SshdSettings::default()
     }
 }

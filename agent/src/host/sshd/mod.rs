@@ -104,6 +104,10 @@ pub struct SshdSettings {
     /// gives the users group even when the daemon does not answer, so the requirement cannot
     /// fall away for a user sshd can resolve.
     pub two_factor_group: Option<String>,
+    /// sshd before OpenSSH 8.7 (Debian 11's 8.4): keyboard-interactive through PAM also needs
+    /// the global `ChallengeResponseAuthentication yes`, which may not be set in a `Match`
+    /// (see [`LegacyKbdInt`]). `None` on a current sshd.
+    pub two_factor_legacy: Option<LegacyKbdInt>,
     /// Another AuthorizedKeysCommand our helper hands the users who are not OS Login users
     /// on to (see [`rival`]).
     pub chain: Option<rival::Chain>,
@@ -118,9 +122,34 @@ impl Default for SshdSettings {
             trusted_ca_file: None,
             ignore_user_keys_group: None,
             two_factor_group: None,
+            two_factor_legacy: None,
             chain: None,
         }
     }
+}
+
+/// What two-step verification writes on an sshd before 8.7.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyKbdInt {
+    /// The operator's configuration had keyboard-interactive off for everyone
+    /// (`ChallengeResponseAuthentication no`) and passwords off (`PasswordAuthentication
+    /// no`): the global `yes` that OS Login users' challenge needs would open a PAM password
+    /// prompt to every other user, so everyone outside the two-step `Match` is held to the
+    /// methods that need no PAM conversation (`AuthenticationMethods publickey
+    /// gssapi-with-mic hostbased`, in a `Match all` after ours: the first value sshd meets
+    /// for a connection wins).
+    pub keep_others_off: bool,
+}
+
+/// `ChallengeResponseAuthentication`'s value for everyone in the operator's own lines (not
+/// ours): the first outside a `Match`; `yes` (OpenSSH's default) when none sets it.
+pub fn operator_challenge_response(lines: &[scan::ConfigLine]) -> bool {
+    lines
+        .iter()
+        .filter(|l| !l.managed && !l.in_match && l.keyword == "challengeresponseauthentication")
+        .map(|l| l.value.eq_ignore_ascii_case("yes"))
+        .next()
+        .unwrap_or(true)
 }
 
 /// Where our directives live.
@@ -196,6 +225,9 @@ pub fn directives(s: &SshdSettings) -> Result<Vec<(&'static str, String)>, SshdE
         ("AuthorizedKeysCommand", keys),
         ("AuthorizedKeysCommandUser", keys_user),
     ];
+    if s.two_factor_group.is_some() && s.two_factor_legacy.is_some() {
+        out.push(("ChallengeResponseAuthentication", "yes".into()));
+    }
     if let Some(ca) = &s.trusted_ca_file {
         let text = ca.to_string_lossy();
         if !ca.is_absolute() || !plain(&text) || text.contains(char::is_whitespace) {
@@ -256,6 +288,11 @@ pub fn render_match(s: &SshdSettings) -> Result<String, SshdError> {
             });
         }
         text.push_str(&two_factor_match(group));
+        if s.two_factor_legacy.is_some_and(|l| l.keep_others_off) {
+            text.push_str(
+                "Match all\n    AuthenticationMethods publickey gssapi-with-mic hostbased\n",
+            );
+        }
     }
     Ok(text)
 }

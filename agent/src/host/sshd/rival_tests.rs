@@ -56,6 +56,7 @@ fn settings() -> SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent/trusted-ca.pub".into()),
         ignore_user_keys_group: Some("guest-agent-oslogin".into()),
         two_factor_group: None,
+        two_factor_legacy: None,
         ..SshdSettings::default()
     }
 }

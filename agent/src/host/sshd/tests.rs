@@ -9,6 +9,7 @@ fn full() -> SshdSettings {
         trusted_ca_file: Some("/etc/ssh/guest-agent-ca.pub".into()),
         ignore_user_keys_group: Some("oslogin-users".into()),
         two_factor_group: None,
+        two_factor_legacy: None,
         ..SshdSettings::default()
     }
 }
@@ -56,6 +57,7 @@ fn refuses_settings_sshd_would_misread() {
         SshdSettings {
             ignore_user_keys_group: Some("Bad Group".into()),
             two_factor_group: None,
+            two_factor_legacy: None,
             ..SshdSettings::default()
         },
     ];
@@ -180,4 +182,52 @@ fn plans() {
     let (layout, plan) = plan_enable(&old, main_path, &s, etc, dropin, true).unwrap();
     assert_eq!(layout, Layout::DropIn);
     assert_eq!(plan.main, "Include /etc/ssh/sshd_config.d/*.conf\n");
+}
+
+#[test]
+fn two_step_verification_adds_its_match_and_on_an_old_sshd_the_global_it_needs() {
+    let mut s = full();
+    s.two_factor_group = Some("oslogin-users".into());
+    let text = render(&s, false).unwrap();
+    assert!(text.ends_with(
+        "Match Group oslogin-users\n    AuthorizedKeysFile none\n\
+         Match Group oslogin-users User *,!sa_*\n    AuthenticationMethods publickey,keyboard-interactive\n    KbdInteractiveAuthentication yes\n"
+    ), "{text}");
+    assert!(!text.contains("ChallengeResponseAuthentication"));
+    s.two_factor_legacy = Some(LegacyKbdInt {
+        keep_others_off: false,
+    });
+    let text = render(&s, false).unwrap();
+    assert!(
+        text.contains("AuthorizedKeysCommandUser nobody\nChallengeResponseAuthentication yes\n"),
+        "{text}"
+    );
+    assert!(!text.contains("Match all"));
+    s.two_factor_legacy = Some(LegacyKbdInt {
+        keep_others_off: true,
+    });
+    let text = render(&s, false).unwrap();
+    assert!(text.ends_with("KbdInteractiveAuthentication yes\nMatch all\n    AuthenticationMethods publickey gssapi-with-mic hostbased\n"), "{text}");
+    // Without two-step verification the legacy setting writes nothing.
+    s.two_factor_group = None;
+    assert_eq!(render(&s, false).unwrap(), render(&full(), false).unwrap());
+}
+
+#[test]
+fn the_operators_challenge_response_is_the_first_global_line_not_ours() {
+    let line = |kw: &str, v: &str, in_match: bool, managed: bool| scan::ConfigLine {
+        file: "/etc/ssh/sshd_config".into(),
+        number: 1,
+        keyword: kw.into(),
+        value: v.into(),
+        in_match,
+        managed,
+    };
+    assert!(operator_challenge_response(&[]), "OpenSSH's default");
+    assert!(!operator_challenge_response(&[
+        line("challengeresponseauthentication", "yes", false, true),
+        line("challengeresponseauthentication", "yes", true, false),
+        line("challengeresponseauthentication", "no", false, false),
+        line("challengeresponseauthentication", "yes", false, false),
+    ]));
 }
