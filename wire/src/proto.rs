@@ -544,16 +544,16 @@ mod tests {
                 certificate: None,
             })
         );
-        let Ok(Request::AuthorizedKeys {
-            certificate: Some(c),
-            ..
-        }) = Request::parse("@1 authorized-keys alice - ssh-rsa-cert-v01@openssh.com AAAAB3")
-        else {
-            panic!("certificate form not read");
-        };
         assert_eq!(
-            (c.key_type.as_str(), c.blob.as_str()),
-            ("ssh-rsa-cert-v01@openssh.com", "AAAAB3")
+            Request::parse("@1 authorized-keys alice - ssh-rsa-cert-v01@openssh.com AAAAB3"),
+            Ok(Request::AuthorizedKeys {
+                user: "alice".into(),
+                fingerprint: None,
+                certificate: Some(OfferedCert {
+                    key_type: "ssh-rsa-cert-v01@openssh.com".into(),
+                    blob: "AAAAB3".into(),
+                }),
+            })
         );
         // A plain key is never sent in the four-argument form.
         assert!(Request::parse("authorized-keys alice fp ssh-ed25519 AAAA").is_err());
