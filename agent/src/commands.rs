@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use guest_agent_wire::proto::{Answer, Request, SOCKET_PATH};
+use guest_agent_wire::proto::{Answer, OfferedCert, Request, SOCKET_PATH};
 
 use crate::client::{self, ClientError};
 use crate::config::Config;
@@ -29,7 +29,7 @@ fn say(user: &str, why: &str) {
 }
 
 /// Another AuthorizedKeysCommand the keys helper hands other users on to (sshd config:
-/// `... authorized-keys %u %f --chain-user USER -- COMMAND ARGS`, see `host::sshd::rival`).
+/// `... authorized-keys %u %f %t %k --chain-user USER -- COMMAND ARGS`, see `host::sshd::rival`).
 pub struct Chained<'a> {
     /// Its AuthorizedKeysCommandUser.
     pub user: &'a str,
@@ -47,21 +47,38 @@ pub fn hand_on(answer: &Answer) -> bool {
 
 /// What a helper asks for.
 enum Question<'a> {
-    Keys { fingerprint: Option<&'a str> },
-    Principals { cert: &'a str },
+    Keys {
+        fingerprint: Option<&'a str>,
+        certificate: Option<OfferedCert>,
+    },
+    Principals {
+        cert: &'a str,
+    },
 }
 
-/// `guest-agent authorized-keys USER [FINGERPRINT]`
-/// (sshd: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`).
+/// `guest-agent authorized-keys USER [FINGERPRINT [TYPE KEY]]`
+/// (sshd: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k %t %k`; a
+/// configuration written before `%t %k` were added passes `%u %f` only). `key` (type, base64)
+/// matters only for a certificate: sshd runs this command with one whose CA its
+/// TrustedUserCAKeys does not hold, and the daemon then fetches the CA keys at once.
 pub fn authorized_keys(
     config: &ConfigSource,
     user: &str,
     fingerprint: Option<&str>,
+    key: Option<(&str, &str)>,
     chain: Option<Chained>,
 ) -> ExitCode {
     let fingerprint =
         fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
-    let answer = run(config, user, Question::Keys { fingerprint });
+    let certificate = key.and_then(|(t, k)| OfferedCert::from_tokens(t, k));
+    let answer = run(
+        config,
+        user,
+        Question::Keys {
+            fingerprint,
+            certificate,
+        },
+    );
     if let Some(chain) = chain
         && answer.as_ref().is_none_or(hand_on)
     {
@@ -112,9 +129,13 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> Option<Answer> 
         return None;
     }
     let request = match &question {
-        Question::Keys { fingerprint } => Request::AuthorizedKeys {
+        Question::Keys {
+            fingerprint,
+            certificate,
+        } => Request::AuthorizedKeys {
             user: user.to_owned(),
             fingerprint: fingerprint.map(str::to_owned),
+            certificate: certificate.clone(),
         },
         Question::Principals { cert } => Request::AuthorizedPrincipals {
             user: user.to_owned(),

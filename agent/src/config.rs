@@ -73,7 +73,7 @@ impl Default for MetadataConfig {
             base_url: "http://169.254.169.254".into(),
             connect_timeout_ms: 1000,
             request_timeout_ms: 10_000,
-            watch_timeout_secs: 60,
+            watch_timeout_secs: 120,
             max_body_bytes: 4 << 20,
             backoff_min_ms: 500,
             backoff_max_ms: 30_000,
@@ -178,7 +178,7 @@ impl Default for OsLoginConfig {
     fn default() -> Self {
         OsLoginConfig {
             min_id: 1000,
-            sync_interval_secs: 600,
+            sync_interval_secs: 3600,
             page_size: 1000,
             negative_cache_secs: 30,
             authorize_timeout_ms: 2000,
@@ -192,7 +192,7 @@ impl Default for OsLoginConfig {
             create_home: true,
             home_bases: vec!["/home".into()],
             ca_file: "/etc/ssh/guest-agent/trusted-ca.pub".into(),
-            ca_refresh_secs: 60,
+            ca_refresh_secs: 600,
             ca_max_stale_secs: 3600,
             unprivileged_lookup_burst: 100,
             unprivileged_lookups_per_minute: 600,

@@ -32,11 +32,18 @@ enum Command {
     /// Check the configuration file and print the effective configuration.
     CheckConfig,
     /// sshd's AuthorizedKeysCommand: print USER's OS Login keys if the login role is granted
-    /// now. sshd_config: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f`.
+    /// now. sshd_config: `AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k`
+    /// (the older `%u %f` works too).
     AuthorizedKeys {
         user: String,
         /// sshd's %f (the offered key's fingerprint).
         fingerprint: Option<String>,
+        /// sshd's %t (the offered key's type): a certificate whose CA the trusted-CA file does
+        /// not hold yet makes the daemon fetch the CA keys at once.
+        #[arg(requires = "key")]
+        key_type: Option<String>,
+        /// sshd's %k (the offered key, base64).
+        key: Option<String>,
         /// Another AuthorizedKeysCommand's AuthorizedKeysCommandUser: users that are not OS
         /// Login users are handed on to the command after `--`, run as this user.
         #[arg(long, value_name = "USER", requires = "chain")]
@@ -125,8 +132,8 @@ fn abort_on_panic() {
 }
 
 /// The two commands sshd runs for every connection, parsed by hand when their arguments have
-/// the shapes the agent writes into sshd_config (`[--config PATH] authorized-keys USER [FP]
-/// [--chain-user USER -- COMMAND...]`, `[--config PATH] authorized-principals USER CERT`):
+/// the shapes the agent writes into sshd_config (`[--config PATH] authorized-keys USER [FP
+/// [TYPE KEY]] [--chain-user USER -- COMMAND...]`, `[--config PATH] authorized-principals USER CERT`):
 /// building clap's whole command tree costs a fresh process about 0.1 ms, a tenth of what a
 /// keys-command run costs here. Any other shape (a flag, `--help`, a missing argument) goes to
 /// clap as before.
@@ -136,6 +143,8 @@ enum SshdCall<'a> {
         config: Option<&'a str>,
         user: &'a str,
         fingerprint: Option<&'a str>,
+        /// sshd's `%t %k`.
+        key: Option<(&'a str, &'a str)>,
         chain: Option<(&'a str, &'a [String])>,
     },
     Principals {
@@ -153,17 +162,25 @@ fn sshd_call(args: &[String]) -> Option<SshdCall<'_>> {
     let plain = |a: &String| !a.starts_with('-');
     match rest {
         [cmd, user, rest @ ..] if cmd == "authorized-keys" && plain(user) => {
-            let (fingerprint, chain) = match rest {
-                [] => (None, None),
-                [fp] if plain(fp) => (Some(fp.as_str()), None),
-                [fp, flag, chain_user, sep, argv @ ..]
-                    if plain(fp)
-                        && flag == "--chain-user"
-                        && plain(chain_user)
-                        && sep == "--"
-                        && !argv.is_empty() =>
+            // The chain (`--chain-user USER -- COMMAND...`) comes last.
+            let (own, chain) = match rest
+                .iter()
+                .position(|a| a == "--chain-user")
+                .map(|i| rest.split_at(i))
+            {
+                None => (rest, None),
+                Some((own, [_, chain_user, sep, argv @ ..]))
+                    if plain(chain_user) && sep == "--" && !argv.is_empty() =>
                 {
-                    (Some(fp.as_str()), Some((chain_user.as_str(), argv)))
+                    (own, Some((chain_user.as_str(), argv)))
+                }
+                Some(_) => return None,
+            };
+            let (fingerprint, key) = match own {
+                [] if chain.is_none() => (None, None),
+                [fp] if plain(fp) => (Some(fp.as_str()), None),
+                [fp, t, k] if plain(fp) && plain(t) && plain(k) => {
+                    (Some(fp.as_str()), Some((t.as_str(), k.as_str())))
                 }
                 _ => return None,
             };
@@ -171,6 +188,7 @@ fn sshd_call(args: &[String]) -> Option<SshdCall<'_>> {
                 config,
                 user,
                 fingerprint,
+                key,
                 chain,
             })
         }
@@ -191,11 +209,13 @@ fn sshd_fast_path(args: &[String]) -> Option<ExitCode> {
             config,
             user,
             fingerprint,
+            key,
             chain,
         } => guest_agent::commands::authorized_keys(
             &source(config),
             user,
             fingerprint,
+            key,
             chain.map(|(u, argv)| guest_agent::commands::Chained { user: u, argv }),
         ),
         SshdCall::Principals { config, user, cert } => {
@@ -229,6 +249,8 @@ fn main() -> ExitCode {
         Command::AuthorizedKeys {
             user,
             fingerprint,
+            key_type,
+            key,
             chain_user,
             chain,
         } => {
@@ -242,6 +264,7 @@ fn main() -> ExitCode {
                 &source,
                 user,
                 fingerprint.as_deref(),
+                key_type.as_deref().zip(key.as_deref()),
                 chain,
             );
         }
@@ -319,9 +342,50 @@ mod tests {
                 config: None,
                 user: "alice",
                 fingerprint: Some("SHA256:abc"),
+                key: None,
                 chain: None
             })
         );
+        // The directive written since certificates are handed over too (`%u %f %t %k`).
+        let a = args(&[
+            "authorized-keys",
+            "alice",
+            "SHA256:abc",
+            "ssh-ed25519-cert-v01@openssh.com",
+            "AAAAcert",
+        ]);
+        assert_eq!(
+            sshd_call(&a),
+            Some(SshdCall::Keys {
+                config: None,
+                user: "alice",
+                fingerprint: Some("SHA256:abc"),
+                key: Some(("ssh-ed25519-cert-v01@openssh.com", "AAAAcert")),
+                chain: None
+            })
+        );
+        let a = args(&[
+            "authorized-keys",
+            "bob",
+            "SHA256:x",
+            "ssh-ed25519",
+            "AAAAkey",
+            "--chain-user",
+            "root",
+            "--",
+            "/usr/bin/userdbctl",
+            "ssh-authorized-keys",
+            "bob",
+        ]);
+        let Some(SshdCall::Keys {
+            key: Some(("ssh-ed25519", "AAAAkey")),
+            chain: Some(("root", argv)),
+            ..
+        }) = sshd_call(&a)
+        else {
+            panic!("{:?}", sshd_call(&a));
+        };
+        assert_eq!(argv.len(), 3);
         let a = args(&["--config", "/etc/x.toml", "authorized-keys", "bob"]);
         assert_eq!(
             sshd_call(&a),
@@ -329,6 +393,7 @@ mod tests {
                 config: Some("/etc/x.toml"),
                 user: "bob",
                 fingerprint: None,
+                key: None,
                 chain: None
             })
         );
@@ -377,6 +442,15 @@ mod tests {
                 "--",
             ],
             &["authorized-keys", "alice", "fp", "extra"],
+            &["authorized-keys", "alice", "fp", "type", "key", "extra"],
+            &[
+                "authorized-keys",
+                "alice",
+                "--chain-user",
+                "root",
+                "--",
+                "x",
+            ],
             &["authorized-principals", "carol"],
             &["--config"],
             &["doctor", "alice"],

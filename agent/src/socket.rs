@@ -206,9 +206,18 @@ impl Handler {
                 let connection = peer.pid.and_then(ssh_connection);
                 let connection = connection.as_deref();
                 match request {
-                    Request::AuthorizedKeys { user, fingerprint } => {
+                    Request::AuthorizedKeys {
+                        user,
+                        fingerprint,
+                        certificate,
+                    } => {
                         self.oslogin
-                            .authorized_keys(&user, fingerprint.as_deref(), connection)
+                            .authorized_keys(
+                                &user,
+                                fingerprint.as_deref(),
+                                certificate.as_ref(),
+                                connection,
+                            )
                             .await
                     }
                     Request::AuthorizedPrincipals { user, cert } => {

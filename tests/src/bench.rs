@@ -14,6 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 pub mod accounts;
+pub mod ca_rotation;
 pub mod console;
 pub mod login;
 pub mod nss;

@@ -10,10 +10,16 @@ use guest_agent_e2e::require_root;
 use serde_json::json;
 
 /// alice (login role) with a registered key; a second key of hers is only ever used with a
-/// certificate, so a login with it proves the certificate path.
+/// certificate, so a login with it proves the certificate path. The CA file is refreshed every
+/// second.
 fn start(tag: &str) -> (OsLoginVm, PathBuf, String) {
+    start_with(tag, "ca_refresh_secs = 1\n")
+}
+
+/// [`start`] with this `[oslogin]` configuration.
+fn start_with(tag: &str, config: &str) -> (OsLoginVm, PathBuf, String) {
     let mut cert_key = None;
-    let vm = OsLoginVm::start(tag, "ca_refresh_secs = 1\n", |env| {
+    let vm = OsLoginVm::start(tag, config, |env| {
         let (_, registered) = keypair(env.dir(), "alice");
         let (k, p) = keypair(env.dir(), "alice-cert-only");
         env.emulator().ok(
@@ -59,6 +65,20 @@ fn wait_for_ca(vm: &OsLoginVm) -> Duration {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The `oslogin/certificates` requests the emulator saw since it last forgot its requests.
+fn certificates_requests(vm: &OsLoginVm) -> usize {
+    vm.env
+        .emulator()
+        .requests()
+        .iter()
+        .filter(|r| {
+            r["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/oslogin/certificates"))
+        })
+        .count()
 }
 
 /// Has the emulator sign `public` for alice, written where ssh finds it for `key`.
@@ -175,8 +195,8 @@ fn a_ca_rotation_reaches_the_file_and_old_certificates_stop_working() {
     assert!(vm.ssh(&key, "alice", "true").status.success());
     let old_cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
     vm.env.emulator().ok("POST", "/ca/rotate", None);
-    // Refreshed every second here: about a second; the bound is 60x that (the production
-    // refresh period), so only a rotation that never arrives fails it.
+    // Refreshed every second here (no login asks for it): about a second; the bound is 60x
+    // that, so only a rotation that never arrives fails it.
     let took = wait_for_ca(&vm);
     eprintln!("rotation reached the file after {took:?}");
     assert!(
@@ -257,7 +277,7 @@ fn with_the_service_down_the_ca_file_keeps_its_keys_until_they_are_too_old() {
     wait_for_ca(&vm);
 }
 
-/// With the production refresh period (60 s), the CA file is filled as soon as OS Login is
+/// With the production refresh period (600 s), the CA file is filled as soon as OS Login is
 /// turned on, not a period later (found by the demo: certificate logins failed for the first
 /// minute after OS Login came on).
 #[test]
@@ -276,7 +296,7 @@ fn the_ca_file_is_filled_as_soon_as_os_login_comes_on() {
     wait_for_ca(&vm);
     // Judged on the emulator's clock: from the answer that turned OS Login on (the agent's
     // first tree request) to the first certificates request. At once is milliseconds; a
-    // refresh period later would be 60 s; the bound sits between, over 100x the former.
+    // refresh period later would be 600 s; the bound sits between, over 100x the former.
     let reqs = vm.env.emulator().requests();
     let at = |pred: &dyn Fn(&serde_json::Value) -> bool| {
         reqs.iter()
@@ -294,6 +314,189 @@ fn the_ca_file_is_filled_as_soon_as_os_login_comes_on() {
     eprintln!("CA fetched {took:?} after the metadata that turned OS Login on");
     assert!(
         took < Duration::from_secs(30),
-        "CA fetched {took:?} after OS Login came on (refresh period 60 s)"
+        "CA fetched {took:?} after OS Login came on (refresh period 600 s)"
     );
+}
+
+/// Production refresh period (600 s): right after `POST /ca/rotate`, a certificate of the new
+/// CA logs in at its first attempt, without waiting for the file: sshd's CA check fails, the
+/// keys command gets the certificate (`%t %k`), the daemon fetches the CA keys once, rewrites
+/// the file and answers that attempt with a `cert-authority` line.
+#[test]
+fn a_certificate_of_a_rotated_ca_logs_in_at_the_first_attempt() {
+    if !require_root("a_certificate_of_a_rotated_ca_logs_in_at_the_first_attempt") {
+        return;
+    }
+    let (vm, key, public) = start_with("rotfirst", "");
+    sign(&vm, &key, &public, 0);
+    assert!(
+        vm.ssh(&key, "alice", "true").status.success(),
+        "{}",
+        vm.sshd().dump()
+    );
+    let old_cert = std::fs::read_to_string(format!("{}-cert.pub", key.display())).unwrap();
+    let emu = vm.env.emulator();
+    emu.clear_requests();
+    let rotated = emu.ok("POST", "/ca/rotate", None).json();
+    let new_ca = rotated["public_key"].as_str().unwrap().to_owned();
+    let new_blob = new_ca.split_whitespace().nth(1).unwrap().to_owned();
+    sign(&vm, &key, &public, 0);
+    let t0 = Instant::now();
+    let out = vm.ssh(&key, "alice", "id -un");
+    assert!(
+        out.status.success(),
+        "the first attempt after the rotation failed\n{}\n{}",
+        vm.env.agent().dump(),
+        vm.sshd().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
+    eprintln!("first login after the rotation took {:?}", t0.elapsed());
+    assert_eq!(
+        certificates_requests(&vm),
+        1,
+        "one CA fetch, made by that login: {:#?}",
+        emu.requests()
+    );
+    let file = vm
+        .env
+        .vm()
+        .read("/etc/ssh/guest-agent/trusted-ca.pub")
+        .unwrap_or_default();
+    assert!(
+        file.contains(&new_blob),
+        "the file holds the new CA: {file:?}"
+    );
+    vm.env
+        .agent()
+        .expect_line(t0, &["fetching the CA keys now"], Duration::from_secs(10));
+    // The old CA's certificate is refused now, and within the 10 s window asks nothing more.
+    std::fs::write(format!("{}-cert.pub", key.display()), old_cert).unwrap();
+    assert!(
+        !vm.ssh(&key, "alice", "true").status.success(),
+        "the old CA is still trusted"
+    );
+    let took = t0.elapsed();
+    let n = certificates_requests(&vm);
+    assert!(
+        n <= 1 + (took.as_secs() / 10) as usize,
+        "{n} CA fetches in {took:?}"
+    );
+}
+
+/// A certificate of a CA the service does not list (made here, with a plausible OS Login
+/// extension) is refused, offered again and again, and costs at most one CA fetch per 10 s.
+#[test]
+fn a_certificate_of_an_unknown_ca_is_refused_and_fetches_the_ca_keys_once_per_window() {
+    if !require_root(
+        "a_certificate_of_an_unknown_ca_is_refused_and_fetches_the_ca_keys_once_per_window",
+    ) {
+        return;
+    }
+    let (vm, key, _public) = start_with("unknownca", "");
+    let other = vm.env.dir().join("foreign-ca");
+    let keygen = |args: &[&str]| {
+        let out = std::process::Command::new("ssh-keygen")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-f",
+        other.to_str().unwrap(),
+    ]);
+    keygen(&[
+        "-q",
+        "-s",
+        other.to_str().unwrap(),
+        "-I",
+        "alice@example.com",
+        "-n",
+        "alice",
+        "-V",
+        "-5m:+1h",
+        "-O",
+        "extension:fingerprint@google.com=forged",
+        &format!("{}.pub", key.display()),
+    ]);
+    vm.env.emulator().clear_requests();
+    let t0 = Instant::now();
+    for attempt in 0..4 {
+        assert!(
+            !vm.ssh(&key, "alice", "true").status.success(),
+            "attempt {attempt}: a foreign CA was trusted"
+        );
+    }
+    let took = t0.elapsed();
+    let n = certificates_requests(&vm);
+    eprintln!("{n} CA fetches for 4 attempts in {took:?}");
+    assert!(n >= 1, "the first attempt fetched the CA keys");
+    assert!(
+        n <= 1 + (took.as_secs() / 10) as usize,
+        "{n} CA fetches in {took:?}: more than one per 10 s"
+    );
+    vm.env.agent().expect_line(
+        t0,
+        &["certificate refused", "not a trusted OS Login CA"],
+        Duration::from_secs(10),
+    );
+    let file = vm
+        .env
+        .vm()
+        .read("/etc/ssh/guest-agent/trusted-ca.pub")
+        .unwrap_or_default();
+    assert_eq!(file.lines().count(), 1, "only the emulator's CA: {file:?}");
+}
+
+/// An sshd_config written by an older version runs `authorized-keys %u %f` (no `%t %k`): the
+/// helper and the daemon still answer it.
+#[test]
+fn the_old_two_argument_keys_command_still_works() {
+    if !require_root("the_old_two_argument_keys_command_still_works") {
+        return;
+    }
+    let (mut vm, _key, _public) = start_with("oldkeys", "");
+    let helper = guest_agent_e2e::vm::AGENT;
+    let old = format!("AuthorizedKeysCommand={helper} authorized-keys %u %f");
+    vm.start_sshd_with(&["-o", &old]);
+    let t = vm
+        .env
+        .vm()
+        .run("/usr/sbin/sshd -T -f /etc/ssh/sshd_config -C user=alice,host=h,addr=127.0.0.1");
+    let t = format!(
+        "{t}{}",
+        vm.env.vm().run(&format!(
+            "/usr/sbin/sshd -T -f /etc/ssh/sshd_config -o '{old}' -C user=alice,host=h,addr=127.0.0.1"
+        ))
+    );
+    assert!(
+        t.contains(&format!(
+            "authorizedkeyscommand {helper} authorized-keys %u %f %t %k"
+        )),
+        "the agent writes the new form: {t}"
+    );
+    assert!(
+        t.contains(&format!(
+            "authorizedkeyscommand {helper} authorized-keys %u %f\n"
+        )),
+        "sshd runs the old form here: {t}"
+    );
+    let registered = vm.env.dir().join("alice");
+    let out = vm.ssh(&registered, "alice", "id -un");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        vm.env.agent().dump(),
+        vm.sshd().dump()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "alice");
 }

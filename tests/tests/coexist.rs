@@ -108,7 +108,7 @@ ln -s {RIVAL_STORE} {RIVAL_CONF}
     let effective = keys_command(&env);
     assert!(
         effective.contains(&format!(
-            "authorizedkeyscommand {} authorized-keys %u %f --chain-user root -- /srv/rival/userdbctl ssh-authorized-keys %u\nauthorizedkeyscommanduser root",
+            "authorizedkeyscommand {} authorized-keys %u %f %t %k --chain-user root -- /srv/rival/userdbctl ssh-authorized-keys %u\nauthorizedkeyscommanduser root",
             guest_agent_e2e::vm::AGENT
         )),
         "{effective}"

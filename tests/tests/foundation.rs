@@ -50,7 +50,7 @@ fn long_poll_in_flight(env: &TestEnv) {
 
 /// What a change waits for when the long poll in flight does not wake: the next poll, after
 /// `watch_timeout_secs` (the production default, used here).
-const WATCH_TIMEOUT: Duration = Duration::from_secs(60);
+const WATCH_TIMEOUT: Duration = Duration::from_secs(120);
 /// A change reaches the agent this soon through the poll in flight: 10x the 1 s goal (it
 /// takes milliseconds), and far under the WATCH_TIMEOUT a missed wake-up costs.
 const CHANGE_SEEN: Duration = Duration::from_secs(10);
@@ -95,27 +95,29 @@ fn a_metadata_change_wakes_the_long_poll_in_flight() {
 }
 
 #[test]
-fn an_idle_agent_makes_at_most_two_requests_a_minute() {
-    if !require_root("an_idle_agent_makes_at_most_two_requests_a_minute") {
+fn an_idle_agent_makes_at_most_one_request_a_minute() {
+    if !require_root("an_idle_agent_makes_at_most_one_request_a_minute") {
         return;
     }
-    // The production default: watch_timeout_secs = 60.
+    // The production default: watch_timeout_secs = 120 (the server holds a poll that long
+    // when nothing changes; a change answers it at once).
     let env = ready_env("idle", "");
-    // Counted from a poll in flight: it ends at most 60 s later, and the agent renews it.
+    // Counted from a poll in flight: it ends at most 120 s later, and the agent renews it.
     long_poll_in_flight(&env);
+    let in_flight = env.emulator().tree_requests().last().cloned().unwrap();
     env.emulator().clear_requests();
     std::thread::sleep(Duration::from_secs(61));
     let requests = env.emulator().requests();
     assert!(
-        requests.len() <= 2,
+        requests.len() <= 1,
         "{} requests in 61 s: {requests:#?}",
         requests.len()
     );
-    // The renewal comes when the poll in flight ends (within 60 s of the clear): waited for
-    // rather than expected within the 61 s, which a loaded machine could miss by a moment.
+    // The renewal comes when the poll in flight ends (within 120 s of the clear): waited for,
+    // with a margin for a loaded machine.
     let t0 = Instant::now();
     let mut requests = requests;
-    while requests.is_empty() && t0.elapsed() < Duration::from_secs(30) {
+    while requests.is_empty() && t0.elapsed() < Duration::from_secs(90) {
         std::thread::sleep(Duration::from_millis(100));
         requests = env.emulator().requests();
     }
@@ -123,19 +125,21 @@ fn an_idle_agent_makes_at_most_two_requests_a_minute() {
         !requests.is_empty(),
         "the long poll was not renewed when it ended"
     );
-    let q = requests[0]["query"].as_str().unwrap_or_default();
-    for part in [
-        "recursive=true",
-        "wait_for_change=true",
-        "last_etag=",
-        "timeout_sec=60",
-    ] {
-        assert!(q.contains(part), "long poll query {q:?} lacks {part}");
+    for q in [&in_flight["query"], &requests[0]["query"]] {
+        let q = q.as_str().unwrap_or_default();
+        for part in [
+            "recursive=true",
+            "wait_for_change=true",
+            "last_etag=",
+            "timeout_sec=120",
+        ] {
+            assert!(q.contains(part), "long poll query {q:?} lacks {part}");
+        }
+        assert!(
+            !q.contains("last_etag=NONE"),
+            "the agent must send back the etag it got: {q}"
+        );
     }
-    assert!(
-        !q.contains("last_etag=NONE"),
-        "the agent must send back the etag it got: {q}"
-    );
 }
 
 /// Injects `fault` on the tree path, checks the agent rides it out, then lifts it.

@@ -136,7 +136,7 @@ fn postrm_edits_the_file_a_symlinked_sshd_config_or_nsswitch_conf_points_at() {
         "etc/ssh/managed/sshd_config",
         &format!(
             "{operator_before}{}{operator_after}",
-            block("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f\n")
+            block("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k\n")
         ),
         0o600,
     );
@@ -220,7 +220,7 @@ fn postrm_leaves_an_sshd_config_with_an_unmatched_marker_untouched_and_says_so()
             "a complete block, then a BEGIN without END",
             format!(
                 "Port 22\n{}{BEGIN}\nAuthorizedKeysCommandUser nobody\n{tail}",
-                block("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f\n")
+                block("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k\n")
             ),
         ),
         (

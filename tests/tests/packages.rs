@@ -323,7 +323,7 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
                 '%guest-agent-sudoers ALL=(ALL:ALL) NOPASSWD: ALL' > {SUDOERS_ACCOUNTS}
              umask 022
              printf '%s\\n' '# BEGIN guest-agent (managed; do not edit)' \
-                'AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f' \
+                'AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k' \
                 'AuthorizedKeysCommandUser nobody' '# END guest-agent' >> /etc/ssh/sshd_config
              visudo -c -f {SUDOERS_ACCOUNTS}
              cp /etc/pam.d/sshd /tmp/pam-sshd.before

@@ -659,7 +659,7 @@ fn rpm_upgrade_and_downgrade_keep_the_daemons_edits() {
     iso.run(
         "the daemon's edits",
         "set -e; mkdir -p /var/lib/guest-agent /etc/ssh/sshd_config.d
-         printf '%s\\n' '# guest-agent' 'AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f' \
+         printf '%s\\n' '# guest-agent' 'AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k' \
             > /etc/ssh/sshd_config.d/60-guest-agent.conf
          sed -i 's/^passwd:.*/& guestagent/' /etc/nsswitch.conf
          printf '{\"version\": 2, \"enabled\": true, \"nsswitch_added\": [\"passwd\"]}' \

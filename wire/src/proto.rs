@@ -74,6 +74,28 @@ pub fn split_version(line: &str) -> Result<(u32, &str), ProtoError> {
     Ok((v, body))
 }
 
+/// A certificate sshd offered to the keys command: its type (`%t`, e.g.
+/// `ssh-ed25519-cert-v01@openssh.com`) and its base64 blob (`%k`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedCert {
+    pub key_type: String,
+    pub blob: String,
+}
+
+impl OfferedCert {
+    /// sshd's `%t %k` when they name a certificate (`*-cert-v01@openssh.com`); `None` for a
+    /// plain key, or for tokens sshd left unexpanded or empty.
+    pub fn from_tokens(key_type: &str, blob: &str) -> Option<OfferedCert> {
+        let ok = |s: &str| is_arg(s) && s != "-";
+        (key_type.ends_with("-cert-v01@openssh.com") && ok(key_type) && ok(blob)).then(|| {
+            OfferedCert {
+                key_type: key_type.to_owned(),
+                blob: blob.to_owned(),
+            }
+        })
+    }
+}
+
 /// What a client asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -86,10 +108,15 @@ pub enum Request {
     /// Supplementary gids of a user (initgroups).
     GroupsOfUser(String),
     /// sshd's AuthorizedKeysCommand: keys of `user`, after a live login authorization.
-    /// `fingerprint` is sshd's `%f` when known.
+    /// `fingerprint` is sshd's `%f` when known. `certificate` is sshd's `%t %k` when the key
+    /// offered is a certificate (sshd runs the command for one whose CA its
+    /// TrustedUserCAKeys does not hold): line `authorized-keys USER FP TYPE BASE64`; a plain
+    /// key is sent in the two-argument form (`authorized-keys USER FP`), which every daemon
+    /// version reads.
     AuthorizedKeys {
         user: String,
         fingerprint: Option<String>,
+        certificate: Option<OfferedCert>,
     },
     /// sshd's AuthorizedPrincipalsCommand: `cert` is the base64 certificate (`%k`).
     AuthorizedPrincipals {
@@ -276,11 +303,16 @@ impl Request {
             Request::GroupByName(n) => format!("getgrnam {n}"),
             Request::GroupByGid(g) => format!("getgrgid {g}"),
             Request::GroupsOfUser(n) => format!("initgroups {n}"),
-            Request::AuthorizedKeys { user, fingerprint } => {
-                format!(
-                    "authorized-keys {user} {}",
-                    fingerprint.as_deref().unwrap_or("-")
-                )
+            Request::AuthorizedKeys {
+                user,
+                fingerprint,
+                certificate,
+            } => {
+                let fp = fingerprint.as_deref().unwrap_or("-");
+                match certificate {
+                    None => format!("authorized-keys {user} {fp}"),
+                    Some(c) => format!("authorized-keys {user} {fp} {} {}", c.key_type, c.blob),
+                }
             }
             Request::AuthorizedPrincipals { user, cert } => {
                 format!("authorized-principals {user} {cert}")
@@ -328,6 +360,15 @@ impl Request {
             ("authorized-keys", [u, f]) => Request::AuthorizedKeys {
                 user: name(u)?,
                 fingerprint: (*f != "-").then(|| f.to_string()),
+                certificate: None,
+            },
+            ("authorized-keys", [u, f, t, k]) => Request::AuthorizedKeys {
+                user: name(u)?,
+                fingerprint: (*f != "-").then(|| f.to_string()),
+                certificate: Some(
+                    OfferedCert::from_tokens(t, k)
+                        .ok_or(ProtoError("the key offered is not a certificate"))?,
+                ),
             },
             ("authorized-principals", [u, c]) => Request::AuthorizedPrincipals {
                 user: name(u)?,
@@ -493,6 +534,41 @@ mod tests {
     }
 
     #[test]
+    fn the_keys_request_reads_both_shapes() {
+        // The line an older helper (or a configuration written before `%t %k`) sends.
+        assert_eq!(
+            Request::parse("authorized-keys alice SHA256:abc"),
+            Ok(Request::AuthorizedKeys {
+                user: "alice".into(),
+                fingerprint: Some("SHA256:abc".into()),
+                certificate: None,
+            })
+        );
+        assert_eq!(
+            Request::parse("@1 authorized-keys alice - ssh-rsa-cert-v01@openssh.com AAAAB3"),
+            Ok(Request::AuthorizedKeys {
+                user: "alice".into(),
+                fingerprint: None,
+                certificate: Some(OfferedCert {
+                    key_type: "ssh-rsa-cert-v01@openssh.com".into(),
+                    blob: "AAAAB3".into(),
+                }),
+            })
+        );
+        // A plain key is never sent in the four-argument form.
+        assert!(Request::parse("authorized-keys alice fp ssh-ed25519 AAAA").is_err());
+        assert!(
+            Request::parse("authorized-keys alice fp ssh-ed25519-cert-v01@openssh.com").is_err()
+        );
+        assert_eq!(OfferedCert::from_tokens("ssh-ed25519", "AAAA"), None);
+        assert_eq!(
+            OfferedCert::from_tokens("ssh-ed25519-cert-v01@openssh.com", "-"),
+            None
+        );
+        assert_eq!(OfferedCert::from_tokens("%t", "%k"), None);
+    }
+
+    #[test]
     fn requests_round_trip() {
         for r in [
             Request::UserByName("alice".into()),
@@ -503,10 +579,20 @@ mod tests {
             Request::AuthorizedKeys {
                 user: "alice".into(),
                 fingerprint: Some("SHA256:abc+/=".into()),
+                certificate: None,
             },
             Request::AuthorizedKeys {
                 user: "bob".into(),
                 fingerprint: None,
+                certificate: None,
+            },
+            Request::AuthorizedKeys {
+                user: "carol".into(),
+                fingerprint: Some("SHA256:abc".into()),
+                certificate: Some(OfferedCert {
+                    key_type: "ssh-ed25519-cert-v01@openssh.com".into(),
+                    blob: "AAAAIHNzaC1lZDI1NTE5LWNlcnQ=".into(),
+                }),
             },
             Request::AuthorizedPrincipals {
                 user: "alice".into(),

@@ -21,6 +21,8 @@ pub struct CertInfo {
     pub fingerprint: Option<String>,
     /// SHA256 fingerprint of the signing CA key.
     pub ca_fingerprint: String,
+    /// The signing CA key as an OpenSSH line (`TYPE BASE64`), to find it in a CA list.
+    pub ca_key: String,
 }
 
 const EXTENSION: &str = "fingerprint@google.com";
@@ -123,8 +125,10 @@ pub fn parse(text: &str) -> Result<CertInfo, String> {
     }
     w.string()?; // reserved
     let ca = w.string()?;
-    let ca_fingerprint = PublicKey::from_bytes(ca)
-        .map(|k| k.fingerprint(HashAlg::Sha256).to_string())
+    let ca = PublicKey::from_bytes(ca).map_err(|e| format!("unreadable signing key ({e})"))?;
+    let ca_fingerprint = ca.fingerprint(HashAlg::Sha256).to_string();
+    let ca_key = ca
+        .to_openssh()
         .map_err(|e| format!("unreadable signing key ({e})"))?;
     Ok(CertInfo {
         key_id,
@@ -134,6 +138,7 @@ pub fn parse(text: &str) -> Result<CertInfo, String> {
         fingerprint: fingerprint
             .filter(|f| f.len() <= 256 && f.bytes().all(|b| b.is_ascii_graphic())),
         ca_fingerprint,
+        ca_key,
     })
 }
 
@@ -168,6 +173,11 @@ mod tests {
                     "{kind} {variant}"
                 );
                 assert!(c.ca_fingerprint.starts_with("SHA256:"));
+                let ca = PublicKey::from_openssh(&c.ca_key).unwrap();
+                assert_eq!(
+                    ca.fingerprint(HashAlg::Sha256).to_string(),
+                    c.ca_fingerprint
+                );
             }
             let e = parse(&fixture(&format!("INVALID_{kind}_NON_CERT.txt"))).unwrap_err();
             assert!(e.contains("not an OpenSSH certificate"), "{kind}: {e}");

@@ -237,6 +237,7 @@ fn certificates_and_verdicts() {
         valid_before: 200,
         fingerprint: Some("ID".into()),
         ca_fingerprint: "CA".into(),
+        ca_key: String::new(),
     };
     assert_eq!(certificate_id(&info, "carol", 150), Ok("ID"));
     assert!(certificate_id(&info, "carol", 250).is_err());

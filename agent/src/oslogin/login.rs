@@ -9,6 +9,13 @@
 //! cannot be identified, every run counts as the second (effects as before). A client that
 //! signs without querying first gets its home at its next login.
 //!
+//! A certificate sshd hands the keys command (`%t %k`: sshd does that when the certificate's
+//! CA is not in TrustedUserCAKeys) whose CA the trusted-CA file does not hold makes the daemon
+//! fetch the CA keys at once (`trusted_ca::refresh_for`: single flight, at most one fetch per
+//! 10 s); when the fresh list holds the CA, the certificate gets the checks of the principals
+//! command (same functions) and, allowed, the answer `cert-authority,principals="USER" CA`,
+//! so the login made right after a CA rotation succeeds at its first attempt.
+//!
 //! A key sshd offers that the profile does not list triggers one refresh of that profile (a
 //! key registered since the last sync), at most once per user per [`REFRESH_EVERY`]: offering
 //! many unknown keys costs the service nothing more.
@@ -18,7 +25,7 @@ use std::time::Duration;
 
 use ssh_key::{HashAlg, PublicKey};
 
-use guest_agent_wire::proto::Answer;
+use guest_agent_wire::proto::{Answer, OfferedCert};
 
 use super::authorize::{Decision, Policy};
 use super::decision::{self, Verdict};
@@ -240,8 +247,12 @@ impl OsLogin {
         &self,
         name: &str,
         fingerprint: Option<&str>,
+        certificate: Option<&OfferedCert>,
         connection: Option<&str>,
     ) -> Answer {
+        if let Some(cert) = certificate {
+            return self.certificate_keys(name, &cert.blob, connection).await;
+        }
         let span = tracing::info_span!(
             "login",
             user = name,
@@ -303,47 +314,117 @@ impl OsLogin {
     ) -> Answer {
         let span = tracing::info_span!("login", user = name, method = "certificate");
         let _enter = span.enter();
+        let info = match self.certificate_checks(name, cert, connection) {
+            Ok(i) => i,
+            Err(a) => return a,
+        };
+        match self.certificate_login(name, cert, &info, connection).await {
+            Ok(user) => Answer::Ok(vec![user.username.clone()]),
+            Err(a) => a,
+        }
+    }
+
+    /// The keys command for a certificate (`%t %k`), which sshd runs when the certificate's
+    /// CA is not in TrustedUserCAKeys: nothing when the file holds that CA (the principals
+    /// command made the decision); else the CA keys fetched now, and when the fresh list
+    /// holds the CA, the principals command's checks and decision, answered with one
+    /// `cert-authority,principals="USER" CA-KEY` line. `NotFound` for a user that is not an
+    /// OS Login user (not ours: a chained command may know the certificate).
+    pub async fn certificate_keys(
+        &self,
+        name: &str,
+        cert: &str,
+        connection: Option<&str>,
+    ) -> Answer {
+        let span = tracing::info_span!("login", user = name, method = "certificate, keys command");
+        let _enter = span.enter();
+        if !self.is_enabled() {
+            return Answer::NotFound;
+        }
+        if let Err(a) = self.user(name).await {
+            return a;
+        }
+        let info = match self.certificate_checks(name, cert, connection) {
+            Ok(i) => i,
+            Err(a) => return a,
+        };
+        let path = self.config().oslogin.ca_file.clone();
+        let known = std::fs::read_to_string(&path).unwrap_or_default();
+        if super::trusted_ca::find_ca(&known, &info.ca_key).is_some() {
+            tracing::debug!(ca = %info.ca_fingerprint, "the certificate's CA is trusted already: the principals command decided");
+            return Answer::Ok(Vec::new());
+        }
+        let Some(ca_line) =
+            super::trusted_ca::refresh_for(self, &info.ca_key, &info.ca_fingerprint).await
+        else {
+            let why =
+                "the certificate's CA is not a trusted OS Login CA (not in oslogin/certificates)";
+            tracing::info!(decision = "deny", reason = why, ca = %info.ca_fingerprint, key_id = %info.key_id, "certificate refused");
+            events::login(name, false, why, connection);
+            return Answer::Denied(why.into());
+        };
+        match self.certificate_login(name, cert, &info, connection).await {
+            Ok(user) => {
+                tracing::info!(ca = %info.ca_fingerprint, "certificate of a CA fetched just now: answered as a cert-authority line");
+                Answer::Ok(vec![cert_authority_line(&user.username, &ca_line)])
+            }
+            Err(a) => a,
+        }
+    }
+
+    /// What is checked before anything is asked: certificates accepted at all (not in
+    /// security-key mode), and readable.
+    fn certificate_checks(
+        &self,
+        name: &str,
+        cert: &str,
+        connection: Option<&str>,
+    ) -> Result<super::certificate::CertInfo, Answer> {
         if self.is_enabled() && self.security_keys() {
             // As Google's agent: in security-key mode no certificate is offered or accepted
             // (a certificate would open the account without the security key).
             let why = "security-key mode (enable-oslogin-sk): certificates are not accepted";
             tracing::info!(decision = "deny", reason = why, "certificate refused");
             events::login(name, false, why, connection);
-            return Answer::Denied(why.into());
+            return Err(Answer::Denied(why.into()));
         }
-        let info = match super::certificate::parse(cert) {
-            Ok(i) => i,
-            Err(why) => {
-                tracing::info!(decision = "deny", reason = %why, "certificate refused");
-                events::login(
-                    name,
-                    false,
-                    &format!("certificate unreadable: {why}"),
-                    connection,
-                );
-                return Answer::Denied(format!("certificate unreadable: {why}"));
-            }
-        };
+        super::certificate::parse(cert).map_err(|why| {
+            tracing::info!(decision = "deny", reason = %why, "certificate refused");
+            let why = format!("certificate unreadable: {why}");
+            events::login(name, false, &why, connection);
+            Answer::Denied(why)
+        })
+    }
+
+    /// The certificate's OS Login id, validity and principals, then the live decision with
+    /// that id (`decide_login`).
+    async fn certificate_login(
+        &self,
+        name: &str,
+        cert: &str,
+        info: &super::certificate::CertInfo,
+        connection: Option<&str>,
+    ) -> Result<Arc<OsUser>, Answer> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or(0);
-        let id = match decision::certificate_id(&info, name, now) {
+        let id = match decision::certificate_id(info, name, now) {
             Ok(id) => id,
             Err(why) => {
                 tracing::info!(decision = "deny", reason = why, key_id = %info.key_id, ca = %info.ca_fingerprint, "certificate refused");
                 events::login(name, false, why, connection);
-                return Answer::Denied(why.to_owned());
+                return Err(Answer::Denied(why.to_owned()));
             }
         };
+        // The keys command and the principals command get the same `%k`: the two runs of one
+        // connection count as one pass whichever command makes each.
         let proven = self.proven(connection, &format!("cert {}", fingerprint_of_text(cert)));
-        match self.decide_login(name, Some(id), connection, proven).await {
-            Ok((user, admin)) => {
-                tracing::info!(email = %user.email, decision = "allow", key_id = %info.key_id, admin, "certificate login authorized");
-                Answer::Ok(vec![user.username.clone()])
-            }
-            Err(a) => a,
-        }
+        let (user, admin) = self
+            .decide_login(name, Some(id), connection, proven)
+            .await?;
+        tracing::info!(email = %user.email, decision = "allow", key_id = %info.key_id, admin, "certificate login authorized");
+        Ok(user)
     }
 
     /// Adds or removes the sudo rule for `user` from an adminLogin decision (unchanged when
@@ -386,6 +467,12 @@ impl OsLogin {
             Err(e) => tracing::warn!(error = %e, "home directory task failed"),
         }
     }
+}
+
+/// The authorized_keys line that lets a certificate of `ca_line`'s CA in as `user` (and only
+/// as `user`: sshd checks the certificate names it).
+pub fn cert_authority_line(user: &str, ca_line: &str) -> String {
+    format!("cert-authority,principals=\"{user}\" {ca_line}")
 }
 
 /// A short stable tag for a certificate's text (the two runs of a connection send the same).

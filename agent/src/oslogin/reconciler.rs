@@ -408,7 +408,7 @@ pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
     let o = &cfg.oslogin;
     sshd::SshdSettings {
         principals_command: format!("{} authorized-principals %u %k", o.helper_path),
-        keys_command: format!("{} authorized-keys %u %f", o.helper_path),
+        keys_command: format!("{} authorized-keys %u %f %t %k", o.helper_path),
         command_user: o.command_user.clone(),
         trusted_ca_file: Some(o.ca_file.clone().into()),
         ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),

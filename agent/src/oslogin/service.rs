@@ -124,6 +124,9 @@ pub struct OsLogin {
     sync_generation: AtomicU64,
     /// Wakes the trusted-CA refresher (OS Login turned on, SIGUSR1).
     ca_requested: Notify,
+    /// When the last on-demand CA fetch went out; held across it (single flight, see
+    /// `trusted_ca::refresh_for`).
+    ca_on_demand: tokio::sync::Mutex<Option<std::time::Instant>>,
     cache_dirty: Notify,
     /// The next cache write must be a full rebuild, not a delta (see `request_full_rebuild`).
     full_rebuild: AtomicBool,
@@ -198,6 +201,7 @@ impl OsLogin {
             sync_requested: Notify::new(),
             sync_generation: AtomicU64::new(0),
             ca_requested: Notify::new(),
+            ca_on_demand: tokio::sync::Mutex::new(None),
             cache_dirty: Notify::new(),
             full_rebuild: AtomicBool::new(false),
         })
@@ -651,6 +655,10 @@ impl OsLogin {
 
     pub(super) fn ca_requested(&self) -> &Notify {
         &self.ca_requested
+    }
+
+    pub(super) fn ca_on_demand(&self) -> &tokio::sync::Mutex<Option<std::time::Instant>> {
+        &self.ca_on_demand
     }
 
     pub(super) fn cache_dirty(&self) -> &Notify {

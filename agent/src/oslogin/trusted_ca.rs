@@ -2,14 +2,19 @@
 //! one per line, in a regular file replaced atomically (root 0644). Unlike the incumbents'
 //! FIFO, sshd never blocks on it, and logins do not wait on the metadata service for it.
 //!
-//! Fetched every `oslogin.ca_refresh_secs` while OS Login is on. A failed fetch keeps the last
+//! Fetched every `oslogin.ca_refresh_secs` (600 s) while OS Login is on, and at once when a
+//! login offers a certificate whose CA the file does not hold ([`refresh_for`]: sshd runs the
+//! keys command with such a certificate after its own CA check failed): a rotation is seen at
+//! its first use rather than by polling often. Those on-demand fetches are single flight and
+//! at most one per [`ON_DEMAND_EVERY`], so a client offering certificates of a foreign CA
+//! costs the service almost nothing. A failed fetch keeps the last
 //! good keys for at most `oslogin.ca_max_stale_secs` after the last success (the file's mtime
 //! counts across restarts), then empties the file: a CA that may have been revoked is not
 //! trusted forever. An explicit empty list empties it at once. Invalid keys are skipped.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use ssh_key::PublicKey;
 
@@ -83,16 +88,79 @@ pub fn ensure_exists(path: &Path) -> Result<(), String> {
     }
 }
 
+/// At most one on-demand fetch (a certificate of an unknown CA) in this period.
+pub const ON_DEMAND_EVERY: Duration = Duration::from_secs(10);
+
+/// The line of `list` (a trusted-CA file's text) holding the key `ca` (an OpenSSH public key
+/// line, as [`super::certificate::CertInfo::ca_key`]): the same key data, whatever the
+/// comments. `None`: the CA is not in the list.
+pub fn find_ca<'a>(list: &'a str, ca: &str) -> Option<&'a str> {
+    let ca = PublicKey::from_openssh(ca).ok()?;
+    list.lines()
+        .map(str::trim)
+        .find(|line| PublicKey::from_openssh(line).is_ok_and(|k| k.key_data() == ca.key_data()))
+}
+
+/// Whether an on-demand fetch may go out now: none went out yet, or the last one went out
+/// `every` ago or more.
+pub fn may_fetch_now(last: Option<Instant>, now: Instant, every: Duration) -> bool {
+    last.is_none_or(|at| now.saturating_duration_since(at) >= every)
+}
+
+/// For a certificate signed by `ca` (an OpenSSH key line) that the file does not hold: fetch
+/// the CA keys now (unless one fetch went out less than [`ON_DEMAND_EVERY`] ago), rewrite the
+/// file, and return the line of the fresh file that holds `ca` (`None`: unknown even now).
+/// Single flight: a caller that finds a fetch under way waits for it and reads its result.
+pub async fn refresh_for(service: &OsLogin, ca: &str, ca_fingerprint: &str) -> Option<String> {
+    let cfg = service.config();
+    let path = Path::new(&cfg.oslogin.ca_file).to_owned();
+    {
+        let mut last = service.ca_on_demand().lock().await;
+        let now = Instant::now();
+        if may_fetch_now(*last, now, ON_DEMAND_EVERY) {
+            *last = Some(now);
+            tracing::info!(
+                ca = ca_fingerprint,
+                "a certificate's CA is not in the trusted-CA file: fetching the CA keys now"
+            );
+            // The login waits for this: the authorize deadline, not the long request one.
+            refresh_with(
+                service,
+                Some(Duration::from_millis(cfg.oslogin.authorize_timeout_ms)),
+            )
+            .await;
+        } else {
+            tracing::info!(
+                ca = ca_fingerprint,
+                "a certificate's CA is not in the trusted-CA file; the CA keys were fetched less than {}s ago, not again",
+                ON_DEMAND_EVERY.as_secs()
+            );
+        }
+    }
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    find_ca(&text, ca).map(str::to_owned)
+}
+
 /// One refresh: fetch, then write or age out.
 pub async fn refresh(service: &OsLogin) {
+    refresh_with(service, None).await;
+}
+
+/// [`refresh`] with the request's deadline (`None`: `metadata.request_timeout_ms`).
+async fn refresh_with(service: &OsLogin, timeout: Option<Duration>) {
     let cfg = service.config();
     let o = &cfg.oslogin;
     let path = Path::new(&o.ca_file).to_owned();
     let fetched = match service.client() {
-        Ok(c) => c
-            .get_json::<serde_json::Value>("oslogin/certificates")
-            .await
-            .map_err(|e| e.to_string()),
+        Ok(c) => {
+            let c = match timeout {
+                Some(t) => c.with_timeout(t),
+                None => c,
+            };
+            c.get_json::<serde_json::Value>("oslogin/certificates")
+                .await
+                .map_err(|e| e.to_string())
+        }
         Err(e) => Err(e),
     };
     let result = fetched.and_then(|answer| content(&answer));
@@ -185,6 +253,36 @@ pub async fn run(service: Arc<OsLogin>) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_ca_is_found_by_its_key_whatever_the_comment() {
+        const OTHER: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmNYYQ0ZIpxnoSJqEh9GRm5wbcF2ZUWE8NfpVH7ERPj";
+        let blob = KEY.split_whitespace().nth(1).unwrap();
+        let list = format!("{OTHER} old\n{KEY}\n");
+        assert_eq!(
+            find_ca(&list, &format!("ssh-ed25519 {blob}")),
+            Some(KEY),
+            "the signing key, without a comment, is the file's line"
+        );
+        assert_eq!(find_ca(&format!("{OTHER}\n"), KEY), None);
+        assert_eq!(find_ca("", KEY), None);
+        assert_eq!(find_ca(&list, "garbage"), None);
+        // Same base64 prefix is not the same key: the key data is compared.
+        assert_eq!(find_ca("ssh-ed25519 junk\n", KEY), None);
+    }
+
+    #[test]
+    fn on_demand_fetches_are_spaced_by_the_period() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        assert!(may_fetch_now(None, t0, every));
+        assert!(!may_fetch_now(Some(t0), t0, every));
+        assert!(!may_fetch_now(Some(t0), t0 + Duration::from_secs(9), every));
+        assert!(may_fetch_now(Some(t0), t0 + every, every));
+        // A clock that does not move forward (the last fetch "in the future") is no fetch.
+        assert!(!may_fetch_now(Some(t0 + every), t0, every));
+    }
 
     const KEY: &str =
         "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl ca";

@@ -340,6 +340,7 @@ mod tests {
             valid_before: 4600,
             fingerprint: Some("id".into()),
             ca_fingerprint: "SHA256:ca".into(),
+            ca_key: String::new(),
         };
         let trusted = vec!["SHA256:ca".to_owned()];
         assert!(certificate_problems(&cert, 1000, Some("alice"), &trusted, true).is_empty());

@@ -142,7 +142,7 @@ fn debian_default_uses_the_dropin_and_round_trips() {
     assert!(has(&global, principals), "{global:?}");
     assert!(has(
         &global,
-        "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f"
+        "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f %t %k"
     ));
     assert!(has(
         &global,
@@ -297,7 +297,7 @@ fn another_keys_command_in_an_earlier_drop_in_is_chained_and_comes_back() {
     assert!(
         has(
             &on,
-            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root -- /usr/bin/userdbctl ssh-authorized-keys %u"
+            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f %t %k --chain-user root -- /usr/bin/userdbctl ssh-authorized-keys %u"
         ),
         "{on:?}"
     );
@@ -342,7 +342,7 @@ fn another_keys_command_above_the_include_gets_our_block_above_it() {
     assert!(
         has(
             &on,
-            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root -- /usr/bin/google_authorized_keys"
+            "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f %t %k --chain-user root -- /usr/bin/google_authorized_keys"
         ),
         "{on:?}"
     );
@@ -408,7 +408,7 @@ fn a_symlinked_main_config_is_edited_where_it_points() {
     );
     assert!(has(
         &effective_for(&env, None),
-        "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f"
+        "authorizedkeyscommand /usr/bin/guest-agent authorized-keys %u %f %t %k"
     ));
     disable(&env.paths).unwrap();
     assert!(is_link());

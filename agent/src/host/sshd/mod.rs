@@ -117,7 +117,7 @@ impl Default for SshdSettings {
     fn default() -> Self {
         SshdSettings {
             principals_command: "/usr/bin/guest-agent authorized-principals %u %k".into(),
-            keys_command: "/usr/bin/guest-agent authorized-keys %u %f".into(),
+            keys_command: "/usr/bin/guest-agent authorized-keys %u %f %t %k".into(),
             command_user: "nobody".into(),
             trusted_ca_file: None,
             ignore_user_keys_group: None,

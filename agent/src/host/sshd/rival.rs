@@ -7,7 +7,7 @@
 //! sshd_config), and its keys command carries the other one,
 //!
 //! ```text
-//! AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root -- /usr/bin/userdbctl ssh-authorized-keys %u
+//! AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k --chain-user root -- /usr/bin/userdbctl ssh-authorized-keys %u
 //! AuthorizedKeysCommandUser root
 //! ```
 //!

@@ -98,7 +98,7 @@ fn without_another_command_nothing_changes() {
             .plan
             .dropin
             .unwrap()
-            .contains("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f\nAuthorizedKeysCommandUser nobody\n")
+            .contains("AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k\nAuthorizedKeysCommandUser nobody\n")
     );
 }
 
@@ -115,7 +115,7 @@ fn systemd_userdbd_drop_in_is_chained_from_an_earlier_drop_in() {
     let early = placed.plan.early.clone().unwrap();
     assert!(
         early.contains(
-            "AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f --chain-user root \
+            "AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k --chain-user root \
              -- /usr/bin/userdbctl ssh-authorized-keys %u\nAuthorizedKeysCommandUser root\n"
         ),
         "{early}"
@@ -165,7 +165,7 @@ fn a_rival_with_our_user_keeps_ours_and_one_after_ours_stays_in_the_usual_drop_i
     assert_eq!(placed.layout, Layout::DropIn, "ours sorts first already");
     let dropin = placed.plan.dropin.unwrap();
     assert!(dropin.contains(
-        "authorized-keys %u %f --chain-user ec2-instance-connect -- \
+        "authorized-keys %u %f %t %k --chain-user ec2-instance-connect -- \
          /usr/share/ec2-instance-connect/eic_run_authorized_keys %u %f\nAuthorizedKeysCommandUser root\n"
     ));
     // Same user as ours: no root needed.
@@ -179,7 +179,7 @@ fn a_rival_with_our_user_keeps_ours_and_one_after_ours_stays_in_the_usual_drop_i
     assert!(
         d.contains(&(
             "AuthorizedKeysCommand",
-            "/usr/bin/guest-agent authorized-keys %u %f --chain-user nobody -- /usr/local/bin/keys"
+            "/usr/bin/guest-agent authorized-keys %u %f %t %k --chain-user nobody -- /usr/local/bin/keys"
                 .into()
         ))
     );

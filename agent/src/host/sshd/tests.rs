@@ -21,7 +21,7 @@ fn renders_principals_first_and_match_last() {
         text,
         "AuthorizedPrincipalsCommand /usr/bin/guest-agent authorized-principals %u %k\n\
          AuthorizedPrincipalsCommandUser nobody\n\
-         AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f\n\
+         AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f %t %k\n\
          AuthorizedKeysCommandUser nobody\n\
          TrustedUserCAKeys /etc/ssh/guest-agent-ca.pub\n\
          Match Group oslogin-users\n    AuthorizedKeysFile none\n"
