@@ -312,16 +312,16 @@ mod tests {
         sudo.ruid = U; // a setuid program: real uid the user's, effective root
         vec![
             p(1, 0, 0, UNSET),
-            p(10, 1, 0, UNSET),  // sshd listener
-            p(20, 10, 0, U),     // sshd: alice [priv] (pam_loginuid set it)
-            p(21, 20, U, U),     // sshd: alice@pts/0
-            p(30, 21, U, U),     // bash
-            sudo,                // sudo -i
-            p(41, 40, 0, U),     // root bash under sudo
-            p(42, 41, 0, U),     // sleep as root
-            p(50, 1, U, U),      // nohup job of alice's
-            p(60, 1, 0, U),      // a root job of alice's that daemonized
-            p(70, 10, 0, 6000),  // bob's [priv]
+            p(10, 1, 0, UNSET), // sshd listener
+            p(20, 10, 0, U),    // sshd: alice [priv] (pam_loginuid set it)
+            p(21, 20, U, U),    // sshd: alice@pts/0
+            p(30, 21, U, U),    // bash
+            sudo,               // sudo -i
+            p(41, 40, 0, U),    // root bash under sudo
+            p(42, 41, 0, U),    // sleep as root
+            p(50, 1, U, U),     // nohup job of alice's
+            p(60, 1, 0, U),     // a root job of alice's that daemonized
+            p(70, 10, 0, 6000), // bob's [priv]
             p(71, 70, 6000, 6000),
             p(80, 1, 0, UNSET),  // the daemon
             p(90, 2, 0, UNSET),  // a kernel thread
@@ -379,7 +379,8 @@ mod tests {
         let status = "Name:\tsleep\nState:\tS\nPPid:\t42\nUid:\t1000\t0\t0\t0\nGid:\t1\t1\t1\t1\n";
         assert_eq!(parse_status(status), Some((42, 1000, 0)));
         assert_eq!(parse_status("Name:\tx\n"), None);
-        let stat = "123 (a b) c)) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        let stat =
+            "123 (a b) c)) S 1 123 123 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
         assert_eq!(parse_start(stat), Some(98765));
     }
 
