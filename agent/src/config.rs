@@ -129,6 +129,14 @@ pub struct OsLoginConfig {
     /// When the service cannot be reached at login, allow users whose last positive decision
     /// is younger than this. 0: fail closed.
     pub grace_period_secs: u64,
+    /// End everything an OS Login user runs on the VM (sessions, background jobs, root
+    /// shells through sudo) when the login role is found revoked, and the root processes
+    /// started through sudo when the admin role is (`oslogin::sessions`). Off: a revoked
+    /// user is refused at the next login only.
+    pub end_revoked_sessions: bool,
+    /// With `end_revoked_sessions`: how often each OS Login user who has processes on the VM
+    /// is authorized again (one request per such user per period, shared with logins).
+    pub session_check_secs: u64,
     /// A group every OS Login user is a member of (served by the NSS module), used by the
     /// sshd `Match Group` that makes sshd ignore their own `~/.ssh/authorized_keys`.
     pub users_group: String,
@@ -184,6 +192,8 @@ impl Default for OsLoginConfig {
             authorize_timeout_ms: 2000,
             decision_reuse_secs: 0,
             grace_period_secs: 0,
+            end_revoked_sessions: false,
+            session_check_secs: 30,
             users_group: "guest-agent-oslogin".into(),
             users_group_gid: 4_000_000_000,
             ignore_user_keys: true,
@@ -382,7 +392,7 @@ impl Config {
             );
         }
         let o = &self.oslogin;
-        let oranges: [(&'static str, u64, u64, u64); 9] = [
+        let oranges: [(&'static str, u64, u64, u64); 10] = [
             ("oslogin.min_id", o.min_id.into(), 1, 4_294_967_294),
             (
                 "oslogin.sync_interval_secs",
@@ -404,6 +414,7 @@ impl Config {
                 4000,
             ),
             ("oslogin.decision_reuse_secs", o.decision_reuse_secs, 0, 300),
+            ("oslogin.session_check_secs", o.session_check_secs, 1, 3600),
             (
                 "oslogin.two_factor_timeout_ms",
                 o.two_factor_timeout_ms,
@@ -665,6 +676,14 @@ mod tests {
             ),
             ("[daemon]\nlog_level = \"loud=[\"", "daemon.log_level"),
             ("[daemon]\nconsole = \"ttyS0\"", "daemon.console"),
+            (
+                "[oslogin]\nsession_check_secs = 0",
+                "oslogin.session_check_secs",
+            ),
+            (
+                "[oslogin]\nsession_check_secs = 3601",
+                "oslogin.session_check_secs",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
@@ -673,6 +692,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("watch_timeout_secs"), "{e}");
+    }
+
+    #[test]
+    fn ending_revoked_sessions_is_opt_in() {
+        let d = Config::default();
+        assert!(!d.oslogin.end_revoked_sessions);
+        assert_eq!(d.oslogin.session_check_secs, 30);
+        let c = parse("[oslogin]\nend_revoked_sessions = true\nsession_check_secs = 2").unwrap();
+        assert!(c.oslogin.end_revoked_sessions);
+        assert_eq!(c.oslogin.session_check_secs, 2);
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod home;
 pub mod nsswitch;
 pub mod pam;
 pub mod passwd;
+pub mod procs;
 pub mod service;
 pub mod sshd;
 pub mod state_file;

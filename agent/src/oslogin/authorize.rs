@@ -58,6 +58,10 @@ pub struct Authorizer {
     /// The last decision of (email, policy) made for a connection, whatever certificate id
     /// it carried: the PAM account hook of that connection reuses it ([`Self::of_connection`]).
     by_connection: Mutex<ByConnection>,
+    /// The latest answer about (email, policy) from any caller: without a certificate id,
+    /// or a grant with one (a certificate's refusal may be about the certificate, not the
+    /// role). The session check reuses it ([`Self::latest`]).
+    latest: Mutex<HashMap<(String, Policy), (Instant, Decision)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +139,15 @@ impl Authorizer {
                 recent.insert((question.clone(), String::new()), (now, decision.clone()));
             }
         }
+        if !matches!(decision, Decision::Unavailable(_))
+            && (fingerprint.is_none() || decision == Decision::Allowed)
+        {
+            let mut latest = lock(&self.latest);
+            if latest.len() > MAX_REMEMBERED {
+                latest.retain(|_, (at, _)| now.duration_since(*at) < CONNECTION_REUSE.max(reuse));
+            }
+            latest.insert((email.to_owned(), policy), (now, decision.clone()));
+        }
         match decision {
             Decision::Allowed => {
                 lock(&self.last_allowed).insert((email.to_owned(), policy), now);
@@ -156,6 +169,11 @@ impl Authorizer {
         let by = lock(&self.by_connection);
         let (at, d) = by.get(&(email.to_owned(), policy, connection.to_owned()))?;
         (at.elapsed() < CONNECTION_REUSE).then(|| d.clone())
+    }
+
+    /// The latest answer about `policy` for `email` (see the field) and when it came.
+    pub fn latest(&self, email: &str, policy: Policy) -> Option<(Instant, Decision)> {
+        lock(&self.latest).get(&(email.to_owned(), policy)).cloned()
     }
 
     /// Whether `email` was last allowed `policy` less than `grace` ago.

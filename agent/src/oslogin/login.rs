@@ -444,6 +444,9 @@ impl OsLogin {
                 Decision::Unavailable(_) => false,
             }
         };
+        if changed && *decision == Decision::Denied {
+            lock(&self.demoted).insert(user.to_owned());
+        }
         if changed {
             self.write_sudoers().await;
         }

@@ -1,6 +1,7 @@
 //! The service's background work: full directory syncs (at start, every
 //! `sync_interval_secs`, on demand), the cache file written at each sync, the delta file after
 //! each user learned on a miss, and the admins' sudo rules re-checked at each sync.
+//! The session check (`sessions`, with `end_revoked_sessions`) runs beside them.
 //!
 //! A user learned on a miss (a lookup of a user added since the last sync) is written to the
 //! delta file (`cache::delta_path`, the learned users only: O(learned), not O(directory));
@@ -46,6 +47,7 @@ impl OsLogin {
     /// Runs the sync loop and the cache writer until the task is dropped.
     pub async fn run(self: Arc<Self>) {
         let _ca = AbortOnDrop(tokio::spawn(super::trusted_ca::run(self.clone())));
+        let _sessions = AbortOnDrop(tokio::spawn(self.clone().watch_sessions()));
         let writer = {
             let me = self.clone();
             tokio::spawn(async move {

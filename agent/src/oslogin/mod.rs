@@ -10,6 +10,7 @@ mod maintain;
 pub mod profile;
 pub mod reconciler;
 pub mod service;
+pub mod sessions;
 pub mod sync;
 pub mod trusted_ca;
 pub mod two_factor;

@@ -91,6 +91,9 @@ pub struct OsLogin {
     /// Users an earlier run left in the sudoers drop-in and no answer has confirmed yet (read
     /// at start; emptied after the first sync, see `confirm_inherited_admins`).
     pub(super) inherited_admins: Mutex<BTreeSet<String>>,
+    /// Users whose sudo rule a denied admin role removed since the session check last ran
+    /// (`sessions`: their root processes go too, with `end_revoked_sessions`).
+    pub(super) demoted: Mutex<BTreeSet<String>>,
     enabled: AtomicBool,
     /// Security-key mode (`enable-oslogin-sk`): the keys command serves the profile's
     /// `securityKeys` only, and certificates are not accepted.
@@ -186,6 +189,7 @@ impl OsLogin {
             directory: Mutex::new(Directory::default()),
             authorizer: Authorizer::default(),
             admins: Mutex::new(BTreeSet::new()),
+            demoted: Mutex::new(BTreeSet::new()),
             enabled: AtomicBool::new(false),
             security_keys: AtomicBool::new(false),
             two_factor: AtomicBool::new(false),
