@@ -16,6 +16,7 @@ use std::time::Duration;
 pub mod accounts;
 pub mod ca_rotation;
 pub mod console;
+pub mod idle_sessions;
 pub mod login;
 pub mod nss;
 pub mod procfs;

@@ -23,8 +23,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent_e2e::bench::{
-    Bench, accounts, ca_rotation, console, failed, login, nss, print_table, procfs, scale, service,
-    timer, two_factor,
+    Bench, accounts, ca_rotation, console, failed, idle_sessions, login, nss, print_table, procfs,
+    scale, service, timer, two_factor,
 };
 
 /// The supervisor of the measuring child.
@@ -82,6 +82,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     let ready = service::ready_when_down(record)?;
     let min_idle = Duration::from_secs(if quick { 65 } else { 180 });
     let idle = service::Idle::start(record, min_idle)?;
+    let sessions = idle_sessions::IdleSessions::start(record, min_idle)?;
 
     eprintln!("bench-report: logins (OS Login VM, real sshd) ...");
     let login = login::run(
@@ -137,6 +138,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     eprintln!("bench-report: ending the idle window ...");
     let ready = ready.join().map_err(|_| "the READY measurement panicked")?;
     let idle = idle.finish()?;
+    let sessions = sessions.finish()?;
 
     let mut rows = nss::rows(&nss);
     rows.extend(login::rows_down(&login));
@@ -149,6 +151,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     let mut service_rows = service_rows.into_iter();
     rows.extend(service_rows.next()); // READY
     rows.extend(service_rows.next()); // requests per idle hour
+    rows.extend(idle_sessions::rows(&sessions, idle.per_hour().0));
     rows.extend(service_rows); // idle RSS
     rows.push(accounts::rss_idle_row(&accounts));
     rows.extend(scale::compare_rows(&scale_small, &scale));
