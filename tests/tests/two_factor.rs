@@ -215,6 +215,22 @@ fn two_step_verification_through_real_sshd_and_pam() {
         "{posts:?}"
     );
 
+    // A certificate is a public key to sshd: the challenge follows it too (the next step's
+    // code: this step's was just used, and a replay is refused).
+    let (cert_key, cert_pub) = keypair(vm.env.dir(), "alicecert");
+    vm.env
+        .emulator()
+        .sign_into("alice", &cert_pub, -60, &cert_key);
+    let (out, _) = client.login(&vm, &cert_key, "alice", &[], "true");
+    assert!(!out.status.success(), "certificate alone: {}", text(&out));
+    let (out, prompts) = client.login(&vm, &cert_key, "alice", &[&code_at(now() + 30)], "id -un");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("alice"),
+        "certificate + code: {}\nprompts: {prompts}\n{}",
+        text(&out),
+        vm.sshd().dump()
+    );
+
     // A wrong code and an expired one (four steps old): refused, the reason shown.
     let (out, _) = client.login(&vm, alice, "alice", &["000000"], "true");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -422,6 +438,8 @@ fn a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in() {
     ));
     let dropin = "/etc/ssh/sshd_config.d/60-guest-agent.conf";
     let pam = |vm: &OsLoginVm| vm.env.vm().run("cat /etc/pam.d/sshd");
+    let pam_before = pam(&vm);
+    let dropin_before = vm.env.vm().run(&format!("cat {dropin}"));
     let mut caught = false;
     for _attempt in 0..30 {
         let t = Instant::now();
@@ -526,4 +544,65 @@ fn a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in() {
             .run(&format!("cat {dropin}"))
             .contains("AuthenticationMethods publickey,keyboard-interactive")
     );
+
+    // `UsePAM no` (first in sshd_config, so it wins): 2-step verification cannot be enforced,
+    // and the daemon refuses OS Login logins rather than let the key alone in.
+    let alice_key = vm.env.dir().join("alice");
+    let nudge = |vm: &OsLoginVm, v: &str| {
+        vm.env.emulator().set_attribute("instance", "test-nudge", v);
+    };
+    let t = Instant::now();
+    vm.env
+        .vm()
+        .run("sed -i '1i UsePAM no' /etc/ssh/sshd_config");
+    nudge(&vm, "1");
+    vm.env.agent().expect_line(
+        t,
+        &["cannot be turned on", "UsePAM no"],
+        Duration::from_secs(60),
+    );
+    let out = vm.ssh(&alice_key, "alice", "true");
+    assert!(
+        !out.status.success(),
+        "the key alone while 2FA cannot be enforced: {}",
+        text(&out)
+    );
+    vm.env.agent().expect_line(
+        t,
+        &["two-step verification is required but cannot be enforced"],
+        Duration::from_secs(30),
+    );
+    let status = vm
+        .env
+        .vm()
+        .command(guest_agent_e2e::vm::AGENT)
+        .arg("status")
+        .output()
+        .expect("status");
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("required but cannot be enforced"),
+        "{status}"
+    );
+    let t = Instant::now();
+    vm.env.vm().run("sed -i '1d' /etc/ssh/sshd_config");
+    nudge(&vm, "2");
+    vm.env.agent().expect_line(
+        t,
+        &["OS Login two-step verification on"],
+        Duration::from_secs(60),
+    );
+
+    // Off: sshd's drop-in and the PAM stack byte for byte as before it was ever on.
+    let t = Instant::now();
+    vm.env
+        .emulator()
+        .control("DELETE", "/attributes/instance/enable-oslogin-2fa", None);
+    vm.env.agent().expect_line(
+        t,
+        &["PAM: two-step verification lines removed"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(pam(&vm), pam_before);
+    assert_eq!(vm.env.vm().run(&format!("cat {dropin}")), dropin_before);
 }
