@@ -152,32 +152,44 @@ pub fn ssh(ns: &crate::netns::Netns, key: &Path, user: &str, command: &str) -> O
 
 /// [`ssh`] offering each of `keys` in turn (`-i` for each, in order).
 pub fn ssh_offering(ns: &crate::netns::Netns, keys: &[&Path], user: &str, command: &str) -> Output {
-    let mut identities = Vec::new();
-    for key in keys {
-        identities.push(std::ffi::OsStr::new("-i"));
-        identities.push(key.as_os_str());
-    }
-    ns.command(Path::new("ssh"))
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
-        .args(identities)
-        .arg(format!("{user}@127.0.0.1"))
-        .arg(command)
+    ssh_command(ns, keys, user, command, false)
         .output()
         .expect("ssh")
+}
+
+/// The `ssh` command line of [`ssh_offering`] (batch mode, no host key checks, errors only),
+/// not run; `tty`: `-tt` (a session with a terminal, kept open by the caller).
+pub fn ssh_command(
+    ns: &crate::netns::Netns,
+    keys: &[&Path],
+    user: &str,
+    command: &str,
+    tty: bool,
+) -> Command {
+    let mut c = ns.command(Path::new("ssh"));
+    if tty {
+        c.arg("-tt");
+    }
+    c.args([
+        "-F",
+        "/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+    ])
+    .args([
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+    ])
+    .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]);
+    for key in keys {
+        c.arg("-i").arg(key);
+    }
+    c.arg(format!("{user}@127.0.0.1")).arg(command);
+    c
 }
 
 /// Starts a real sshd in the VM (`extra`: e.g. `-o UsePAM=no`) and waits until it listens.

@@ -124,29 +124,7 @@ fn wait_until(what: &str, bound: Duration, mut ok: impl FnMut() -> bool) -> Dura
 
 /// `ssh [-tt] -i KEY USER@127.0.0.1 COMMAND` from inside the VM's network namespace.
 fn ssh_command(vm: &OsLoginVm, key: &Path, user: &str, command: &str, tty: bool) -> Command {
-    let mut c = vm.env.ns.command(Path::new("ssh"));
-    if tty {
-        c.arg("-tt");
-    }
-    c.args([
-        "-F",
-        "/dev/null",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-    ])
-    .args([
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-    ])
-    .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
-    .arg(key)
-    .arg(format!("{user}@127.0.0.1"))
-    .arg(command);
-    c
+    guest_agent_e2e::vm::ssh_command(&vm.env.ns, &[key], user, command, tty)
 }
 
 /// A session kept open by the test (`ssh -tt`), killed by PID when dropped.

@@ -40,6 +40,18 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `guest-agent status` in the VM: what it printed.
+fn status_text(vm: &OsLoginVm) -> String {
+    let out = vm
+        .env
+        .vm()
+        .command(guest_agent_e2e::vm::AGENT)
+        .arg("status")
+        .output()
+        .expect("status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn sshd_t(vm: &OsLoginVm, spec: &str) -> String {
     vm.env.vm().run(&format!(
         "/usr/sbin/sshd -T -C {spec} -f /etc/ssh/sshd_config"
@@ -130,14 +142,7 @@ fn two_step_verification_through_real_sshd_and_pam() {
             && d.contains("/etc/pam.d/sshd carries the module /usr/lib/x86_64-linux-gnu/security/pam_guestagent.so"),
         "{d}"
     );
-    let status = vm
-        .env
-        .vm()
-        .command(guest_agent_e2e::vm::AGENT)
-        .arg("status")
-        .output()
-        .expect("status");
-    let status = String::from_utf8_lossy(&status.stdout);
+    let status = status_text(&vm);
     assert!(status.contains("2-step verification: on"), "{status}");
     // The daemon kept its PAM lines after a real account transaction of sshd's stack gave the
     // same result with and without them; the same probe tells a stack that cannot run.
@@ -572,14 +577,7 @@ fn a_kill_between_the_pam_and_the_sshd_edit_leaves_key_users_in() {
         &["two-step verification is required but cannot be enforced"],
         Duration::from_secs(30),
     );
-    let status = vm
-        .env
-        .vm()
-        .command(guest_agent_e2e::vm::AGENT)
-        .arg("status")
-        .output()
-        .expect("status");
-    let status = String::from_utf8_lossy(&status.stdout);
+    let status = status_text(&vm);
     assert!(
         status.contains("required but cannot be enforced"),
         "{status}"

@@ -8,7 +8,6 @@
 //! costs nothing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -62,26 +61,13 @@ impl IdleSessions {
 }
 
 fn ssh_session(vm: &OsLoginVm, key: &Path, name: &str) -> Proc {
-    let mut c: Command = vm.env.ns.command(Path::new("ssh"));
-    c.arg("-tt")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR", "-i"])
-        .arg(key)
-        .arg(format!("{name}@127.0.0.1"))
-        .arg("echo session-open; sleep 600");
+    let c = crate::vm::ssh_command(
+        &vm.env.ns,
+        &[key],
+        name,
+        "echo session-open; sleep 600",
+        true,
+    );
     Proc::spawn(&format!("ssh {name}"), c)
 }
 
