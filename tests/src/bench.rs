@@ -1,6 +1,7 @@
 //! The benchmarks: each part is a library module returning a result struct and its table rows
-//! ([`nss`], [`login`], [`console`], [`accounts`], [`scale`], [`service`]); the binaries
-//! `nss-bench`, `login-bench`, `console-bench`, `accounts-bench` print one part each and `bench-report` all of them in one
+//! ([`nss`], [`login`], [`console`], [`accounts`], [`scale`], [`service`], [`fleet`]); the
+//! binaries `nss-bench`, `login-bench`, `console-bench`, `accounts-bench`, `fleet-bench` print
+//! one part each and `bench-report` all of them in one
 //! table. Here: what they share, the supervisor that runs the measuring part in a child process
 //! and cleans up after it, samples, duration formatting and the result table.
 //!
@@ -16,6 +17,7 @@ use std::time::Duration;
 pub mod accounts;
 pub mod ca_rotation;
 pub mod console;
+pub mod fleet;
 pub mod idle_sessions;
 pub mod login;
 pub mod nss;
@@ -165,12 +167,17 @@ impl Bench {
 /// Records `env`'s temporary directory in the worker's `record` file (one line each), for the
 /// supervisor to remove if the worker dies without cleaning up.
 pub fn record_dir(record: &std::path::Path, env: &crate::TestEnv) -> Result<(), String> {
+    record_path(record, env.dir())
+}
+
+/// [`record_dir`] for a temporary directory (`ga-e2e-*`) made without a [`crate::TestEnv`].
+pub fn record_path(record: &std::path::Path, dir: &std::path::Path) -> Result<(), String> {
     use std::io::Write;
     std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(record)
-        .and_then(|mut f| writeln!(f, "{}", env.dir().display()))
+        .and_then(|mut f| writeln!(f, "{}", dir.display()))
         .map_err(|e| format!("{}: {e}", record.display()))
 }
 

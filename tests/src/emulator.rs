@@ -57,21 +57,13 @@ impl Emulator {
 
     /// One request to the control interface.
     pub fn control(&self, method: &str, path: &str, body: Option<&str>) -> ControlAnswer {
-        let mut s = UnixStream::connect(&self.control)
-            .unwrap_or_else(|e| panic!("connect {}: {e}", self.control.display()));
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        let body = body.unwrap_or("");
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: emulator\r\nContent-Type: application/json\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).expect("write control request");
-        let mut raw = Vec::new();
-        s.read_to_end(&mut raw).expect("read control answer");
-        parse_http(&raw)
-            .unwrap_or_else(|| panic!("bad control answer: {}", String::from_utf8_lossy(&raw)))
+        control_at(&self.control, method, path, body)
+    }
+
+    /// The control interface's Unix socket (another process may drive the emulator through
+    /// it with [`control_at`]).
+    pub fn control_socket(&self) -> &Path {
+        &self.control
     }
 
     /// Like [`Emulator::control`], panicking unless the status is 2xx.
@@ -178,6 +170,25 @@ impl Emulator {
             })
             .collect()
     }
+}
+
+/// One request to the control interface listening on the Unix socket `socket`.
+pub fn control_at(socket: &Path, method: &str, path: &str, body: Option<&str>) -> ControlAnswer {
+    let mut s =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: emulator\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).expect("write control request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read control answer");
+    parse_http(&raw)
+        .unwrap_or_else(|| panic!("bad control answer: {}", String::from_utf8_lossy(&raw)))
 }
 
 /// Parses an HTTP/1.1 answer with a Content-Length or chunked body.

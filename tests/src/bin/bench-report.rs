@@ -11,9 +11,11 @@
 //! AuthorizedKeysCommand, ssh logins and requests per login, lookups and logins with the
 //! service hanging (`login`), ssh logins with a serial console nobody reads beside none
 //! (`console`), 1,000 metadata users from nothing (`accounts`), a 100,000-user
-//! OS Login directory and 200 concurrent AuthorizedKeysCommand runs (`scale`), and, in VMs of
-//! their own running beside the others, READY with the service down and requests per idle hour
-//! (`service`).
+//! OS Login directory and 200 concurrent AuthorizedKeysCommand runs (`scale`), 1,000 agents'
+//! metadata watchers recovering from an outage of 120 s (20 s with `--quick`) against one
+//! emulator (`fleet`, run by the `fleet-bench` binary, which must be built beside this one),
+//! and, in VMs of their own running beside the others, READY with the service down and
+//! requests per idle hour (`service`).
 //!
 //! A missed goal prints FAIL in its row and a line under the table; only a broken run (a part
 //! that could not measure) exits non-zero. Everything it starts is stopped and deleted before
@@ -23,8 +25,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use guest_agent_e2e::bench::{
-    Bench, accounts, ca_rotation, console, failed, idle_sessions, login, nss, print_table, procfs,
-    scale, service, timer, two_factor,
+    Bench, accounts, ca_rotation, console, failed, fleet, idle_sessions, login, nss, print_table,
+    procfs, scale, service, timer, two_factor,
 };
 
 /// The supervisor of the measuring child.
@@ -135,6 +137,17 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     let scale = scale::run(record, sp)?;
     eprintln!("bench-report: the same at 1,000 OS Login users ...");
     let scale_small = scale::run(record, scale::Params { users: 1_000, ..sp })?;
+    let fp = if quick {
+        fleet::Params::QUICK
+    } else {
+        fleet::Params::FULL
+    };
+    eprintln!(
+        "bench-report: a fleet of {} agents recovering from a {} s metadata outage ...",
+        nss::thousands(fp.agents),
+        fp.outage.as_secs()
+    );
+    let fleet = fleet::run(record, fp)?;
     eprintln!("bench-report: ending the idle window ...");
     let ready = ready.join().map_err(|_| "the READY measurement panicked")?;
     let idle = idle.finish()?;
@@ -157,6 +170,7 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
     rows.extend(scale::compare_rows(&scale_small, &scale));
     rows.extend(scale::rows(&scale));
     rows.extend(accounts::detail_rows(&accounts));
+    rows.extend(fleet::rows(&fleet));
 
     let took = t0.elapsed();
     print_table(
@@ -177,7 +191,11 @@ fn worker(record: &Path, quick: bool) -> Result<(), String> {
          within this run. Lookup and keys-command figures: see `nss-bench`, `login-bench`; \
          the parts are documented in tests/src/bench/."
     );
-    for n in login::notes(&login).iter().chain(&accounts.notes) {
+    for n in login::notes(&login)
+        .iter()
+        .chain(&accounts.notes)
+        .chain(&fleet.notes())
+    {
         println!("{n}");
     }
     println!(
