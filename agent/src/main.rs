@@ -7,6 +7,18 @@ use clap::{Parser, Subcommand};
 use guest_agent::config;
 use guest_agent::daemon::{self, ConfigSource};
 
+/// The C library's `pow`, defined here from the `libm` crate (rust-lang's port of musl's libm)
+/// so that the binary needs no `libm.so.6`: tokio's scheduler statistics (an `f64::powf`) are
+/// the only user of that library, and loading one more shared library is a large part of what
+/// exec costs each AuthorizedKeysCommand run (issue 15; see `build.rs` for the other one).
+/// With `--as-needed` (rustc's default) `-lm` is then not recorded as needed. Not exported
+/// (an executable's symbols are not, unless a library it links needs them), so no library
+/// loaded into the process binds to it.
+#[unsafe(no_mangle)]
+pub extern "C" fn pow(x: f64, y: f64) -> f64 {
+    libm::pow(x, y)
+}
+
 /// sysexits' EX_CONFIG: the unit file does not restart the daemon on it (a restart cannot fix
 /// a broken configuration file).
 const EXIT_CONFIG: u8 = 78;
@@ -327,7 +339,18 @@ fn main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{SshdCall, sshd_call};
+    use super::{SshdCall, pow, sshd_call};
+
+    /// The `pow` that stands in for libm's (tokio's scheduler statistics raise a number in
+    /// (0, 1) to a count of polls).
+    #[test]
+    fn pow_is_the_c_librarys() {
+        assert_eq!(pow(2.0, 10.0), 1024.0);
+        assert_eq!(pow(0.5, 0.0), 1.0);
+        assert!((pow(0.9, 3.0) - 0.729).abs() < 1e-12);
+        assert!((pow(0.8, 2.5) - 0.572_433_402_239_946_2).abs() < 1e-15);
+        assert!(pow(-1.0, 0.5).is_nan());
+    }
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
