@@ -5,8 +5,8 @@
 //! with the daemon's own rules (`oslogin::decision`: local accounts win, id floors, reserved
 //! names, homes): a directory profile named `root` or `debian` logs in as nobody, daemon or not.
 
+use crate::exit::ExitCode;
 use std::path::Path;
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent_wire::proto::{Answer, OfferedCert, Request, SOCKET_PATH};

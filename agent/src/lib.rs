@@ -8,6 +8,7 @@ pub mod config;
 pub mod daemon;
 pub mod doctor;
 pub mod events;
+pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod mds;

@@ -15,8 +15,8 @@ pub mod perms;
 pub mod report;
 pub mod sshd_scan;
 
+use crate::exit::ExitCode;
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use crate::config::Config;
 

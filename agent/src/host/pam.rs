@@ -152,19 +152,19 @@ const BROKEN_STACK: &[i32] = &[1, 2, 3, 4, 5, 26, 28];
 /// system's libpam (loaded at run time: the agent does not link it), answered with no
 /// conversation. Prints `result N` and exits 0 when the stack ran (whatever it decided),
 /// 1 when it could not (libpam missing, or a result of [`BROKEN_STACK`]).
-pub fn probe_main(service: &str) -> std::process::ExitCode {
+pub fn probe_main(service: &str) -> crate::exit::ExitCode {
     match probe_account(service) {
         Ok(code) => {
             println!("result {code}");
             if BROKEN_STACK.contains(&code) {
-                std::process::ExitCode::from(1)
+                crate::exit::ExitCode::from(1)
             } else {
-                std::process::ExitCode::SUCCESS
+                crate::exit::ExitCode::SUCCESS
             }
         }
         Err(why) => {
             eprintln!("guest-agent pam-probe: {why}");
-            std::process::ExitCode::from(1)
+            crate::exit::ExitCode::from(1)
         }
     }
 }

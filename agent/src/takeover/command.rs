@@ -9,7 +9,7 @@
 //! what it planned, 1 when it refused or failed, 2 when there is nothing to take over
 //! (with `--undo`: nothing to undo).
 
-use std::process::ExitCode;
+use crate::exit::ExitCode;
 use std::time::Instant;
 
 use serde_json::json;
