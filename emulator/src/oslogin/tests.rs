@@ -225,3 +225,36 @@ fn security_keys_are_served_only_in_the_security_key_view() {
         "sk-ssh-ed25519@openssh.com AAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY29t alice-sk"
     );
 }
+
+/// The email and uid indexes follow every upsert and removal: a user whose email or uid
+/// changed is found by the new one only, a removed user by neither, and of two users with one
+/// uid the first by name answers (what a scan in name order found).
+#[test]
+fn email_and_uid_indexes_follow_the_directory() {
+    let mut d = Directory::default();
+    let login = |d: &Directory, email: &str| {
+        ask(d, "authorize", &format!("email={email}&policy=login")).1["success"] == true
+    };
+    let by_uid = |d: &Directory, uid: u32| {
+        let (status, v) = ask(d, "users", &format!("uid={uid}"));
+        (status == 200).then(|| v["loginProfiles"][0]["posixAccounts"][0]["username"].clone())
+    };
+    d.upsert_user(user("alice", 1001));
+    assert!(login(&d, "alice@example.com"));
+    assert_eq!(by_uid(&d, 1001), Some(json!("alice")));
+    let mut moved = user("alice", 1002);
+    moved.email = "alice@corp.example".into();
+    d.upsert_user(moved);
+    assert!(!login(&d, "alice@example.com"));
+    assert!(login(&d, "alice@corp.example"));
+    assert_eq!(by_uid(&d, 1001), None);
+    assert_eq!(by_uid(&d, 1002), Some(json!("alice")));
+    d.upsert_user(user("zed", 1002));
+    d.upsert_user(user("bob", 1002));
+    assert_eq!(by_uid(&d, 1002), Some(json!("alice")));
+    assert!(d.remove_user("alice"));
+    assert!(!login(&d, "alice@corp.example"));
+    assert_eq!(by_uid(&d, 1002), Some(json!("bob")));
+    assert!(d.remove_user("bob"));
+    assert_eq!(by_uid(&d, 1002), Some(json!("zed")));
+}

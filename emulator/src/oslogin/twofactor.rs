@@ -179,7 +179,7 @@ impl Directory {
             Ok(b) => b,
             Err(e) => return bad_request(&format!("bad sessions/start body: {e}")),
         };
-        let Some(user) = self.users.values().find(|u| u.email == b.email) else {
+        let Some(user) = self.user_by_email(&b.email) else {
             return Response::json(
                 404,
                 &json!({ "error": { "code": 404,
