@@ -22,9 +22,3 @@ impl From<u8> for ExitCode {
         Self(code)
     }
 }
-
-impl From<ExitCode> for std::process::ExitCode {
-    fn from(code: ExitCode) -> Self {
-        std::process::ExitCode::from(code.0)
-    }
-}

@@ -570,9 +570,11 @@ chmod 0440 /etc/sudoers.d/google-oslogin /var/google-sudoers.d/alice
         )
     };
     assert!(
-        keys_command().starts_with(&format!("authorizedkeyscommand {AGENT} authorized-keys")),
-        "{}",
-        keys_command()
+        keys_command().starts_with(&format!("authorizedkeyscommand {AGENT} authorized-keys"))
+            && !keys_command().contains("google"),
+        "still chained to Google's: {}\n{}",
+        keys_command(),
+        env.agent().dump()
     );
     let sshd = start_sshd(env.vm(), &[]);
     let out = ssh(
