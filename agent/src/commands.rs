@@ -11,7 +11,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use guest_agent_wire::proto::{Answer, OfferedCert, Request, SOCKET_PATH};
 
-use crate::client::{self, ClientError};
 use crate::config::Config;
 use crate::daemon::ConfigSource;
 use crate::mds::{ClientSettings, GceClient, query_escape};
@@ -20,13 +19,9 @@ use crate::oslogin::authorize::{Decision, Policy};
 use crate::oslogin::decision::{self, Rules, Verdict};
 use crate::oslogin::directory::LocalAccounts;
 use crate::oslogin::profile::{OsUser, parse_single_user};
-
-/// Everything a helper run does fits in this (sshd waits far longer, a person does not).
-pub const HELPER_DEADLINE: Duration = Duration::from_millis(4500);
-
-fn say(user: &str, why: &str) {
-    eprintln!("guest-agent: {user}: {why}");
-}
+use guest_agent_wire::client::{self, ClientError};
+pub use guest_agent_wire::sshd::HELPER_DEADLINE;
+use guest_agent_wire::sshd::{hand_on, report, say};
 
 /// Another AuthorizedKeysCommand the keys helper hands other users on to (sshd config:
 /// `... authorized-keys %u %f %t %k --chain-user USER -- COMMAND ARGS`, see `host::sshd::rival`).
@@ -35,14 +30,6 @@ pub struct Chained<'a> {
     pub user: &'a str,
     /// Program and arguments, tokens expanded by sshd.
     pub argv: &'a [String],
-}
-
-/// Whether a user the daemon (or the helper alone) answered `answer` for is handed on to the
-/// other command: only those that are not OS Login users (local users, users the directory
-/// does not know, everyone while OS Login is off). An OS Login user follows the OS Login
-/// decision (refused, or the service unavailable: fail closed) and never gets its keys.
-pub fn hand_on(answer: &Answer) -> bool {
-    matches!(answer, Answer::NotFound)
 }
 
 /// What a helper asks for.
@@ -68,8 +55,7 @@ pub fn authorized_keys(
     key: Option<(&str, &str)>,
     chain: Option<Chained>,
 ) -> ExitCode {
-    let fingerprint =
-        fingerprint.filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_graphic()));
+    let fingerprint = guest_agent_wire::sshd::clean_fingerprint(fingerprint);
     let certificate = key.and_then(|(t, k)| OfferedCert::from_tokens(t, k));
     let answer = run(
         config,
@@ -167,20 +153,7 @@ fn run(config: &ConfigSource, user: &str, question: Question) -> Option<Answer> 
         Err(e @ (ClientError::NoDaemon(_) | ClientError::Dropped(_))) => alone(e.to_string()),
         Err(e) => Answer::Unavailable(e.to_string()),
     };
-    match &answer {
-        Answer::Ok(lines) => {
-            for l in lines {
-                println!("{l}");
-            }
-        }
-        Answer::NotFound => say(user, "not an OS Login user (or OS Login is off)"),
-        Answer::Denied(why) => say(user, &format!("refused: {why}")),
-        Answer::Unavailable(why) => say(
-            user,
-            &format!("refused, metadata service unavailable: {why}"),
-        ),
-        Answer::Error(why) => say(user, &format!("error: {why}")),
-    }
+    report(user, &answer);
     Some(answer)
 }
 
@@ -406,22 +379,4 @@ pub fn status(json: bool) -> ExitCode {
         print!("{}", crate::status::text(&value));
     }
     ExitCode::SUCCESS
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_users_that_are_not_os_login_users_are_handed_on() {
-        assert!(hand_on(&Answer::NotFound));
-        for a in [
-            Answer::Ok(vec!["ssh-ed25519 AAAA".into()]),
-            Answer::Denied("login role not granted".into()),
-            Answer::Unavailable("deadline".into()),
-            Answer::Error("bad".into()),
-        ] {
-            assert!(!hand_on(&a), "{a:?}");
-        }
-    }
 }

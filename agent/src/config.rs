@@ -143,8 +143,10 @@ pub struct OsLoginConfig {
     pub users_group_gid: u32,
     /// Make sshd ignore OS Login users' own `~/.ssh/authorized_keys` (access follows roles).
     pub ignore_user_keys: bool,
-    /// The `guest-agent` binary sshd runs (AuthorizedKeysCommand); its path and every parent
-    /// must be root-owned and not group/world-writable.
+    /// The `guest-agent` binary. sshd runs `guest-agent-sshd` from the same directory when it
+    /// is there (the small program that asks the daemon and hands everything else to this
+    /// binary: see [`OsLoginConfig::sshd_program`]), else this binary itself; the program's
+    /// path and every parent must be root-owned and not group/world-writable.
     pub helper_path: String,
     /// AuthorizedKeysCommandUser.
     pub command_user: String,
@@ -283,6 +285,24 @@ impl Default for TokensConfig {
             accounts: vec!["default".into()],
             flavor: "auto".into(),
             group: "guest-agent-token".into(),
+        }
+    }
+}
+
+/// The small program sshd runs for every offered key (`helper/`), next to the agent binary.
+pub const SSHD_PROGRAM: &str = "guest-agent-sshd";
+
+impl OsLoginConfig {
+    /// The program sshd_config names as AuthorizedKeysCommand and AuthorizedPrincipalsCommand:
+    /// [`SSHD_PROGRAM`] next to `helper_path` when that is a file (it costs a third less per
+    /// run than the agent binary, issue 15), else `helper_path` (an agent binary copied on its
+    /// own still serves sshd). Reads the file system (one `stat`): it is what is installed.
+    pub fn sshd_program(&self) -> String {
+        let small = std::path::Path::new(&self.helper_path).with_file_name(SSHD_PROGRAM);
+        if small.is_file() {
+            small.display().to_string()
+        } else {
+            self.helper_path.clone()
         }
     }
 }
@@ -626,6 +646,29 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/guest-agent/config.toml"), text)
+    }
+
+    /// sshd runs `guest-agent-sshd` beside the agent binary when it is installed there, and
+    /// the agent binary itself when it is not.
+    #[test]
+    fn sshd_runs_the_small_program_when_it_is_beside_the_agent() {
+        let dir = std::env::temp_dir().join(format!("ga-sshd-program-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let agent = dir.join("guest-agent");
+        std::fs::write(&agent, b"").unwrap();
+        let o = OsLoginConfig {
+            helper_path: agent.display().to_string(),
+            ..Default::default()
+        };
+        assert_eq!(o.sshd_program(), o.helper_path);
+        let small = dir.join(SSHD_PROGRAM);
+        std::fs::write(&small, b"").unwrap();
+        assert_eq!(o.sshd_program(), small.display().to_string());
+        // A directory of that name is not the program.
+        std::fs::remove_file(&small).unwrap();
+        std::fs::create_dir(&small).unwrap();
+        assert_eq!(o.sshd_program(), o.helper_path);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

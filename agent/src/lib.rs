@@ -2,7 +2,6 @@
 //! from what the cloud's metadata service says. See the README for the architecture.
 
 pub mod accounts;
-pub mod client;
 pub mod commands;
 pub mod config;
 pub mod daemon;

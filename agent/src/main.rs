@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use guest_agent::config;
 use guest_agent::daemon::{self, ConfigSource};
+use guest_agent_wire::sshd::{SshdCall, sshd_call};
 
 /// The C library's `pow`, defined here from the `libm` crate (rust-lang's port of musl's libm)
 /// so that the binary needs no `libm.so.6`: tokio's scheduler statistics (an `f64::powf`) are
@@ -156,74 +157,6 @@ fn abort_on_panic() {
         print(info);
         std::process::abort();
     }));
-}
-
-/// The two commands sshd runs for every connection, parsed by hand when their arguments have
-/// the shapes the agent writes into sshd_config (`[--config PATH] authorized-keys USER [FP
-/// [TYPE KEY]] [--chain-user USER -- COMMAND...]`, `[--config PATH] authorized-principals USER CERT`):
-/// building clap's whole command tree costs a fresh process about 0.1 ms, a tenth of what a
-/// keys-command run costs here. Any other shape (a flag, `--help`, a missing argument) goes to
-/// clap as before.
-#[derive(Debug, PartialEq, Eq)]
-enum SshdCall<'a> {
-    Keys {
-        config: Option<&'a str>,
-        user: &'a str,
-        fingerprint: Option<&'a str>,
-        /// sshd's `%t %k`.
-        key: Option<(&'a str, &'a str)>,
-        chain: Option<(&'a str, &'a [String])>,
-    },
-    Principals {
-        config: Option<&'a str>,
-        user: &'a str,
-        cert: &'a str,
-    },
-}
-
-fn sshd_call(args: &[String]) -> Option<SshdCall<'_>> {
-    let (config, rest) = match args {
-        [flag, path, rest @ ..] if flag == "--config" => (Some(path.as_str()), rest),
-        rest => (None, rest),
-    };
-    let plain = |a: &String| !a.starts_with('-');
-    match rest {
-        [cmd, user, rest @ ..] if cmd == "authorized-keys" && plain(user) => {
-            // The chain (`--chain-user USER -- COMMAND...`) comes last.
-            let (own, chain) = match rest
-                .iter()
-                .position(|a| a == "--chain-user")
-                .map(|i| rest.split_at(i))
-            {
-                None => (rest, None),
-                Some((own, [_, chain_user, sep, argv @ ..]))
-                    if plain(chain_user) && sep == "--" && !argv.is_empty() =>
-                {
-                    (own, Some((chain_user.as_str(), argv)))
-                }
-                Some(_) => return None,
-            };
-            let (fingerprint, key) = match own {
-                [] if chain.is_none() => (None, None),
-                [fp] if plain(fp) => (Some(fp.as_str()), None),
-                [fp, t, k] if plain(fp) && plain(t) && plain(k) => {
-                    (Some(fp.as_str()), Some((t.as_str(), k.as_str())))
-                }
-                _ => return None,
-            };
-            Some(SshdCall::Keys {
-                config,
-                user,
-                fingerprint,
-                key,
-                chain,
-            })
-        }
-        [cmd, user, cert] if cmd == "authorized-principals" && plain(user) && plain(cert) => {
-            Some(SshdCall::Principals { config, user, cert })
-        }
-        _ => None,
-    }
 }
 
 fn sshd_fast_path(args: &[String]) -> Option<ExitCode> {
@@ -384,7 +317,7 @@ fn run_main() -> ExitCode {
 
 #[cfg(test)]
 mod tests {
-    use super::{SshdCall, pow, sshd_call};
+    use super::pow;
 
     /// The `pow` that stands in for libm's (tokio's scheduler statistics raise a number in
     /// (0, 1) to a count of polls).
@@ -395,136 +328,5 @@ mod tests {
         assert!((pow(0.9, 3.0) - 0.729).abs() < 1e-12);
         assert!((pow(0.8, 2.5) - 0.572_433_402_239_946_2).abs() < 1e-15);
         assert!(pow(-1.0, 0.5).is_nan());
-    }
-
-    fn args(a: &[&str]) -> Vec<String> {
-        a.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn the_shapes_the_agent_writes_into_sshd_config_take_the_fast_path() {
-        let a = args(&["authorized-keys", "alice", "SHA256:abc"]);
-        assert_eq!(
-            sshd_call(&a),
-            Some(SshdCall::Keys {
-                config: None,
-                user: "alice",
-                fingerprint: Some("SHA256:abc"),
-                key: None,
-                chain: None
-            })
-        );
-        // The directive written since certificates are handed over too (`%u %f %t %k`).
-        let a = args(&[
-            "authorized-keys",
-            "alice",
-            "SHA256:abc",
-            "ssh-ed25519-cert-v01@openssh.com",
-            "AAAAcert",
-        ]);
-        assert_eq!(
-            sshd_call(&a),
-            Some(SshdCall::Keys {
-                config: None,
-                user: "alice",
-                fingerprint: Some("SHA256:abc"),
-                key: Some(("ssh-ed25519-cert-v01@openssh.com", "AAAAcert")),
-                chain: None
-            })
-        );
-        let a = args(&[
-            "authorized-keys",
-            "bob",
-            "SHA256:x",
-            "ssh-ed25519",
-            "AAAAkey",
-            "--chain-user",
-            "root",
-            "--",
-            "/usr/bin/userdbctl",
-            "ssh-authorized-keys",
-            "bob",
-        ]);
-        let Some(SshdCall::Keys {
-            key: Some(("ssh-ed25519", "AAAAkey")),
-            chain: Some(("root", argv)),
-            ..
-        }) = sshd_call(&a)
-        else {
-            panic!("{:?}", sshd_call(&a));
-        };
-        assert_eq!(argv.len(), 3);
-        let a = args(&["--config", "/etc/x.toml", "authorized-keys", "bob"]);
-        assert_eq!(
-            sshd_call(&a),
-            Some(SshdCall::Keys {
-                config: Some("/etc/x.toml"),
-                user: "bob",
-                fingerprint: None,
-                key: None,
-                chain: None
-            })
-        );
-        let a = args(&[
-            "authorized-keys",
-            "bob",
-            "SHA256:x",
-            "--chain-user",
-            "root",
-            "--",
-            "/usr/bin/userdbctl",
-            "ssh-authorized-keys",
-            "bob",
-        ]);
-        let Some(SshdCall::Keys {
-            chain: Some((user, argv)),
-            ..
-        }) = sshd_call(&a)
-        else {
-            panic!("{:?}", sshd_call(&a));
-        };
-        assert_eq!((user, argv.len()), ("root", 3));
-        let a = args(&["authorized-principals", "carol", "AAAAcert"]);
-        assert_eq!(
-            sshd_call(&a),
-            Some(SshdCall::Principals {
-                config: None,
-                user: "carol",
-                cert: "AAAAcert"
-            })
-        );
-    }
-
-    #[test]
-    fn anything_else_goes_to_clap() {
-        for a in [
-            &["authorized-keys"][..],
-            &["authorized-keys", "--help"],
-            &["authorized-keys", "alice", "fp", "--chain-user", "root"],
-            &[
-                "authorized-keys",
-                "alice",
-                "fp",
-                "--chain-user",
-                "root",
-                "--",
-            ],
-            &["authorized-keys", "alice", "fp", "extra"],
-            &["authorized-keys", "alice", "fp", "type", "key", "extra"],
-            &[
-                "authorized-keys",
-                "alice",
-                "--chain-user",
-                "root",
-                "--",
-                "x",
-            ],
-            &["authorized-principals", "carol"],
-            &["--config"],
-            &["doctor", "alice"],
-            &["run"],
-        ] {
-            assert_eq!(sshd_call(&args(a)), None, "{a:?}");
-        }
     }
 }

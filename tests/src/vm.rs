@@ -1,6 +1,6 @@
 //! A "VM" for end-to-end tests: inside the test's network namespace, a private mount
 //! namespace with its own copy of /etc, tmpfs on /run, /home, /root, /var/lib and /srv, the
-//! NSS module in an overlay on the library directory, and the agent binary under /srv
+//! NSS module in an overlay on the library directory, and the agent's binaries under /srv
 //! (root-owned 0755 all the way up, as sshd requires for AuthorizedKeysCommand). Nothing in
 //! it reaches the host: the mounts vanish with the namespace, which dies with its holder.
 
@@ -13,6 +13,9 @@ use crate::process::Proc;
 pub const LIBDIR: &str = "/usr/lib/x86_64-linux-gnu";
 /// Where the agent binary lives inside the VM.
 pub const AGENT: &str = "/srv/guest-agent";
+/// The program sshd runs with OS Login on (`guest-agent-sshd`, next to [`AGENT`] as the
+/// package installs it, so the agent names it in sshd_config).
+pub const SSHD_HELPER: &str = "/srv/guest-agent-sshd";
 
 pub struct Vm {
     holder: Proc,
@@ -64,6 +67,7 @@ mount -t tmpfs -o mode=755 tmpfs /var/lib
 mount -t tmpfs -o mode=755 tmpfs /srv
 mount -t tmpfs -o mode=700 tmpfs /root
 cp {agent} {AGENT} && chmod 755 {AGENT}
+cp {helper} {SSHD_HELPER} && chmod 755 {SSHD_HELPER}
 cp {nss} "$R/libupper/libnss_guestagent.so.2"
 # The PAM module where the package puts it (two-step verification), when it is built.
 if [ -f {pam} ]; then mkdir -p "$R/libupper/security" && cp {pam} "$R/libupper/security/pam_guestagent.so" && chmod 644 "$R/libupper/security/pam_guestagent.so"; fi
@@ -71,6 +75,7 @@ mount -t overlay overlay -o lowerdir={LIBDIR},upperdir="$R/libupper",workdir="$R
 "#,
             root = vm.root.display(),
             agent = agent.display(),
+            helper = crate::bins::path("guest-agent-sshd").display(),
             nss = nss.display(),
             pam = nss.with_file_name("libpam_guestagent.so").display(),
         );

@@ -101,7 +101,7 @@ fn certificate_logins_follow_the_ca_the_validity_and_the_role() {
         .vm()
         .run("/usr/sbin/sshd -T -f /etc/ssh/sshd_config -C user=alice,host=h,addr=127.0.0.1");
     assert!(
-        t.contains("authorizedprincipalscommand /srv/guest-agent authorized-principals %u %k"),
+        t.contains("authorizedprincipalscommand /srv/guest-agent-sshd authorized-principals %u %k"),
         "{t}"
     );
     assert!(
@@ -457,16 +457,17 @@ fn a_certificate_of_an_unknown_ca_is_refused_and_fetches_the_ca_keys_once_per_wi
     assert_eq!(file.lines().count(), 1, "only the emulator's CA: {file:?}");
 }
 
-/// An sshd_config written by an older version runs `authorized-keys %u %f` (no `%t %k`): the
-/// helper and the daemon still answer it.
+/// An sshd_config written by an older version runs `guest-agent authorized-keys %u %f` (no
+/// `%t %k`, and the agent binary itself, not `guest-agent-sshd`): the binary and the daemon
+/// still answer it, and the agent writes the new form.
 #[test]
 fn the_old_two_argument_keys_command_still_works() {
     if !require_root("the_old_two_argument_keys_command_still_works") {
         return;
     }
     let (mut vm, _key, _public) = start_with("oldkeys", "");
-    let helper = guest_agent_e2e::vm::AGENT;
-    let old = format!("AuthorizedKeysCommand={helper} authorized-keys %u %f");
+    let (agent, helper) = (guest_agent_e2e::vm::AGENT, guest_agent_e2e::vm::SSHD_HELPER);
+    let old = format!("AuthorizedKeysCommand={agent} authorized-keys %u %f");
     vm.start_sshd_with(&["-o", &old]);
     let t = vm
         .env
@@ -486,7 +487,7 @@ fn the_old_two_argument_keys_command_still_works() {
     );
     assert!(
         t.contains(&format!(
-            "authorizedkeyscommand {helper} authorized-keys %u %f\n"
+            "authorizedkeyscommand {agent} authorized-keys %u %f\n"
         )),
         "sshd runs the old form here: {t}"
     );

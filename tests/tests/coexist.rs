@@ -109,7 +109,7 @@ ln -s {RIVAL_STORE} {RIVAL_CONF}
     assert!(
         effective.contains(&format!(
             "authorizedkeyscommand {} authorized-keys %u %f %t %k --chain-user root -- /srv/rival/userdbctl ssh-authorized-keys %u\nauthorizedkeyscommanduser root",
-            guest_agent_e2e::vm::AGENT
+            guest_agent_e2e::vm::SSHD_HELPER
         )),
         "{effective}"
     );

@@ -230,7 +230,7 @@ fn os_login_without_sshd_is_one_error_and_comes_on_once_openssh_server_is_instal
     assert!(env.agent_mut().is_running() && env.agent().pid() == pid);
     let effective = env.vm().run("sshd -T -f /etc/ssh/sshd_config");
     assert!(
-        effective.contains("authorizedkeyscommand /srv/guest-agent authorized-keys"),
+        effective.contains("authorizedkeyscommand /srv/guest-agent-sshd authorized-keys"),
         "{effective}"
     );
     let sshd = guest_agent_e2e::vm::start_sshd(env.vm(), &[]);

@@ -713,6 +713,18 @@ fn the_helper_decides_alone_when_the_daemon_is_down() {
         return;
     }
     let mut a = alice("nodaemon", "");
+    // sshd runs the small program, which hands the run to the agent binary beside it.
+    let keys =
+        a.vm.env
+            .vm()
+            .run("/usr/sbin/sshd -T -f /etc/ssh/sshd_config");
+    assert!(
+        keys.contains(&format!(
+            "authorizedkeyscommand {} authorized-keys %u %f %t %k\n",
+            guest_agent_e2e::vm::SSHD_HELPER
+        )),
+        "{keys}"
+    );
     a.vm.env
         .agent_mut()
         .signal(nix::sys::signal::Signal::SIGKILL);

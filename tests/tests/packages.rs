@@ -99,6 +99,7 @@ fn the_rpm_installs_the_right_files() {
     let listed: BTreeSet<&str> = listed.lines().collect();
     for want in [
         "/usr/bin/guest-agent",
+        "/usr/bin/guest-agent-sshd",
         "/usr/lib64/libnss_guestagent.so.2",
         "/usr/lib64/security/pam_guestagent.so",
         "/usr/lib/systemd/system/guest-agent.service",
@@ -119,6 +120,7 @@ fn the_rpm_installs_the_right_files() {
     // The files are the ones built from this workspace.
     for (installed, built) in [
         ("usr/bin/guest-agent", "guest-agent"),
+        ("usr/bin/guest-agent-sshd", "guest-agent-sshd"),
         ("usr/lib64/libnss_guestagent.so.2", "libnss_guestagent.so"),
         (
             "usr/lib64/security/pam_guestagent.so",
@@ -340,6 +342,7 @@ fn deb_install_run_remove_purge_leaves_nothing_behind() {
     iso.run("dpkg -r", "dpkg -r guest-agent");
     for gone in [
         "/usr/bin/guest-agent",
+        "/usr/bin/guest-agent-sshd",
         SSHD_DROPIN,
         "/run/guest-agent",
         // Granted by name: with the agent gone nobody would revoke it.

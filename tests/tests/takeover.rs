@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use guest_agent_e2e::accounts::{TEST_CONFIG, keypair_of};
 use guest_agent_e2e::process::Proc;
-use guest_agent_e2e::vm::{AGENT, ssh, start_sshd};
+use guest_agent_e2e::vm::{AGENT, SSHD_HELPER, ssh, start_sshd};
 use guest_agent_e2e::{TestEnv, require_root};
 use serde_json::Value;
 
@@ -570,8 +570,9 @@ chmod 0440 /etc/sudoers.d/google-oslogin /var/google-sudoers.d/alice
         )
     };
     assert!(
-        keys_command().starts_with(&format!("authorizedkeyscommand {AGENT} authorized-keys"))
-            && !keys_command().contains("google"),
+        keys_command().starts_with(&format!(
+            "authorizedkeyscommand {SSHD_HELPER} authorized-keys"
+        )) && !keys_command().contains("google"),
         "still chained to Google's: {}\n{}",
         keys_command(),
         env.agent().dump()

@@ -10,6 +10,8 @@
 )]
 
 pub mod cache;
+pub mod client;
 pub mod names;
 pub mod proto;
 pub mod records;
+pub mod sshd;

@@ -170,7 +170,7 @@ fn google_facts(config: &Config, snapshot: Option<&Snapshot>, oslogin_on: bool) 
             .and_then(|s| s.flag("enable-oslogin-2fa"))
             .is_some_and(|(v, _)| v),
         sudo_group: config.accounts.sudo_group.clone(),
-        helper: config.oslogin.helper_path.clone(),
+        helper: config.oslogin.sshd_program(),
     };
     let found = crate::takeover::apply::gather(&paths, &ctx);
     GoogleFacts {
@@ -233,7 +233,7 @@ pub fn gather(config: &Config, user: Option<&str>, cert: Option<&Path>) -> Facts
     let metadata_snapshot = metadata.snapshot.as_ref().ok().cloned();
 
     let sshd = root.then(|| sshd_facts(user));
-    let helper_path = PathBuf::from(&config.oslogin.helper_path);
+    let helper_path = PathBuf::from(config.oslogin.sshd_program());
     let resolved = std::fs::canonicalize(&helper_path).unwrap_or(helper_path);
     let helper = entries(with_parents(&resolved));
     let nsswitch = std::fs::read_to_string(&nsswitch::NsswitchPaths::default().file)
@@ -513,7 +513,7 @@ fn read_cert(path: &Path) -> Result<CertInfo, String> {
 /// user, so it answers NOTFOUND without asking the metadata service.
 fn daemon() -> Result<Duration, String> {
     let start = Instant::now();
-    crate::client::ask(
+    guest_agent_wire::client::ask(
         Path::new(SOCKET_PATH),
         &Request::UserByUid(0),
         DAEMON_DEADLINE,

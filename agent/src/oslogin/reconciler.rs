@@ -406,9 +406,10 @@ fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
 /// What OS Login asks of sshd with this configuration (also what `doctor` expects to find).
 pub fn sshd_settings(cfg: &Config) -> sshd::SshdSettings {
     let o = &cfg.oslogin;
+    let program = o.sshd_program();
     sshd::SshdSettings {
-        principals_command: format!("{} authorized-principals %u %k", o.helper_path),
-        keys_command: format!("{} authorized-keys %u %f %t %k", o.helper_path),
+        principals_command: format!("{program} authorized-principals %u %k"),
+        keys_command: format!("{program} authorized-keys %u %f %t %k"),
         command_user: o.command_user.clone(),
         trusted_ca_file: Some(o.ca_file.clone().into()),
         ignore_user_keys_group: o.ignore_user_keys.then(|| o.users_group.clone()),

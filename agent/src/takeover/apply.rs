@@ -69,7 +69,7 @@ pub struct Context {
     pub oslogin_on: bool,
     pub two_factor: bool,
     pub sudo_group: String,
-    /// Our AuthorizedKeysCommand program (`oslogin.helper_path`): with OS Login on, sshd must
+    /// Our AuthorizedKeysCommand program (`OsLoginConfig::sshd_program`): with OS Login on, sshd must
     /// show it in effect once Google's block is gone.
     pub helper: String,
 }
@@ -281,7 +281,8 @@ fn sshd_accepts(paths: &Paths, ctx: &Context) -> Result<(), String> {
             .lines()
             .find_map(|l| l.strip_prefix("authorizedkeyscommand "))
             .unwrap_or("(none)");
-        if keys.split_whitespace().next() != Some(ctx.helper.as_str()) {
+        let program = keys.split_whitespace().next().unwrap_or("");
+        if !crate::host::sshd::rival::is_ours(program, &ctx.helper) {
             return Err(format!(
                 "without Google's block sshd's AuthorizedKeysCommand would be {keys:?}, not \
                  guest-agent's {}",

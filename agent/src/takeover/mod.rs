@@ -163,7 +163,7 @@ pub fn context(config: &Config, snapshot: &Snapshot) -> apply::Context {
         oslogin_on: snapshot.flag("enable-oslogin").is_some_and(|(v, _)| v),
         two_factor: snapshot.flag("enable-oslogin-2fa").is_some_and(|(v, _)| v),
         sudo_group: config.accounts.sudo_group.clone(),
-        helper: config.oslogin.helper_path.clone(),
+        helper: config.oslogin.sshd_program(),
     }
 }
 

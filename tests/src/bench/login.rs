@@ -32,7 +32,7 @@ use super::timer::time_in_vm;
 use super::{Row, Stats, fmt_d, row};
 use crate::emulator::Emulator;
 use crate::oslogin::{OsLoginVm, keypair, user};
-use crate::vm::AGENT;
+use crate::vm::{AGENT, SSHD_HELPER};
 
 pub const OSLOGIN_PREFIX: &str = "/computeMetadata/v1/oslogin/";
 /// Bound on one SSH login attempt while the service hangs.
@@ -300,7 +300,7 @@ fn measure(
     );
     let out = env
         .vm()
-        .command(AGENT)
+        .command(SSHD_HELPER)
         .args(["authorized-keys", "alice", &fp])
         .output()
         .map_err(|e| format!("keys command: {e}"))?;
@@ -316,10 +316,10 @@ fn measure(
     let series = |fresh: bool, user: &str| -> Result<Series, String> {
         let args = ["authorized-keys", user, &fp];
         // Warm-up: the first runs fill caches and negative caches.
-        time_in_vm(env.vm(), 3, fresh, AGENT, &args)?;
+        time_in_vm(env.vm(), 3, fresh, SSHD_HELPER, &args)?;
         std::thread::sleep(Duration::from_millis(100));
         emu.clear_requests();
-        let (s, _) = time_in_vm(env.vm(), p.key_runs, fresh, AGENT, &args)?;
+        let (s, _) = time_in_vm(env.vm(), p.key_runs, fresh, SSHD_HELPER, &args)?;
         std::thread::sleep(Duration::from_millis(100));
         let reqs: usize = oslogin_requests(emu).values().sum();
         Ok(Series {

@@ -33,7 +33,7 @@ use super::timer::{
 use super::{Row, Stats, fmt_d, fmt_kib, row};
 use crate::emulator::Emulator;
 use crate::oslogin::keypair;
-use crate::vm::AGENT;
+use crate::vm::{AGENT, SSHD_HELPER};
 use crate::{AgentOptions, TestEnv};
 
 const PREFIX: &str = "oslu";
@@ -181,7 +181,13 @@ fn keys_runs(env: &TestEnv, fp: &str, users: usize) -> Result<KeysRuns, String> 
     // A user with the login role (every fourth has none), in the middle of the directory.
     let user = numbered(PREFIX, (users / 2) & !3);
     emu.clear_requests();
-    let (times, codes) = time_in_vm(vm, KEY_RUNS, true, AGENT, &["authorized-keys", &user, fp])?;
+    let (times, codes) = time_in_vm(
+        vm,
+        KEY_RUNS,
+        true,
+        SSHD_HELPER,
+        &["authorized-keys", &user, fp],
+    )?;
     if let Some(c) = codes.iter().find(|&&c| c != 0) {
         return Err(format!("authorized-keys {user} exited {c}"));
     }
@@ -474,7 +480,7 @@ fn measure(env: &mut TestEnv, key: &Path, public: &str, p: Params) -> Result<Sca
         Duration::from_secs(3),
         material,
         &items,
-        AGENT,
+        SSHD_HELPER,
         &["authorized-keys", "{}", &fp],
     )?;
     std::thread::sleep(Duration::from_millis(300));

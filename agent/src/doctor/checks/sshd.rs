@@ -191,7 +191,8 @@ fn by(command: &str) -> String {
 }
 
 pub fn helper_path(cx: &Context) -> Check {
-    let path = &cx.config.oslogin.helper_path;
+    // What sshd runs: `guest-agent-sshd` beside `oslogin.helper_path`, or that binary itself.
+    let path = &cx.config.oslogin.sshd_program();
     if !cx.oslogin.on {
         return Check::skip(
             "helper-path",

@@ -88,9 +88,22 @@ pub fn provider(command: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether `program` is the agent's own: `helper`, or `guest-agent` / `guest-agent-sshd` in
+/// its directory (sshd_config written by hand, or by a version that named the other one, as
+/// every version before `guest-agent-sshd` named `guest-agent`).
+pub fn is_ours(program: &str, helper: &str) -> bool {
+    let (program, helper) = (Path::new(program), Path::new(helper));
+    program == helper
+        || (program.parent() == helper.parent()
+            && program
+                .file_name()
+                .is_some_and(|n| n == "guest-agent" || n == crate::config::SSHD_PROGRAM))
+}
+
 /// The first AuthorizedKeysCommand outside `Match` and outside our own files and blocks,
 /// with the first AuthorizedKeysCommandUser likewise: what sshd would run without us.
-/// `helper` is our program (a line running it is not another provider's).
+/// `helper` is our program (a line running it is not another provider's, nor one running
+/// the agent's other program in the same directory: [`is_ours`]).
 pub fn find(lines: &[ConfigLine], helper: &str) -> Found {
     let first = |keyword: &str| {
         lines
@@ -102,7 +115,7 @@ pub fn find(lines: &[ConfigLine], helper: &str) -> Found {
     };
     let value = line.value.trim();
     let program = value.split_whitespace().next().unwrap_or("");
-    if value.eq_ignore_ascii_case("none") || program == helper {
+    if value.eq_ignore_ascii_case("none") || is_ours(program, helper) {
         return Found::Nothing;
     }
     let place = line.place();

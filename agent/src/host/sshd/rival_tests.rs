@@ -341,3 +341,39 @@ fn known_providers_are_named_by_their_program() {
     );
     assert_eq!(provider("/usr/local/bin/my-keys %u"), None);
 }
+
+/// A line running the agent's other program (an sshd_config written by hand, or by a version
+/// that named `guest-agent` before `guest-agent-sshd` existed) is not another provider's: it
+/// is never chained to ourselves.
+#[test]
+fn the_agents_other_program_is_ours_too() {
+    for (program, helper, ours) in [
+        ("/usr/bin/guest-agent", "/usr/bin/guest-agent-sshd", true),
+        ("/usr/bin/guest-agent-sshd", "/usr/bin/guest-agent", true),
+        (
+            "/usr/bin/guest-agent-sshd",
+            "/usr/bin/guest-agent-sshd",
+            true,
+        ),
+        ("/srv/x/custom", "/srv/x/custom", true),
+        ("/opt/bin/guest-agent", "/usr/bin/guest-agent-sshd", false),
+        (
+            "/usr/bin/guest-agent-other",
+            "/usr/bin/guest-agent-sshd",
+            false,
+        ),
+        ("/usr/bin/userdbctl", "/usr/bin/guest-agent-sshd", false),
+    ] {
+        assert_eq!(is_ours(program, helper), ours, "{program} vs {helper}");
+    }
+    let fs = FakeFs::new(&[
+        (MAIN, DEBIAN_12),
+        (
+            "/etc/ssh/sshd_config.d/10-x.conf",
+            "AuthorizedKeysCommand /usr/bin/guest-agent authorized-keys %u %f\nAuthorizedKeysCommandUser root\n",
+        ),
+    ]);
+    let ours = [Path::new(DROPIN), Path::new(EARLY)];
+    let lines = flatten(Path::new(MAIN), Path::new("/etc/ssh"), &ours, &fs);
+    assert_eq!(find(&lines, "/usr/bin/guest-agent-sshd"), Found::Nothing);
+}

@@ -1,28 +1,52 @@
 //! The synchronous client side of the local socket, for the helpers sshd runs (no async
-//! runtime: a helper run must cost milliseconds).
+//! runtime: a helper run must cost milliseconds). Used by the `guest-agent` binary and by the
+//! small `guest-agent-sshd` helper (`helper/`), so it lives here, with no dependency.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use guest_agent_wire::proto::{Answer, Head, MAX_ANSWER_LINES, MAX_LINE, Request};
+use crate::proto::{Answer, Head, MAX_ANSWER_LINES, MAX_LINE, Request};
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub enum ClientError {
     /// The daemon is not there (no socket, nobody listening): the caller may fall back.
-    #[error("daemon not running ({0})")]
     NoDaemon(std::io::Error),
     /// The daemon closed the connection before answering (overloaded, or stopping): it took
     /// no decision, so the caller may fall back as for [`ClientError::NoDaemon`].
-    #[error("the daemon dropped the question ({0})")]
     Dropped(String),
-    #[error("talking to the daemon failed: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("the daemon did not answer within {0:?}")]
+    Io(std::io::Error),
     Timeout(Duration),
-    #[error("malformed answer from the daemon: {0}")]
     Protocol(String),
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::NoDaemon(e) => write!(f, "daemon not running ({e})"),
+            ClientError::Dropped(why) => write!(f, "the daemon dropped the question ({why})"),
+            ClientError::Io(e) => write!(f, "talking to the daemon failed: {e}"),
+            ClientError::Timeout(d) => write!(f, "the daemon did not answer within {d:?}"),
+            ClientError::Protocol(why) => write!(f, "malformed answer from the daemon: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl ClientError {
+    /// The daemon took no decision (not running, or dropped the question): the caller may
+    /// decide without it.
+    pub fn no_decision(&self) -> bool {
+        matches!(self, ClientError::NoDaemon(_) | ClientError::Dropped(_))
+    }
 }
 
 const CLOSED_EARLY: &str = "connection closed early";
