@@ -1,13 +1,14 @@
 //! The `guest-agent` command: the daemon (`run`) and its helpers.
 //!
 //! No Rust `main`: the C `main` below is the entry point (`no_main`), so std's start-up code
-//! does not run. sshd runs this binary for every key a client offers, each time a new process,
-//! and std's start-up (reading `/proc/self/maps` for the main thread's stack guard, the
+//! does not run. sshd runs this binary for every key a client offers, each time a new process
+//! (through `guest-agent-sshd`, which becomes this binary for what it does not answer itself,
+//! or directly where sshd_config names it), and std's start-up (reading `/proc/self/maps` for the main thread's stack guard, the
 //! stack-overflow signal handler and its alternate stack, checking the standard descriptors)
 //! cost about 0.13 ms of each run here (issue 15: an empty Rust program 0.97 / 0.84 ms with /
-//! without it, a C one 0.80 ms). What of it the agent needs is done in [`main`]: SIGPIPE
-//! ignored (std's default, which the daemon's socket writes rely on) and descriptors 0-2
-//! opened on /dev/null when closed. What is given up: a stack overflow ends the process with
+//! without it, a C one 0.80 ms). What of it the agent needs is done in [`main`]
+//! (`guest_agent_wire::process::start_up`): SIGPIPE ignored (std's default, which the daemon's
+//! socket writes rely on) and descriptors 0-2 opened on /dev/null when closed. What is given up: a stack overflow ends the process with
 //! SIGSEGV instead of a "stack overflow" message (it ends the process either way), and the
 //! main thread has no name in panic messages. `std::env::args` still works (glibc hands argv
 //! to std's initializer).
@@ -190,28 +191,8 @@ fn sshd_fast_path(args: &[String]) -> Option<ExitCode> {
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    start_up();
+    guest_agent_wire::process::start_up();
     std::process::exit(i32::from(run_main().code()))
-}
-
-/// SIGPIPE ignored (a write to a closed socket or pipe is an `EPIPE` error, not the end of
-/// the process), and descriptors 0, 1 and 2 open (on /dev/null when closed, so that a file
-/// the process opens never becomes its stdout).
-fn start_up() {
-    // SAFETY: setting a signal's disposition to SIG_IGN before any other thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    for fd in 0..=2 {
-        // SAFETY: F_GETFD on a descriptor number only reads its flags.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            // SAFETY: a constant NUL-terminated path; the descriptor stays open for the
-            // process's life (it is the lowest free one, `fd`).
-            let opened = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-            if opened != fd {
-                // SAFETY: abort() is always safe to call.
-                unsafe { libc::abort() };
-            }
-        }
-    }
 }
 
 fn run_main() -> ExitCode {

@@ -11,7 +11,9 @@
 //! a daemon of another protocol version (a package upgrade between unpack and restart), and a
 //! user handed on to another AuthorizedKeysCommand (the agent runs it as its user). So the
 //! answers are the agent's answers whichever program gives them, and sshd_config written by
-//! an older version (naming `guest-agent` itself) keeps working.
+//! an older version (naming `guest-agent` itself) keeps working. The agent gets a deadline of
+//! its own (`HELPER_DEADLINE`): a daemon that drops the question at the end of this one's makes
+//! the run take up to twice that, which sshd (no deadline on these commands) waits for.
 //!
 //! No Rust `main` and no std start-up, for the reason and with the same replacement as in
 //! `agent/src/main.rs`.
@@ -148,7 +150,7 @@ fn exec_agent(argv: &[OsString], why: &str) -> i32 {
 #[cfg(not(test))]
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
-    start_up();
+    guest_agent_wire::process::start_up();
     let argv: Vec<OsString> = std::env::args_os().collect();
     let utf8: Option<Vec<String>> = argv
         .iter()
@@ -164,24 +166,6 @@ pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) ->
         Outcome::Agent(why) => exec_agent(&argv, why),
     };
     std::process::exit(code)
-}
-
-/// As `start_up` in `agent/src/main.rs`.
-fn start_up() {
-    // SAFETY: setting a signal's disposition to SIG_IGN before any other thread exists.
-    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    for fd in 0..=2 {
-        // SAFETY: F_GETFD on a descriptor number only reads its flags.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
-            // SAFETY: a constant NUL-terminated path; the descriptor stays open for the
-            // process's life (it is the lowest free one, `fd`).
-            let opened = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
-            if opened != fd {
-                // SAFETY: abort() is always safe to call.
-                unsafe { libc::abort() };
-            }
-        }
-    }
 }
 
 #[cfg(test)]
